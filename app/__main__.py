@@ -1,0 +1,43 @@
+"""``python -m app`` / ``imgserve``: read the settings, then serve with uvicorn (one process)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.logs import configure_logging
+from app.main import create_app
+from app.server import create_server
+
+logger = logging.getLogger("app")
+
+
+def describe_settings_errors(exc: ValidationError) -> str:
+    lines = [f"invalid settings ({exc.error_count()} error(s)):"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"IMGSERVE_{field.upper()}" if field else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        shown = "" if not field or "api_keys" in field else f" (got {error.get('input')!r})"
+        lines.append(f"  {name}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.exit(describe_settings_errors(exc))
+    configure_logging(settings.log_level)
+    logger.info("starting", extra={"settings": settings.public_summary()})
+    server = create_server(create_app(settings), settings)
+    server.run()
+    if server.started is False:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

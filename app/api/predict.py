@@ -1,0 +1,142 @@
+"""POST /predict: images in (multipart parts named ``file`` or a raw image body), top-k out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.api.deps import NOT_READY, error_response, get_state
+from app.api.uploads import FORMAT_MEDIA_TYPES, FILE_FIELD, OCTET_STREAM, UploadLimits, read_uploads
+from app.config import SUPPORTED_FORMATS
+from app.errors import DeadlineExceededError, ServiceError, UnprocessableError
+from app.inference.card import ModelCard
+from app.inference.postprocess import top_k as select_top_k
+from app.middleware import get_request_context
+from app.schemas import ClassScore, ImagePrediction, PredictResponse
+from app.state import AppState
+
+router = APIRouter(tags=["inference"])
+
+T = TypeVar("T")
+
+_BINARY = {"type": "string", "format": "binary"}
+_IMAGE_TYPES = [t for fmt in SUPPORTED_FORMATS for t in FORMAT_MEDIA_TYPES[fmt][:1]]
+REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "description": (
+        "Either multipart/form-data with one or more parts named `file` (one image each), "
+        "or the bytes of one image as the raw body with its image content type."
+    ),
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    FILE_FIELD: {
+                        "type": "array",
+                        "items": {**_BINARY, "contentMediaType": "application/octet-stream"},
+                        "description": "Images (JPEG, PNG, WebP, BMP or GIF), one per part.",
+                    }
+                },
+                "required": [FILE_FIELD],
+            }
+        },
+        **{media_type: {"schema": {**_BINARY, "contentMediaType": media_type}} for media_type in _IMAGE_TYPES},
+        OCTET_STREAM: {"schema": {**_BINARY, "contentMediaType": OCTET_STREAM}},
+    },
+}
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: error_response("Malformed request (a multipart body without boundary, a client that left)."),
+    413: error_response("Too large: body bytes, image pixels or number of images."),
+    415: error_response("Unsupported content type or image format."),
+    422: error_response("Undecodable image, malformed multipart body or bad parameter."),
+    **NOT_READY,
+    504: error_response("Not finished within the request deadline."),
+}
+
+
+class _ClientGoneError(ServiceError):
+    status_code = 499  # nginx's "client closed request": nobody reads it, the log does
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=RESPONSES,
+    openapi_extra={"requestBody": REQUEST_BODY},
+)
+async def predict(
+    request: Request,
+    state: Annotated[AppState, Depends(get_state)],
+    top_k: Annotated[int, Query(ge=1, description="How many classes per image, 1 to the number of classes (default 5, or all if fewer).")] = 5,
+) -> PredictResponse:
+    """Classify one or more images; the top-k classes with probabilities for each, in request order."""
+    pipeline = state.get_pipeline()
+    card = pipeline.engine.card
+    if "top_k" not in request.query_params:
+        top_k = min(top_k, card.num_classes)  # the default 5, for a model with fewer classes
+    if top_k > card.num_classes:
+        raise UnprocessableError(f"top_k must be between 1 and {card.num_classes} (the number of classes), got {top_k}")
+    settings = state.settings
+    limits = UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_images_per_request=settings.max_images_per_request,
+        allowed_formats=pipeline.limits.allowed_formats,
+    )
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            uploads = await read_uploads(request, limits)
+            context = get_request_context(request.scope)
+            if context is not None:
+                context.images = len(uploads)
+            rows = await _unless_disconnected(pipeline.classify(uploads), request)
+    except TimeoutError:
+        raise DeadlineExceededError(
+            f"the request did not finish within its deadline of {settings.request_timeout_s} s"
+        ) from None
+    state.metrics.images.inc(len(rows))
+    return PredictResponse(
+        model=card.name,
+        model_version=card.version,
+        predictions=[
+            ImagePrediction(filename=upload.filename, top_k=_scores(row, top_k, card))
+            for upload, row in zip(uploads, rows, strict=True)
+        ],
+    )
+
+
+def _scores(probabilities: np.ndarray, k: int, card: ModelCard) -> list[ClassScore]:
+    indices, values = select_top_k(probabilities, k)
+    labels = card.labels
+    return [
+        ClassScore(index=i, label=labels[i], probability=p)
+        for i, p in zip(indices.tolist(), values.tolist(), strict=True)
+    ]
+
+
+async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
+    """Await ``work``, but cancel it (dropping its queued images) if the client goes away.
+
+    Once the body is read, the next ASGI ``receive`` only returns when the client disconnects.
+    """
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(request.receive())
+    try:
+        done, _ = await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work_task in done:
+            return work_task.result()
+        message = watcher.result()
+        if message.get("type") == "http.disconnect":
+            work_task.cancel()
+            raise _ClientGoneError("the client disconnected before the result was ready")
+        return await work_task
+    finally:
+        # Cancelling the work drops its images that have not run; wait for that to happen.
+        work_task.cancel()
+        watcher.cancel()
+        await asyncio.gather(work_task, watcher, return_exceptions=True)

@@ -1,0 +1,195 @@
+"""Read images out of a request body as it streams in, with every limit enforced while reading.
+
+Two shapes: ``multipart/form-data`` with one or more parts named ``file``, or a raw body with
+an image content type. Multipart is parsed with python-multipart's streaming parser directly
+(Starlette's ``request.form()`` would spool files to temporary files first); each part's bytes
+are kept as views of the received chunks and joined once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+)
+from app.inference.pipeline import NamedImage
+
+FILE_FIELD = "file"
+RAW_BODY_NAME = "request body"
+
+# Content types of raw bodies, by the format they announce (the bytes decide in the end).
+FORMAT_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
+    "JPEG": ("image/jpeg", "image/jpg", "image/pjpeg"),
+    "PNG": ("image/png",),
+    "WEBP": ("image/webp",),
+    "BMP": ("image/bmp", "image/x-ms-bmp"),
+    "GIF": ("image/gif",),
+}
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_upload_bytes: int
+    max_images_per_request: int
+    allowed_formats: frozenset[str]
+
+    @property
+    def raw_media_types(self) -> tuple[str, ...]:
+        types = [t for fmt in sorted(self.allowed_formats) for t in FORMAT_MEDIA_TYPES[fmt]]
+        return (*types, OCTET_STREAM)
+
+
+@dataclass(frozen=True)
+class Upload(NamedImage):
+    filename: str | None = None
+
+
+async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
+    """All images of the request, in order; raises a typed error naming what is wrong."""
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    media_type = content_type.decode("latin-1").lower()
+    _check_content_length(request, limits)
+    if media_type == "multipart/form-data":
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise BadRequestError("multipart/form-data without a boundary parameter")
+        uploads = await _read_multipart(_body_chunks(request, limits), boundary, limits)
+    elif media_type in limits.raw_media_types:
+        data = b"".join([chunk async for chunk in _body_chunks(request, limits)])
+        uploads = [Upload(name=RAW_BODY_NAME, data=data, filename=None)]
+    else:
+        shown = media_type or "none"
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {shown!r} is not accepted; send multipart/form-data with parts named "
+            f"{FILE_FIELD!r}, or a raw body with one of: {', '.join(limits.raw_media_types)}"
+        )
+    for upload in uploads:
+        if not upload.data:
+            raise UnprocessableError(f"{upload.name}: is empty")
+    return uploads
+
+
+def _check_content_length(request: Request, limits: UploadLimits) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        length = int(declared)
+    except ValueError:
+        raise BadRequestError(f"invalid Content-Length {declared!r}") from None
+    if length > limits.max_upload_bytes:
+        raise PayloadTooLargeError(f"request body is {length} bytes; the limit is {limits.max_upload_bytes}")
+
+
+async def _body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The body as it arrives (chunked or not), stopping with 413 once it passes the limit."""
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_upload_bytes:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limits.max_upload_bytes} bytes")
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BadRequestError("the client disconnected while uploading") from None
+
+
+@dataclass
+class _MultipartCollector:
+    """Callbacks for python-multipart's streaming parser."""
+
+    limits: UploadLimits
+    uploads: list[Upload] = field(default_factory=list)
+    finished: bool = False
+    _header_field: bytearray = field(default_factory=bytearray)
+    _header_value: bytearray = field(default_factory=bytearray)
+    _disposition: bytes = b""
+    _pieces: list[memoryview] = field(default_factory=list)
+    _filename: str | None = None
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._disposition = b""
+        self._pieces = []
+        self._filename = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if bytes(self._header_field).lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        number = len(self.uploads) + 1
+        _, params = parse_options_header(self._disposition)
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name != FILE_FIELD:
+            raise UnprocessableError(
+                f"multipart part {number} is named {name!r}; send each image as a part named {FILE_FIELD!r}"
+            )
+        if number > self.limits.max_images_per_request:
+            raise PayloadTooLargeError(
+                f"more than {self.limits.max_images_per_request} images in one request "
+                f"(max_images_per_request)"
+            )
+        raw_filename = params.get(b"filename")
+        self._filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        # Received chunks are immutable bytes: keep a view, copy once at the part's end. The
+        # parser's own lookbehind buffer is a bytearray it reuses, so that one is copied now.
+        piece = memoryview(data)[start:end] if isinstance(data, bytes) else memoryview(bytes(data[start:end]))
+        self._pieces.append(piece)
+
+    def on_part_end(self) -> None:
+        number = len(self.uploads) + 1
+        label = f"file #{number}" + (f" {self._filename!r}" if self._filename else "")
+        self.uploads.append(Upload(name=label, data=b"".join(self._pieces), filename=self._filename))
+        self._pieces = []
+
+    def on_end(self) -> None:
+        self.finished = True
+
+
+async def _read_multipart(chunks: AsyncIterator[bytes], boundary: bytes, limits: UploadLimits) -> list[Upload]:
+    collector = _MultipartCollector(limits)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+        async for chunk in chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise UnprocessableError(f"malformed multipart body: {exc}") from exc
+    if not collector.finished:
+        raise UnprocessableError("malformed multipart body: it ends before the closing boundary")
+    if not collector.uploads:
+        raise UnprocessableError(f"no images: send one or more multipart parts named {FILE_FIELD!r}")
+    return collector.uploads

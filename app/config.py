@@ -1,0 +1,175 @@
+"""Service settings: one pydantic-settings class, read from ``IMGSERVE_*`` environment variables.
+
+Everything is validated when the class is instantiated, so a bad value stops the process at
+start with a message that names the variable, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The formats the service may be allowed to decode. Pillow knows many more (some, like EPS,
+# shell out to other programs), so the allowlist can only narrow this set.
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+_FORMAT_ALIASES = {"JPG": "JPEG"}
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def default_cpu_count() -> int:
+    """Cores this process may run on (respects CPU affinity, e.g. container cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def powers_of_two_up_to(limit: int) -> list[int]:
+    """1, 2, 4, ... below ``limit``, then ``limit`` itself."""
+    sizes = [1 << i for i in range(limit.bit_length()) if (1 << i) < limit]
+    return [*sizes, limit]
+
+
+class Settings(BaseSettings):
+    """All configuration of the server; see the README for the table of variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMGSERVE_", extra="ignore", validate_default=True, protected_namespaces=()
+    )
+
+    # Model
+    model_path: Path = Field(
+        Path("models/default/model.onnx"),
+        description="The ONNX file; its card is model.json beside it, else the file's metadata.",
+    )
+    require_cuda: bool = Field(False, description="Fail at start unless the CUDA provider is active.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = its default.")
+    warmup_batch_sizes: Annotated[list[int], NoDecode] | None = Field(
+        None, description="Batch sizes run once before ready; default: powers of two up to max_batch_size."
+    )
+
+    # HTTP server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: LogLevel = "info"
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this.")
+
+    # Batching
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue_images: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    decode_threads: int = Field(default_factory=default_cpu_count, ge=1)
+
+    # Limits
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_images_per_request: int = Field(32, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    allowed_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SUPPORTED_FORMATS))
+
+    # Shutdown
+    shutdown_delay_s: float = Field(0.0, ge=0)
+    drain_timeout_s: float = Field(30.0, gt=0)
+
+    # Security
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    docs_public: bool = True
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("warmup_batch_sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return _split_csv(value)
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _parse_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("allowed_formats", mode="before")
+    @classmethod
+    def _parse_formats(cls, value: Any) -> Any:
+        formats = [str(f).strip().upper() for f in _split_csv(value)]
+        formats = [_FORMAT_ALIASES.get(f, f) for f in formats]
+        unknown = [f for f in formats if f not in SUPPORTED_FORMATS]
+        if unknown:
+            raise ValueError(f"unsupported image format(s) {unknown}; choose from {list(SUPPORTED_FORMATS)}")
+        if not formats:
+            raise ValueError(f"at least one format is needed; choose from {list(SUPPORTED_FORMATS)}")
+        return list(dict.fromkeys(formats))
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_well_formed(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            _check_key(key.get_secret_value(), "IMGSERVE_API_KEYS")
+        return keys
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_images_per_request > self.max_queue_images:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) exceeds max_queue_images "
+                f"({self.max_queue_images}): such a request could never be admitted"
+            )
+        if self.shutdown_delay_s >= self.drain_timeout_s:
+            raise ValueError(
+                f"shutdown_delay_s ({self.shutdown_delay_s}) must be less than drain_timeout_s "
+                f"({self.drain_timeout_s}), which bounds the whole shutdown"
+            )
+        if self.warmup_batch_sizes is None:
+            self.warmup_batch_sizes = powers_of_two_up_to(self.max_batch_size)
+        bad = [n for n in self.warmup_batch_sizes if not 1 <= n <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})")
+        if self.api_keys_file is not None:
+            self.api_keys = [*self.api_keys, *_load_keys_file(self.api_keys_file)]
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def public_summary(self) -> dict[str, Any]:
+        """Settings safe to log at start (no keys)."""
+        summary = self.model_dump(exclude={"api_keys"}, mode="json")
+        summary["api_keys"] = f"{len(self.api_keys)} configured"
+        return summary
+
+
+def _check_key(key: str, source: str) -> None:
+    if not key or any(ch.isspace() for ch in key):
+        raise ValueError(f"an API key in {source} is empty or contains whitespace")
+
+
+def _load_keys_file(path: Path) -> list[SecretStr]:
+    """One key a line; blank lines and lines starting with '#' are ignored."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"api_keys_file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for key in keys:
+        _check_key(key, str(path))
+    if not keys:
+        raise ValueError(f"api_keys_file {str(path)!r} holds no keys")
+    return [SecretStr(key) for key in keys]

@@ -1,0 +1,261 @@
+"""The dynamic batcher: gathers images from concurrent requests into one model run.
+
+Triton's two knobs: a batch runs when it holds ``max_batch_size`` images or when its oldest
+image has waited ``max_delay_ms``, whichever comes first. The queue is bounded in images:
+``reserve`` refuses at once (``QueueFullError``, a 503) rather than letting latency grow
+without bound. A reservation is taken before decoding, so decode work is bounded too.
+
+One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
+and runs ``run_batch`` in a dedicated single thread, so the event loop never blocks on the
+model. Each image has its own future; a failing batch fails exactly the images (and so the
+requests) in it. A cancelled request (deadline, disconnected client) drops its images that
+have not run yet.
+
+Nothing here knows about HTTP; any protocol front end can feed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.errors import InferenceError, QueueFullError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+BatchObserver = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 32
+    max_delay_ms: float = 5.0
+    max_queue_images: int = 256
+
+
+@dataclass(eq=False)
+class _Item:
+    array: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued_at: float
+    in_queue: bool = True
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Room for ``count`` images in the queue, held from admission until they are enqueued."""
+
+    count: int
+    _batcher: Batcher = field(repr=False)
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._batcher._reserved -= self.count
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class Batcher:
+    """Dynamic batching in front of a blocking ``run_batch(uint8 [N,...]) -> [N, ...]``."""
+
+    def __init__(self, run_batch: RunBatch, config: BatcherConfig, on_batch: BatchObserver | None = None) -> None:
+        self._run_batch = run_batch
+        self.config = config
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._queued = 0  # live (not dropped) items in _queue
+        self._reserved = 0  # admitted images not yet enqueued (being decoded)
+        self._running = 0  # images in the batch now running
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = False
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def queued_images(self) -> int:
+        """Images admitted and not yet running: decoding or waiting in the queue."""
+        return self._queued + self._reserved
+
+    @property
+    def running_images(self) -> int:
+        return self._running
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None and not self._stopping
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the batching task on the running loop."""
+        if self._task is not None:
+            raise RuntimeError("batcher already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="batcher")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Refuse new work, finish what is queued (within ``timeout_s``), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            logger.error("batcher did not drain within %.1f s; failing what is left", timeout_s)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_queued(UnavailableError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._task = None
+
+    # -- admission --------------------------------------------------------------------------
+    def reserve(self, count: int) -> Reservation:
+        """Admit ``count`` images or raise ``QueueFullError`` (503) at once."""
+        if not self.accepting:
+            raise UnavailableError("the server is shutting down")
+        if count > self.config.max_queue_images:
+            raise QueueFullError(
+                f"{count} images can never fit the queue of {self.config.max_queue_images}"
+            )
+        if self.queued_images + count > self.config.max_queue_images:
+            raise QueueFullError(
+                f"overloaded: {self.queued_images} images are queued (limit {self.config.max_queue_images}); "
+                "retry later"
+            )
+        self._reserved += count
+        return Reservation(count, self)
+
+    async def infer(self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None) -> list[np.ndarray]:
+        """Run the arrays (possibly across several batches); results in order.
+
+        Cancelling the caller (a deadline, a client gone) drops the arrays not yet run.
+        """
+        if reservation is None:
+            reservation = self.reserve(len(arrays))
+        with reservation:
+            if len(arrays) != reservation.count:
+                raise ValueError(f"reserved {reservation.count} images but got {len(arrays)}")
+            if self._stopping:
+                raise UnavailableError("the server is shutting down")
+            items = self._enqueue(arrays)
+            reservation.release()
+        try:
+            return [await item.future for item in items]
+        finally:
+            self._drop_unfinished(items)
+
+    async def submit(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Reserve and infer in one step."""
+        return await self.infer(arrays, self.reserve(len(arrays)))
+
+    def _enqueue(self, arrays: Sequence[np.ndarray]) -> list[_Item]:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(array, loop.create_future(), now) for array in arrays]
+        self._queue.extend(items)
+        self._queued += len(items)
+        self._wakeup.set()
+        return items
+
+    def _drop_unfinished(self, items: list[_Item]) -> None:
+        for item in items:
+            if item.in_queue:
+                item.in_queue = False
+                self._queued -= 1
+            if not item.future.done():
+                item.future.cancel()
+            elif not item.future.cancelled():
+                item.future.exception()  # mark retrieved: one failure already reached the caller
+
+    # -- the batching task ------------------------------------------------------------------
+    async def _serve(self) -> None:
+        while True:
+            await self._wait_for_batch()
+            items = self._take_batch()
+            if items:
+                await self._run(items)
+            elif self._stopping:
+                return
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch is full, its oldest image has waited max_delay_ms, or on stop."""
+        while not self._stopping:
+            self._discard_dropped_head()
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._queued >= self.config.max_batch_size:
+                return
+            remaining = self._queue[0].enqueued_at + self.config.max_delay_ms / 1000 - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+
+    def _discard_dropped_head(self) -> None:
+        while self._queue and not self._queue[0].in_queue:
+            self._queue.popleft()
+
+    def _take_batch(self) -> list[_Item]:
+        items: list[_Item] = []
+        while self._queue and len(items) < self.config.max_batch_size:
+            item = self._queue.popleft()
+            if item.in_queue:
+                item.in_queue = False
+                items.append(item)
+        self._queued -= len(items)
+        return items
+
+    async def _run(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        self._running = len(items)
+        start = time.perf_counter()
+        try:
+            batch = np.stack([item.array for item in items])
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {len(items)}")
+        except Exception as exc:
+            logger.exception("inference failed on a batch of %d images", len(items))
+            error = InferenceError(f"inference failed on a batch of {len(items)} images")
+            error.__cause__ = exc
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            for item, row in zip(items, outputs, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+        finally:
+            self._running = 0
+        if self._on_batch is not None:
+            self._on_batch(len(items), time.perf_counter() - start)
+
+    def _fail_queued(self, error: Exception) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if item.in_queue and not item.future.done():
+                item.future.set_exception(error)
+            item.in_queue = False
+        self._queued = 0

@@ -1,0 +1,171 @@
+"""The ONNX Runtime session: providers (CUDA, then CPU), the card, warm-up and ``run(batch)``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.inference.card import (
+    CARD_FILENAME,
+    CardError,
+    ModelCard,
+    card_from_metadata,
+    load_card_file,
+    verify_sha256,
+)
+
+logger = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+class EngineError(Exception):
+    """The model cannot be served as configured (missing, inconsistent, CUDA unavailable)."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to build the session."""
+
+    require_cuda: bool = False
+    intra_op_threads: int = 0
+
+
+class Engine:
+    """One ONNX Runtime session and the card that says how to feed it.
+
+    ``run`` takes a uint8 batch [N, H, W, 3] (what preprocessing produces) and returns float32
+    probabilities [N, C]. For a float NCHW graph it normalises with the card's mean/std first.
+    ``run`` blocks: call it from a worker thread, never from the event loop.
+    """
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, source: str) -> None:
+        self.session = session
+        self.card = card
+        self.source = source
+        self.providers: list[str] = session.get_providers()
+        self._input_name = card.input.name
+        self._output_names = [card.output.name]
+        self._float_input = card.input.layout == "NCHW"
+        pre = card.preprocessing
+        # (x / 255 - mean) / std == x * scale + shift, per channel, broadcast over NCHW
+        std = np.asarray(pre.std, dtype=np.float32)
+        self._scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
+        self._shift = (-np.asarray(pre.mean, dtype=np.float32) / std).reshape(1, 3, 1, 1)
+
+    @property
+    def execution_provider(self) -> str:
+        return self.providers[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] -> float32 probabilities [N, C]."""
+        feed = self._to_graph_input(batch)
+        (probabilities,) = self.session.run(self._output_names, {self._input_name: feed})
+        if probabilities.dtype != np.float32:
+            probabilities = probabilities.astype(np.float32)
+        return probabilities
+
+    def _to_graph_input(self, batch: np.ndarray) -> np.ndarray:
+        if not self._float_input:
+            return batch
+        nchw = batch.transpose(0, 3, 1, 2).astype(np.float32)
+        nchw *= self._scale
+        nchw += self._shift
+        dtype = np.float16 if self.card.input.dtype == "float16" else np.float32
+        return np.ascontiguousarray(nchw, dtype=dtype)
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Run each batch size once (allocators, kernels, CUDA graphs); returns seconds per size."""
+        height, width = self.card.preprocessing.crop_size, self.card.preprocessing.crop_size
+        timings: dict[int, float] = {}
+        for size in sorted(set(batch_sizes)):
+            batch = np.full((size, height, width, 3), 128, dtype=np.uint8)
+            start = time.perf_counter()
+            self.run(batch)
+            timings[size] = time.perf_counter() - start
+        return timings
+
+
+def load_card(model_path: Path, metadata: dict[str, str]) -> ModelCard:
+    """``model.json`` beside the file (checked against the file's sha256), else the ONNX metadata."""
+    card_path = model_path.parent / CARD_FILENAME
+    if card_path.exists():
+        card = load_card_file(card_path)
+        verify_sha256(card, model_path)
+        return card
+    return card_from_metadata(metadata, str(model_path))
+
+
+def choose_providers(available: Sequence[str]) -> list[str]:
+    return [p for p in (CUDA_PROVIDER, CPU_PROVIDER) if p in available]
+
+
+def create_engine(model_path: Path, options: EngineOptions) -> Engine:
+    """Load the ONNX file and its card; fail with a clear message if they cannot be served."""
+    if not model_path.is_file():
+        raise EngineError(
+            f"model file {str(model_path)!r} does not exist; export one with "
+            "`python -m model_export default --output-dir DIR` and set IMGSERVE_MODEL_PATH"
+        )
+    available = ort.get_available_providers()
+    if options.require_cuda and CUDA_PROVIDER not in available:
+        raise EngineError(
+            f"require_cuda is set but this ONNX Runtime build offers only {available}; "
+            "install onnxruntime-gpu (the `gpu` extra)"
+        )
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.inter_op_num_threads = 1
+    # Batches arrive with gaps between them; spinning worker threads would burn a core in each gap.
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options, providers=choose_providers(available)
+        )
+    except Exception as exc:  # ORT raises its own exception types for bad files
+        raise EngineError(f"ONNX Runtime cannot load {str(model_path)!r}: {exc}") from exc
+    try:
+        card = load_card(model_path, session.get_modelmeta().custom_metadata_map)
+    except CardError as exc:
+        raise EngineError(str(exc)) from exc
+    check_graph_matches_card(session, card, str(model_path))
+    active = session.get_providers()
+    if options.require_cuda and active[0] != CUDA_PROVIDER:
+        raise EngineError(f"require_cuda is set but the active providers are {active}")
+    logger.info(
+        "model loaded",
+        extra={"model": card.name, "model_version": card.version, "providers": active, "path": str(model_path)},
+    )
+    return Engine(session, card, str(model_path))
+
+
+def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
+    """The card's input/output names, dtypes and sizes must be what the graph declares."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    graph_input = inputs.get(card.input.name)
+    if graph_input is None:
+        raise EngineError(f"{source}: the card's input {card.input.name!r} is not a graph input ({list(inputs)})")
+    if card.output.name not in outputs:
+        raise EngineError(
+            f"{source}: the card's output {card.output.name!r} is not a graph output ({list(outputs)})"
+        )
+    if _ORT_DTYPES.get(graph_input.type) != card.input.dtype:
+        raise EngineError(f"{source}: input is {graph_input.type} but the card says {card.input.dtype}")
+    if card.input.layout == "NHWC" and card.input.dtype != "uint8":
+        raise EngineError(f"{source}: an NHWC input must be uint8, the card says {card.input.dtype}")
+    expected = card.input_shape
+    declared = tuple(graph_input.shape[1:])
+    if len(declared) != 3 or any(isinstance(d, int) and d != e for d, e in zip(declared, expected, strict=True)):
+        raise EngineError(f"{source}: input shape {graph_input.shape} does not match the card's {expected}")
+    classes = outputs[card.output.name].shape[-1]
+    if isinstance(classes, int) and classes != card.num_classes:
+        raise EngineError(f"{source}: the graph has {classes} classes but the card has {card.num_classes} labels")

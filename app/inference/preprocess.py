@@ -1,0 +1,144 @@
+"""Image bytes -> the uint8 HWC array the graph takes, exactly as the export stage's eval transform.
+
+The contract (docs/ARCHITECTURE.md): decode -> RGB (PIL ``convert("RGB")``) -> resize the short
+side to ``resize_size`` with the card's interpolation (long side ``int(size * long / short)``,
+as torchvision's ``Resize(int)``) -> centre crop (torchvision's ``CenterCrop`` offsets) -> uint8
+HWC. Two deliberate additions: EXIF orientation is applied, 16-bit greyscale is scaled to 8 bits
+(``convert`` would clip it), and large JPEGs are decoded in draft mode (DCT-domain downscaling),
+which changes pixels slightly but not predictions (see tests/app/test_preprocess_parity.py).
+
+Pure functions, safe to call from many threads: Pillow releases the GIL while decoding and
+resizing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
+from app.inference.card import Preprocessing
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an uploaded image may be."""
+
+    allowed_formats: frozenset[str]
+    max_image_pixels: int
+
+
+def configure_pillow(max_image_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb check agree with ours and raise instead of warn.
+
+    Our check (width x height before decoding) runs first; Pillow's is a second line for
+    formats whose size grows while loading. Process-wide on purpose: one model, one process.
+    """
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def describe_formats(formats: frozenset[str]) -> str:
+    return ", ".join(sorted(formats))
+
+
+def open_image(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
+    """Identify the image (headers only) and enforce the format allowlist and pixel limit."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=sorted(limits.allowed_formats))
+    except UnidentifiedImageError:
+        raise _not_allowed_or_undecodable(data, limits, name) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLargeError(
+            f"{name}: image exceeds the limit of {limits.max_image_pixels} pixels"
+        ) from exc
+    except Exception as exc:  # Pillow raises many types on corrupt headers
+        raise UnprocessableError(f"{name}: cannot read image header: {exc}") from exc
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise PayloadTooLargeError(
+            f"{name}: image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_image_pixels}"
+        )
+    return image
+
+
+def _not_allowed_or_undecodable(data: bytes, limits: ImageLimits, name: str) -> Exception:
+    """Name the format if Pillow knows it (415), else say the bytes are not an image (422).
+
+    Identification reads headers only; nothing outside the allowlist is ever decoded.
+    """
+    try:
+        found = Image.open(io.BytesIO(data)).format
+    except Exception:
+        found = None
+    allowed = describe_formats(limits.allowed_formats)
+    if found is not None:
+        return UnsupportedMediaTypeError(f"{name}: image format {found} is not accepted; allowed: {allowed}")
+    return UnprocessableError(f"{name}: not a decodable image (allowed formats: {allowed})")
+
+
+def decode_rgb(data: bytes, limits: ImageLimits, name: str, draft_size: int | None = None) -> Image.Image:
+    """Decode to an RGB image with EXIF orientation applied (the first frame of animations).
+
+    ``draft_size``: for JPEG, let libjpeg downscale by 2, 4 or 8 while decoding as long as
+    the short side stays >= ``draft_size``; None decodes at full size.
+    """
+    image = open_image(data, limits, name)
+    try:
+        if draft_size is not None and image.format == "JPEG" and min(image.size) >= 2 * draft_size:
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLargeError(f"{name}: image exceeds the limit of {limits.max_image_pixels} pixels") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UnprocessableError(f"{name}: cannot decode {image.format} image: {exc}") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """PIL ``convert("RGB")`` (as torchvision's loader), except that 16-bit greyscale keeps its range."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Pillow opens 16-bit greyscale as I;16 (or I); convert("RGB") would clip it at 255.
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        image = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
+    """torchvision ``Resize(int)``: short side to ``resize_size``, long side truncated."""
+    if width <= height:
+        return resize_size, int(resize_size * height / width)
+    return int(resize_size * width / height), resize_size
+
+
+def resize_and_crop(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """Resize the short side, centre crop, return uint8 HWC (a view of the resized pixels)."""
+    size = resized_size(image.width, image.height, spec.resize_size)
+    if size != image.size:
+        image = image.resize(size, _RESAMPLE[spec.interpolation])
+    crop = spec.crop_size
+    top = int(round((image.height - crop) / 2.0))
+    left = int(round((image.width - crop) / 2.0))
+    return np.asarray(image)[top : top + crop, left : left + crop]
+
+
+def preprocess(data: bytes, spec: Preprocessing, limits: ImageLimits, name: str, draft: bool = True) -> np.ndarray:
+    """Bytes of one image -> uint8 array [crop, crop, 3] following the card."""
+    image = decode_rgb(data, limits, name, draft_size=spec.resize_size if draft else None)
+    return resize_and_crop(image, spec)

@@ -1,0 +1,101 @@
+"""Pure ASGI middleware: request id, one JSON log line and metrics per request, draining.
+
+Pure ASGI rather than BaseHTTPMiddleware: no extra task and no body re-wrapping per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import Metrics
+from app.state import Lifecycle
+
+access_logger = logging.getLogger("app.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+CONTEXT_KEY = "imgserve.request"
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+@dataclass
+class RequestContext:
+    """Per-request facts the routes fill in for the access log."""
+
+    request_id: str
+    images: int = 0
+
+
+def get_request_context(scope: Scope) -> RequestContext | None:
+    context = scope.get(CONTEXT_KEY)
+    return context if isinstance(context, RequestContext) else None
+
+
+class RequestMiddleware:
+    """Honours or creates ``X-Request-ID``; logs and counts every request; adds
+    ``Connection: close`` while draining so keep-alive clients move to another replica."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        context = RequestContext(request_id=_request_id(scope))
+        scope[CONTEXT_KEY] = context
+        status = 500
+        request_id = context.request_id.encode("latin-1")
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, request_id))
+                if self.lifecycle.draining:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, context, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        route_path = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.requests.labels(route_path, method, str(status)).inc()
+        self.metrics.request_latency.labels(route_path, method).observe(seconds)
+        client = scope.get("client")
+        access_logger.info(
+            "request",
+            extra={
+                "request_id": context.request_id,
+                "method": method,
+                "path": scope["path"],
+                "route": route_path,
+                "status": status,
+                "images": context.images,
+                "latency_ms": round(seconds * 1000, 3),
+                "client": client[0] if client else None,
+            },
+        )
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
+            return value.decode("latin-1")
+    return uuid.uuid4().hex

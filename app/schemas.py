@@ -1,0 +1,108 @@
+"""Response models: these are the OpenAPI documentation of the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.inference.card import Preprocessing
+
+
+class ErrorResponse(BaseModel):
+    """Every error, whatever its status."""
+
+    detail: str = Field(examples=["file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)"])
+
+
+class ClassScore(BaseModel):
+    index: int = Field(description="Class index in the model's output.", examples=[281])
+    label: str = Field(examples=["tabby"])
+    probability: float = Field(ge=0, le=1, examples=[0.61])
+
+
+class ImagePrediction(BaseModel):
+    filename: str | None = Field(description="The multipart part's filename; null for a raw body.", examples=["cat.jpg"])
+    top_k: list[ClassScore] = Field(description="The k most probable classes, most probable first.")
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "efficientnet_lite0_imagenet",
+                    "model_version": "1.0.0",
+                    "predictions": [
+                        {
+                            "filename": "cat.jpg",
+                            "top_k": [
+                                {"index": 281, "label": "tabby", "probability": 0.61},
+                                {"index": 282, "label": "tiger cat", "probability": 0.22},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    model: str = Field(description="The model card's name.")
+    model_version: str = Field(description="The model card's version.")
+    predictions: list[ImagePrediction] = Field(description="One per image, in request order.")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class TensorInfo(BaseModel):
+    name: str
+    layout: str
+    dtype: str
+    shape: list[int | None] = Field(description="null for the dynamic batch axis.")
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_delay_ms: float
+    max_queue_images: int
+    request_timeout_s: float
+    warmup_batch_sizes: list[int]
+
+
+class LimitsInfo(BaseModel):
+    max_upload_bytes: int
+    max_images_per_request: int
+    max_image_pixels: int
+    allowed_formats: list[str]
+
+
+class ModelInfo(BaseModel):
+    """The model card as served, with how this process runs it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    architecture: str
+    weights: str
+    num_classes: int
+    labels: list[str]
+    input: TensorInfo
+    output: TensorInfo
+    preprocessing: Preprocessing
+    precision: str
+    dataset: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: str
+    sha256: str | None
+    execution_provider: str = Field(description="The ONNX Runtime provider that runs the model.", examples=["CPUExecutionProvider"])
+    providers: list[str] = Field(description="All providers of the session, in priority order.")
+    batching: BatchingInfo
+    limits: LimitsInfo
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
