@@ -1,0 +1,99 @@
+# Image-classification inference service: an export stage (PyTorch) and a serving stage
+# (ONNX Runtime, no PyTorch). See README.md "Deployment".
+#
+#   docker build -t imgserve .                                   # GPU runtime, model from ./models/default
+#   docker build --build-arg ORT_VARIANT=cpu -t imgserve:cpu .   # CPU-only runtime
+#   docker build --build-arg MODEL_SOURCE=export -t imgserve .   # export the default model in the build
+#   docker build --target export -t imgserve-export .            # the export/fine-tune tool alone
+#
+# Base images are build arguments so that a mirror (or a locally built stand-in) can replace
+# them. The serving stage never installs PyTorch: its dependencies come from pyproject.toml's
+# [project.dependencies] plus the `cpu` or `gpu` extra.
+
+ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
+# Where the baked-in model comes from: `context` copies ${MODEL_DIR} from the build context
+# (export it first with `python -m model_export default --output-dir models/default`),
+# `export` runs the export stage (PyTorch, a few hundred MB of downloads).
+ARG MODEL_SOURCE=context
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+WORKDIR /srv/imgserve
+
+
+# ---- export: PyTorch, torchvision, timm; writes model.onnx + model.json -------------------
+FROM base AS export
+# The CPU wheels of PyTorch are a few hundred MB; PyPI's default build brings GBs of CUDA
+# libraries that exporting does not need. Set it empty to use only the default index.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY docker/requirements-from-pyproject.py /usr/local/bin/requirements-from-pyproject
+COPY pyproject.toml ./
+RUN python3 -m venv "$VIRTUAL_ENV" \
+    && requirements-from-pyproject pyproject.toml export > /tmp/requirements.txt \
+    && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
+COPY app/__init__.py app/
+COPY app/inference app/inference
+COPY model_export model_export
+# Arguments of `python -m model_export` for the model baked into the runtime image.
+ARG EXPORT_ARGS="default"
+RUN python -m model_export ${EXPORT_ARGS} --output-dir /models/default
+# `docker compose --profile export run export finetune --data /data ...` and the like.
+ENTRYPOINT ["python", "-m", "model_export"]
+CMD ["--help"]
+
+
+# ---- the model baked into the runtime image -----------------------------------------------
+FROM scratch AS model-context
+ARG MODEL_DIR=models/default
+COPY ${MODEL_DIR}/ /models/default/
+
+FROM export AS model-export
+
+# hadolint ignore=DL3006
+FROM model-${MODEL_SOURCE} AS model
+
+
+# ---- venv: the serving dependencies, with one ONNX Runtime build ---------------------------
+FROM base AS venv
+# gpu: onnxruntime-gpu with CUDA and cuDNN from their PyPI packages; cpu: onnxruntime.
+ARG ORT_VARIANT=gpu
+COPY docker/requirements-from-pyproject.py /usr/local/bin/requirements-from-pyproject
+COPY pyproject.toml ./
+RUN python3 -m venv "$VIRTUAL_ENV" \
+    && requirements-from-pyproject pyproject.toml "${ORT_VARIANT}" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && pip uninstall -y pip setuptools
+
+
+# ---- runtime: the server ------------------------------------------------------------------
+FROM base AS runtime
+ARG ORT_VARIANT=gpu
+RUN groupadd --system --gid 10001 imgserve \
+    && useradd --system --uid 10001 --gid imgserve --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin imgserve
+COPY --from=venv /opt/venv /opt/venv
+COPY --from=model /models/default /models/default
+COPY docker/healthcheck.py /usr/local/bin/imgserve-healthcheck
+COPY app app
+LABEL org.opencontainers.image.title="imgserve" \
+      org.opencontainers.image.description="Image classification over REST: FastAPI + ONNX Runtime (${ORT_VARIANT})" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV IMGSERVE_MODEL_PATH=/models/default/model.onnx \
+    IMGSERVE_PORT=8000
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
+EXPOSE 8000
+# /readyz is 503 until the model is warmed up and again while draining, so an orchestrator
+# stops routing to a replica that is shutting down. Exec form, no shell in the loop.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "/usr/local/bin/imgserve-healthcheck"]
+# Exec form: python is PID 1 and receives SIGTERM itself; the server then drains
+# (IMGSERVE_SHUTDOWN_DELAY_S, then IMGSERVE_DRAIN_TIMEOUT_S) and exits 0.
+# One server process per container: batching works per process, scale with replicas.
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "app"]
