@@ -1,0 +1,1 @@
+"""The export stage: train, fine-tune, evaluate and export image classifiers to ONNX with a model card."""

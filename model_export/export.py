@@ -1,0 +1,335 @@
+"""ONNX export: in-graph preprocessing, fp16, the PyTorch-vs-ONNX Runtime parity check, the model card.
+
+Exporter choice: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript, the default since
+PyTorch 2.9). On timm's TF-'same'-padded convolutions it folds the padding into the Conv nodes
+and gives a clean graph with a symbolic batch axis; the legacy TorchScript exporter emits a
+Shape/Ceil/Pad subgraph per padded conv and a DeprecationWarning (an error under our pytest
+settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+from torch import nn
+
+from app.inference.card import CARD_METADATA_KEY, ModelCard, Preprocessing, TensorSpec, write_card
+
+from .data import create_eval_transform, load_rgb, mean_std_tensors, normalize_uint8
+
+log = logging.getLogger(__name__)
+
+MODEL_FILENAME = "model.onnx"
+OPSET_VERSION = 18
+# Max |p_torch - p_onnx| over all classes and images. fp32 differs only by kernel rounding;
+# fp16 stores weights and activations with a 10-bit mantissa (~1e-3 relative).
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2
+PARITY_BATCH_SIZE = 8
+_VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "onnxruntime", "imgserve")
+
+
+class ExportError(RuntimeError):
+    """The export failed a check (ONNX checker, parity tolerance, top-1 agreement)."""
+
+
+class PixelsToProbabilities(nn.Module):
+    """uint8 NHWC RGB pixels -> softmax probabilities; the normalisation is part of the graph."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        mean, std = mean_std_tensors(preprocessing)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = normalize_uint8(pixels.permute(0, 3, 1, 2), self.mean, self.std)
+        return self.model(x).softmax(dim=-1)
+
+
+class FloatToProbabilities(nn.Module):
+    """Normalised float NCHW -> softmax probabilities (``--float-input``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=-1)
+
+
+@dataclass
+class ParityReport:
+    """PyTorch vs ONNX Runtime on the same real images."""
+
+    batch_sizes: list[int]
+    max_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+    num_images: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_sizes": self.batch_sizes,
+            "max_abs_prob_diff": self.max_abs_diff,
+            "top1_agreement": self.top1_agreement,
+            "tolerance": self.tolerance,
+            "num_images": self.num_images,
+        }
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    card_path: Path
+    card: ModelCard
+    parity: ParityReport
+
+
+def exporter_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions
+
+
+def sample_photo_paths() -> list[Path]:
+    """Real photos that ship with the export stage's own dependencies (no downloads)."""
+    import matplotlib
+    import sklearn.datasets
+
+    sklearn_images = Path(sklearn.datasets.__file__).parent / "images"
+    mpl_samples = Path(matplotlib.get_data_path()) / "sample_data"
+    candidates = [
+        sklearn_images / "china.jpg",
+        sklearn_images / "flower.jpg",
+        mpl_samples / "grace_hopper.jpg",
+    ]
+    return [p for p in candidates if p.is_file()]
+
+
+def load_parity_images(
+    preprocessing: Preprocessing, extra_paths: list[Path] | None = None, count: int = PARITY_BATCH_SIZE
+) -> np.ndarray:
+    """``count`` real images through the eval transform, as uint8 NHWC.
+
+    ``extra_paths`` (e.g. validation images) come first; the sample photos and their mirror
+    images fill up the rest so there is always a batch of ``count`` distinct real inputs.
+    """
+    transform = create_eval_transform(preprocessing)
+    images: list[Image.Image] = [load_rgb(p) for p in (extra_paths or [])[:count]]
+    photos = [load_rgb(p) for p in sample_photo_paths()]
+    variants = photos + [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in photos]
+    variants += [p.crop((0, 0, p.width // 2, p.height)) for p in photos]
+    variants += [p.crop((p.width // 2, 0, p.width, p.height)) for p in photos]
+    images += variants[: max(0, count - len(images))]
+    if not images:
+        raise ExportError(
+            "no real images found for the parity check (sklearn/matplotlib sample photos missing)"
+        )
+    return np.stack([transform(image).permute(1, 2, 0).numpy() for image in images])
+
+
+def _torch_probabilities(wrapper: nn.Module, inputs: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return wrapper(torch.from_numpy(inputs)).float().numpy()
+
+
+def check_parity(
+    wrapper: nn.Module, onnx_path: Path, inputs: np.ndarray, tolerance: float, batch_sizes: tuple[int, ...]
+) -> ParityReport:
+    """Compare PyTorch and ONNX Runtime probabilities at each batch size; raise past ``tolerance``.
+
+    Top-1 must agree on every image, except near-ties where PyTorch's top two classes are
+    closer than the tolerance itself (rounding may legitimately swap those).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    max_abs_diff = 0.0
+    agree = 0
+    total = 0
+    for batch_size in batch_sizes:
+        batch = inputs[:batch_size]
+        expected = _torch_probabilities(wrapper, batch)
+        actual = session.run(None, {input_name: batch})[0].astype(np.float32)
+        if actual.shape != expected.shape or not np.isfinite(actual).all():
+            raise ExportError(
+                f"ONNX output at batch {batch_size} has shape {actual.shape} (expected {expected.shape}) "
+                f"or non-finite values ({int((~np.isfinite(actual)).sum())})"
+            )
+        max_abs_diff = max(max_abs_diff, float(np.abs(actual - expected).max()))
+        top2 = np.sort(expected, axis=1)[:, -2:]
+        near_tie = (top2[:, 1] - top2[:, 0]) < tolerance
+        same = actual.argmax(1) == expected.argmax(1)
+        agree += int(same.sum())
+        total += len(batch)
+        if not (same | near_tie).all():
+            raise ExportError(
+                f"ONNX top-1 differs from PyTorch on {int((~same).sum())} of {len(batch)} images at batch {batch_size}"
+            )
+    report = ParityReport(list(batch_sizes), max_abs_diff, agree / total, tolerance, len(inputs))
+    if max_abs_diff > tolerance:
+        raise ExportError(
+            f"ONNX Runtime probabilities differ from PyTorch by {max_abs_diff:.3g}, "
+            f"above the tolerance {tolerance:g} (batch sizes {list(batch_sizes)})"
+        )
+    return report
+
+
+def _export_graph(wrapper: nn.Module, example: torch.Tensor, input_name: str, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The dynamo exporter narrates each step on stdout; our own summary says what matters.
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=["probabilities"],
+            dynamic_shapes={"pixels" if input_name == "pixels" else "x": {0: batch}},
+            opset_version=OPSET_VERSION,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def convert_to_fp16(path: Path) -> None:
+    """Rewrite ``path`` in half precision; uint8 input and the output stay as the graph declares them.
+
+    onnxruntime's converter keeps ops without CPU fp16 kernels in fp32 behind Cast nodes, so the
+    file still runs on the CPU execution provider (the parity check proves it).
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    model = convert_float_to_float16(model, keep_io_types=False)
+    onnx.save(model, str(path))
+
+
+def _attach_card(path: Path, card: ModelCard) -> None:
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(
+        model,
+        {
+            **{p.key: p.value for p in model.metadata_props if p.key != CARD_METADATA_KEY},
+            CARD_METADATA_KEY: card.to_metadata_json(),
+        },
+    )
+    model.doc_string = f"{card.name} {card.version}: {card.architecture}, {card.num_classes} classes"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def export_model(
+    model: nn.Module,
+    *,
+    output_dir: Path,
+    name: str,
+    version: str,
+    architecture: str,
+    weights: str,
+    labels: list[str],
+    preprocessing: Preprocessing,
+    dataset: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    fp16: bool = False,
+    float_input: bool = False,
+    parity_paths: list[Path] | None = None,
+) -> ExportResult:
+    """Export ``model`` (logits, float NCHW) to ``output_dir/model.onnx`` + ``model.json``, checked.
+
+    The graph ends in softmax; by default it starts from uint8 NHWC pixels and normalises
+    inside. Fails with :class:`ExportError` if ONNX Runtime disagrees with PyTorch past the
+    stated tolerance at batch 1 and N on real images.
+    """
+    model = model.eval().float().cpu()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / MODEL_FILENAME
+    preprocessing = preprocessing.model_copy(update={"normalization_in_graph": not float_input})
+    images = load_parity_images(preprocessing, parity_paths)
+    output_dtype = "float16" if fp16 else "float32"
+    wrapper: nn.Module
+    if float_input:
+        wrapper = FloatToProbabilities(model).eval()
+        mean, std = mean_std_tensors(preprocessing)
+        inputs = normalize_uint8(torch.from_numpy(images).permute(0, 3, 1, 2), mean, std).contiguous().numpy()
+        input_spec = TensorSpec(name="input", layout="NCHW", dtype="float16" if fp16 else "float32")
+        if fp16:
+            inputs = inputs.astype(np.float16)
+    else:
+        wrapper = PixelsToProbabilities(model, preprocessing).eval()
+        inputs = images
+        input_spec = TensorSpec(name="pixels", layout="NHWC", dtype="uint8")
+    example = torch.from_numpy(
+        np.ascontiguousarray(inputs[:2]).astype(np.float32 if float_input else np.uint8)
+    )
+    _export_graph(wrapper, example, "input" if float_input else "pixels", path)
+    if fp16:
+        convert_to_fp16(path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+    # The reference is always the fp32 PyTorch model: fp16 is judged against what it approximates.
+    reference = wrapper
+    reference_inputs = inputs.astype(np.float32) if float_input else inputs
+    parity = _check_parity_any_dtype(
+        reference, path, reference_inputs, inputs, 1e-2 if fp16 else FP32_TOLERANCE
+    )
+
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture=architecture,
+        weights=weights,
+        labels=labels,
+        input=input_spec,
+        output=TensorSpec(name="probabilities", layout="NC", dtype=output_dtype),
+        preprocessing=preprocessing,
+        precision="fp16" if fp16 else "fp32",
+        dataset=dataset or {},
+        metrics={**(metrics or {}), "export_parity": parity.as_dict()},
+        exporter={**exporter_versions(), "torch_onnx_exporter": "dynamo", "opset": str(OPSET_VERSION)},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    if len(labels) != _output_classes(path):
+        raise ExportError(
+            f"the graph outputs {_output_classes(path)} classes but the card has {len(labels)} labels"
+        )
+    _attach_card(path, card)
+    card_path = write_card(card, path)
+    return ExportResult(model_path=path, card_path=card_path, card=card, parity=parity)
+
+
+def _check_parity_any_dtype(
+    reference: nn.Module, path: Path, reference_inputs: np.ndarray, onnx_inputs: np.ndarray, tolerance: float
+) -> ParityReport:
+    if reference_inputs is onnx_inputs:
+        return check_parity(reference, path, onnx_inputs, tolerance, (1, len(onnx_inputs)))
+
+    # fp16 float input: the graph takes half-precision inputs, PyTorch the fp32 ones.
+    class _Cast(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return reference(x.float())
+
+    return check_parity(_Cast(), path, onnx_inputs, tolerance, (1, len(onnx_inputs)))
+
+
+def _output_classes(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return int(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
