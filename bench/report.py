@@ -1,0 +1,249 @@
+"""results.json -> report.md (ratios against the issue's targets first, then every figure) and plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+MAIN = "jpeg_500x375"
+
+
+def _get(points: dict[str, Any], key: str) -> dict[str, Any] | None:
+    return points.get(key)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def target_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue: measured ratio, threshold, met or not (None: not measured here)."""
+    points, ceiling = report["points"], report["ceiling"]
+    on32 = _get(points, f"batching_on/{MAIN}/c32")
+    off32 = _get(points, f"batching_off/{MAIN}/c32")
+    naive32 = _get(points, f"naive/{MAIN}/c32")
+    on12 = _get(points, "batching_on/jpeg_12mp/c32")
+    naive12 = _get(points, "naive/jpeg_12mp/c32")
+    rows = []
+    ceil_cpu = ceiling["pipeline"].get(MAIN, {}).get("cpu_s_per_image")
+    overhead = _ratio(on32 and on32["server_cpu_s_per_image"], ceil_cpu)
+    rows.append({
+        "target": "Overhead: server CPU-s/image at c=32, 500x375 JPEG ÷ in-process ceiling's",
+        "measured": overhead, "want": "≤ 1.25", "met": None if overhead is None else overhead <= 1.25,
+        "detail": f"{_fmt(on32 and 1000 * on32['server_cpu_s_per_image'], 2)} vs {_fmt(ceil_cpu and 1000 * ceil_cpu, 2)} CPU-ms/image",
+    })
+    gpu = bool(report["machine"].get("cuda_provider_available"))
+    want_batching = 4.0 if gpu else 1.5
+    batching = _ratio(on32 and on32["images_per_s"], off32 and off32["images_per_s"])
+    rows.append({
+        "target": f"Batching: images/s on ÷ off (max_batch_size=1) at c=32 ({'GPU' if gpu else 'CPU'})",
+        "measured": batching, "want": f"≥ {want_batching:g}", "met": None if batching is None else batching >= want_batching,
+        "detail": f"{_fmt(on32 and on32['images_per_s'])} vs {_fmt(off32 and off32['images_per_s'])} images/s",
+    })
+    for label, ours, naive, want in (("500x375 JPEG", on32, naive32, 1.5), ("12-MP JPEG", on12, naive12, 5.0)):
+        ratio = _ratio(ours and ours["images_per_s"], naive and naive["images_per_s"])
+        p99_ok = None if not (ours and naive) else ours["latency_ms"]["p99"] <= naive["latency_ms"]["p99"]
+        rows.append({
+            "target": f"vs naive baseline, {label}, c=32: images/s ratio, and p99 no worse",
+            "measured": ratio, "want": f"≥ {want:g}, p99 ≤ naive's",
+            "met": None if ratio is None else (ratio >= want and bool(p99_ok)),
+            "detail": (f"{_fmt(ours and ours['images_per_s'])} vs {_fmt(naive and naive['images_per_s'])} images/s; "
+                       f"p99 {_fmt(ours and ours['latency_ms']['p99'])} vs {_fmt(naive and naive['latency_ms']['p99'])} ms"),
+        })
+    n1, n2 = _get(points, f"nginx_1/{MAIN}/c32"), _get(points, f"nginx_2/{MAIN}/c32")
+    if n1 and n2:
+        rows.append({
+            "target": "Replicas: images/s with 2 replicas ÷ 1 behind nginx, c=32 (no target; needs spare cores)",
+            "measured": _ratio(n2["images_per_s"], n1["images_per_s"]), "want": "–", "met": None,
+            "detail": f"{_fmt(n2['images_per_s'])} vs {_fmt(n1['images_per_s'])} images/s on cpus {report['machine']['server_cpus']}",
+        })
+    if gpu:
+        rows.append({
+            "target": "GPU: end-to-end images/s, 500x375 JPEG (best concurrency)",
+            "measured": max((p["images_per_s"] for k, p in points.items() if k.startswith(f"batching_on/{MAIN}/c")),
+                            default=None),
+            "want": "≥ 3,000", "met": None, "detail": "",
+        })
+        rows[-1]["met"] = rows[-1]["measured"] is not None and rows[-1]["measured"] >= 3000
+    return rows
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def targets_table(report: dict[str, Any]) -> str:
+    lines = ["| target | measured | wanted | verdict | figures |", "|---|---|---|---|---|"]
+    for row in target_rows(report):
+        measured = _fmt(row["measured"], 2) + "x" if row["measured"] is not None else "–"
+        lines.append(f"| {row['target']} | {measured} | {row['want']} | {_verdict(row['met'])} | {row['detail']} |")
+    return "\n".join(lines)
+
+
+def points_table(report: dict[str, Any]) -> str:
+    ceiling = report["ceiling"]["pipeline"]
+    header = ("| topology | workload | load | images/s | p50 ms | p95 ms | p99 ms | mean batch | server CPU-ms/image "
+              "| ÷ ceiling | server cores busy | client CPU-µs/request | errors |")
+    lines = [header, "|" + "---|" * 13]
+    for r in report["points"].values():
+        load = f"c={r['concurrency']}" if r["mode"] == "closed" else f"open {r['offered_images_per_s']:.0f} img/s"
+        cpu = r["server_cpu_s_per_image"]
+        base = ceiling.get(r["workload"].replace("raw_", "jpeg_").replace("multi8_", "jpeg_"), {}).get("cpu_s_per_image")
+        lat = r["latency_ms"]
+        client = r["client_cpu_s_per_request"]
+        lines.append(
+            f"| {r['topology']} | {r['workload']} | {load} | {_fmt(r['images_per_s'])} | {_fmt(lat['p50'])} | "
+            f"{_fmt(lat['p95'])} | {_fmt(lat['p99'])} | {_fmt(r['mean_batch_size'])} | {_fmt(cpu and 1000 * cpu, 2)} | "
+            f"{_fmt(_ratio(cpu, base), 2)} | {_fmt(r['server_cores_busy'], 2)} | {_fmt(client and 1e6 * client, 0)} | "
+            f"{r['error_count']}{' ' + str(r['errors']) if r['error_count'] else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def ceiling_table(report: dict[str, Any]) -> str:
+    c = report["ceiling"]
+    lines = [
+        f"Provider {c['provider']}; decode_threads {c['decode_threads']}, intra_op_threads {c['intra_op_threads']} "
+        f"(0 = ONNX Runtime's default), batch {c['max_batch_size']}.",
+        "",
+        "| image set | images/s | CPU-ms/image (pipeline) | CPU-ms/image (preprocess alone, 1 thread) |",
+        "|---|---|---|---|",
+    ]
+    for name, f in c["pipeline"].items():
+        lines.append(f"| {name} | {_fmt(f['images_per_s'])} | {_fmt(1000 * f['cpu_s_per_image'], 2)} | "
+                     f"{_fmt(1000 * f['preprocess_cpu_s_per_image'], 2)} |")
+    lines += ["", "| model alone, batch | images/s | CPU-ms/image |", "|---|---|---|"]
+    for batch, f in c["model"].items():
+        lines.append(f"| {batch} | {_fmt(f['images_per_s'])} | {_fmt(1000 * f['cpu_s_per_image'], 2)} |")
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = report["points"]
+    made = []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for topo, style in (("batching_on", "o-"), ("batching_off", "s--"), ("naive", "^:")):
+        rows = sorted((p for p in points.values() if p["topology"] == topo and p["workload"] == MAIN
+                       and p["mode"] == "closed"), key=lambda p: p["concurrency"])
+        if rows:
+            ax.plot([p["concurrency"] for p in rows], [p["images_per_s"] for p in rows], style, label=topo)
+    ceiling = report["ceiling"]["pipeline"].get(MAIN)
+    if ceiling:
+        ax.axhline(ceiling["images_per_s"], color="grey", lw=1, label="in-process ceiling")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent requests (closed loop)")
+    ax.set_ylabel("images/s")
+    ax.set_title(f"Throughput vs concurrency, {MAIN} ({report['machine']['server_cpus']} server cpus)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "throughput_vs_concurrency.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    made.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, label in ((f"batching_on/{MAIN}/c32", "batching on"), (f"batching_off/{MAIN}/c32", "batching off"),
+                       (f"naive/{MAIN}/c32", "naive"), (f"nginx_2/{MAIN}/c32", "nginx + 2 replicas")):
+        p = points.get(key)
+        if p and p["latency_sample_ms"]:
+            sample = sorted(p["latency_sample_ms"])
+            n = len(sample)
+            ax.plot(sample, [(i + 1) / n for i in range(n)], label=f"{label} (p99 {p['latency_ms']['p99']:.0f} ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("request latency, ms (log)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"Latency distribution at c=32, {MAIN}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "latency_cdf_c32.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    made.append(path)
+
+    rows = [p for p in points.values() if p["mode"] == "closed" and p["concurrency"] in (8, 32)
+            and p["server_cpu_s_per_image"] and p["topology"] in ("batching_on", "naive")]
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        labels = [f"{p['topology']}\n{p['workload']}\nc={p['concurrency']}" for p in rows]
+        ax.bar(range(len(rows)), [1000 * p["server_cpu_s_per_image"] for p in rows], color="tab:blue",
+               label="server CPU-ms/image")
+        for i, p in enumerate(rows):
+            base = report["ceiling"]["pipeline"].get(p["workload"].replace("raw_", "jpeg_").replace("multi8_", "jpeg_"))
+            if base:
+                ax.hlines(1000 * base["cpu_s_per_image"], i - 0.4, i + 0.4, color="black",
+                          label="ceiling" if i == 0 else None)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("CPU-ms per image (log)")
+        ax.set_title("Server CPU per image vs the in-process ceiling (black)")
+        ax.legend()
+        fig.tight_layout()
+        path = out / "cpu_per_image.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def write_report(report: dict[str, Any], out: Path) -> Path:
+    m = report["machine"]
+    plots = write_plots(report, out)
+    text = [
+        f"# Benchmark report ({'SMOKE, not a measurement' if report['settings']['smoke'] else 'full run'})",
+        "",
+        f"- date: {m['date_utc']}; command: `{report['command']}`; wall time {report['wall_s']:.0f} s",
+        f"- machine: {m['cpu_model']}, {m['cpu_count']} cpus, {m['memory_gib']} GiB, GPU: {m['gpu']}; "
+        f"load average at start {tuple(round(x, 2) for x in m['load_average_at_start'])}",
+        f"- ONNX Runtime {m['onnxruntime']}, providers {m['onnxruntime_providers']}; ceiling ran on "
+        f"{report['ceiling']['provider']}; Python {m['python']}, Pillow {m['pillow']}, NumPy {m['numpy']}",
+        f"- pinning: load generator on cpus {m['client_cpus']} ({m['client_processes']} process(es)); servers, nginx "
+        f"and the ceiling on cpus {m['server_cpus']}",
+        f"- model: `{report['model']}`; naive baseline's model: `{report['naive_model']}`",
+        f"- {report['settings']['duration_s']:g} s measured per point after {report['settings']['warmup_s']:g} s warm-up",
+        "",
+        "## Targets",
+        "",
+        targets_table(report),
+        "",
+        "## Details",
+        "",
+        "### Every point",
+        "",
+        points_table(report),
+        "",
+        "### The ceiling (in process, the server's preprocess + engine, same cpus and thread counts)",
+        "",
+        ceiling_table(report),
+        "",
+        "### Workloads",
+        "",
+        "| workload | images/request | mean body bytes | what |",
+        "|---|---|---|---|",
+        *(f"| {n} | {w['images_per_request']} | {w['mean_body_bytes']:,.0f} | {w['description']} |"
+          for n, w in report["workloads"].items()),
+        "",
+        "### Plots",
+        "",
+        *(f"![{p.stem}]({p.name})" for p in plots),
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(text))
+    return path

@@ -1,0 +1,405 @@
+"""``python -m bench run``: every piece of the benchmark, side by side, in one run.
+
+Stages: describe the machine -> get the model (and its float twin for the naive baseline) ->
+build images and request bodies -> the in-process ceiling -> each topology in turn (ours with
+batching on, ours with batching off, the naive baseline, nginx + 1 and + 2 replicas) at fixed
+concurrency levels for a fixed time -> results.json, report.md, plots.
+
+Fairness on a small machine: by default (``--pin auto``) the load generator runs on the first
+core(s) and everything under test (servers, nginx, the ceiling) on the others, so the servers'
+CPU-seconds per image and the ceiling's are measured on the same cores with the same thread
+counts, and the client's own cost (also reported) does not steal from the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bench import servers
+from bench.servers import Topology
+from bench.workloads import build_image_sets, build_workloads
+
+REPO_ROOT = servers.REPO_ROOT
+DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement: a topology, a workload, and a concurrency (closed loop) or rate (open)."""
+
+    topology: str
+    workload: str
+    concurrency: int = 0
+    rate_of: str = ""  # open loop: offered images/s = rate_fraction x images/s of this point key
+    rate_fraction: float = 0.0
+
+    @property
+    def key(self) -> str:
+        load = f"c{self.concurrency}" if not self.rate_of else f"open{self.rate_fraction:g}"
+        return f"{self.topology}/{self.workload}/{load}"
+
+
+@dataclass
+class Plan:
+    """Which topologies exist and which points each runs."""
+
+    topologies: dict[str, dict[str, Any]]  # name -> {"kind": ..., "settings": {...}}
+    points: list[Point] = field(default_factory=list)
+
+
+BATCHING_ON: dict[str, str] = {}  # the server's defaults: max_batch_size 32, max_delay_ms 5
+BATCHING_OFF = {"max_batch_size": "1"}
+MAIN = "jpeg_500x375"
+CONCURRENCY = (1, 8, 32, 128)
+
+
+def full_plan(replicas: bool) -> Plan:
+    topologies: dict[str, dict[str, Any]] = {
+        "batching_on": {"kind": "ours", "settings": BATCHING_ON},
+        "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
+        "naive": {"kind": "naive"},
+    }
+    points = [Point("batching_on", MAIN, c) for c in CONCURRENCY]
+    points += [
+        Point("batching_on", "jpeg_12mp", 1),
+        Point("batching_on", "jpeg_12mp", 32),
+        Point("batching_on", "png_512", 32),
+        Point("batching_on", "multi8_500x375", 8),
+        Point("batching_on", "raw_500x375", 32),
+        Point("batching_on", MAIN, rate_of=f"batching_on/{MAIN}/c32", rate_fraction=0.7),
+    ]
+    points += [Point("batching_off", MAIN, c) for c in CONCURRENCY]
+    points += [Point("naive", MAIN, c) for c in CONCURRENCY]
+    points += [Point("naive", "jpeg_12mp", 1), Point("naive", "jpeg_12mp", 32), Point("naive", "png_512", 32)]
+    if replicas:
+        topologies["nginx_1"] = {"kind": "replicas", "replicas": 1, "settings": BATCHING_ON}
+        topologies["nginx_2"] = {"kind": "replicas", "replicas": 2, "settings": BATCHING_ON}
+        points += [Point("nginx_1", MAIN, 32), Point("nginx_2", MAIN, 32)]
+    return Plan(topologies, points)
+
+
+def smoke_plan(replicas: bool) -> Plan:
+    topologies: dict[str, dict[str, Any]] = {
+        "batching_on": {"kind": "ours", "settings": BATCHING_ON},
+        "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
+        "naive": {"kind": "naive"},
+    }
+    points = [
+        Point("batching_on", MAIN, 1),
+        Point("batching_on", MAIN, 8),
+        Point("batching_on", "multi8_500x375", 2),
+        Point("batching_off", MAIN, 8),
+        Point("naive", MAIN, 8),
+    ]
+    if replicas:
+        topologies["nginx_2"] = {"kind": "replicas", "replicas": 2, "settings": BATCHING_ON}
+        points.append(Point("nginx_2", MAIN, 8))
+    return Plan(topologies, points)
+
+
+# --- the machine ----------------------------------------------------------------------------------
+def describe_machine() -> dict[str, Any]:
+    import numpy
+    import onnxruntime
+    import PIL
+
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    providers = onnxruntime.get_available_providers()
+    gpu = ""
+    try:
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "hostname": platform.node(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": providers,
+        "cuda_provider_available": "CUDAExecutionProvider" in providers,
+        "gpu": gpu or "none",
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "kernel": platform.release(),
+    }
+
+
+def parse_cpus(spec: str) -> list[int]:
+    """'0,2-3' -> [0, 2, 3] (taskset's list syntax)."""
+    cpus: list[int] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+def choose_cpus(pin: str) -> tuple[str | None, str | None, int]:
+    """(client cpus, server cpus, client processes) for ``--pin``: auto, none, or 'CLIENT:SERVER'."""
+    if pin == "none":
+        return None, None, max(1, (os.cpu_count() or 1) // 8)
+    if ":" in pin:
+        client, server = pin.split(":", 1)
+        return client, server, len(parse_cpus(client))
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None, 1
+    n_client = max(1, len(cpus) // 4)
+    client, server = cpus[:n_client], cpus[n_client:]
+    return ",".join(map(str, client)), ",".join(map(str, server)), n_client
+
+
+# --- models ---------------------------------------------------------------------------------------
+def prepare_models(args: Any, out: Path) -> tuple[Path, Path]:
+    """(the server's model, the naive baseline's model: the float twin when it can be made)."""
+    if args.smoke and args.model is None:
+        from bench.tinymodel import create_tiny_model
+
+        return create_tiny_model(out / "models" / "tiny"), create_tiny_model(
+            out / "models" / "tiny-float", float_input=True
+        )
+    model = args.model or DEFAULT_MODEL
+    if not model.exists():
+        tqdm.write(f"exporting the default model to {model.parent} (once) ...")
+        export(model.parent, [])
+    naive = args.naive_model
+    if naive is None:
+        naive = model.parent.parent / f"{model.parent.name}-float" / "model.onnx"
+        if not naive.exists():
+            tqdm.write(f"exporting the float-input twin to {naive.parent} for the naive baseline ...")
+            if not export(naive.parent, ["--float-input"]):
+                tqdm.write("  could not export a float-input twin; the naive baseline runs the uint8 model")
+                naive = model
+    return model, naive
+
+
+def export(folder: Path, extra: list[str]) -> bool:
+    command = [sys.executable, "-m", "model_export", "default", "--output-dir", str(folder), *extra]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tqdm.write(done.stderr[-2000:])
+    return done.returncode == 0
+
+
+# --- measuring ------------------------------------------------------------------------------------
+def start_topology(name: str, spec: dict[str, Any], model: Path, naive_model: Path, out: Path,
+                   cpus: str | None) -> Topology:
+    logs = out / "logs"
+    if spec["kind"] == "ours":
+        return servers.start_ours(name, model, spec["settings"], logs, cpus)
+    if spec["kind"] == "naive":
+        return servers.start_naive(naive_model, logs, cpus)
+    return servers.start_replicas(model, spec["settings"], spec["replicas"], logs / name, cpus)
+
+
+def measure_point(
+    topo: Topology, point: Point, workload_dir: Path, args: Any, client_cpus: str | None, client_procs: int,
+    rate: float, out: Path,
+) -> dict[str, Any]:
+    t0 = time.monotonic() + 1.0 + 0.3 * client_procs  # time for the client processes to start and connect
+    window_start, window_end = t0 + args.warmup, t0 + args.warmup + args.duration
+    procs, outs = [], []
+    for index in range(client_procs):
+        result_path = out / "tmp" / f"client{index}.json"
+        result_path.parent.mkdir(parents=True, exist_ok=True)
+        result_path.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", "bench.loadgen", "--workload", str(workload_dir), "--port", str(topo.port),
+            "--t0", repr(t0), "--warmup", str(args.warmup), "--duration", str(args.duration),
+            "--offset", str(index * 7), "--out", str(result_path),
+        ]
+        if rate:
+            argv += ["--rate", repr(rate / client_procs)]
+        else:
+            share = point.concurrency // client_procs + (1 if index < point.concurrency % client_procs else 0)
+            if share == 0:
+                continue
+            argv += ["--connections", str(share)]
+        procs.append(subprocess.Popen([*servers.taskset_prefix(client_cpus), *argv], cwd=REPO_ROOT))
+        outs.append(result_path)
+    time.sleep(max(0.0, window_start - time.monotonic()))
+    cpu_before, metrics_before = topo.cpu_s(), topo.scrape_all()
+    time.sleep(max(0.0, window_end - time.monotonic()))
+    cpu_after, metrics_after = topo.cpu_s(), topo.scrape_all()
+    for proc in procs:
+        if proc.wait(timeout=120) != 0:
+            raise RuntimeError(f"load generator failed with exit status {proc.returncode}")
+    clients = [json.loads(path.read_text()) for path in outs]
+    return merge(point, topo, clients, cpu_after - cpu_before, servers.sum_deltas(metrics_before, metrics_after),
+                 args.duration, rate)
+
+
+def merge(point: Point, topo: Topology, clients: list[dict[str, Any]], server_cpu_s: float,
+          delta: servers.MetricsDelta, duration_s: float, rate: float) -> dict[str, Any]:
+    from bench.loadgen import percentile_ms
+
+    latencies = sorted(lat for c in clients for lat in c["latencies_s"])
+    ipr = clients[0]["images_per_request"]
+    requests_ok = len(latencies)
+    images_ok = requests_ok * ipr
+    errors: dict[str, int] = {}
+    for c in clients:
+        for kind, count in c["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    # Images the server finished in the window, by its own count when it keeps one (both sides of
+    # the ratio then come from the server); else what the client saw completed.
+    server_images = delta.images_processed if delta.images_processed else images_ok
+    client_cpu = sum(c["client_cpu_s"] for c in clients)
+    client_requests = sum(c["requests_sent"] for c in clients)
+    return {
+        "key": point.key,
+        "topology": point.topology,
+        "workload": point.workload,
+        "images_per_request": ipr,
+        "mode": "open" if rate else "closed",
+        "concurrency": point.concurrency,
+        "offered_images_per_s": rate * ipr if rate else None,
+        "duration_s": duration_s,
+        "requests_ok": requests_ok,
+        "images_ok": images_ok,
+        "images_per_s": images_ok / duration_s,
+        "latency_ms": {f"p{q:g}": percentile_ms(latencies, q) for q in (50, 90, 95, 99, 99.9)}
+        | {"mean": 1000 * sum(latencies) / requests_ok if requests_ok else float("nan")},
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "sample_error_body": next((c["sample_error_body"] for c in clients if c["sample_error_body"]), ""),
+        "server_cpu_s": server_cpu_s,
+        "server_images": server_images,
+        "server_cpu_s_per_image": server_cpu_s / server_images if server_images else None,
+        "server_cores_busy": server_cpu_s / duration_s,
+        "mean_batch_size": delta.mean_batch_size if delta.batches else (1.0 if topo.name == "naive" else None),
+        "batches": delta.batches,
+        "client_cpu_s_per_request": client_cpu / client_requests if client_requests else None,
+        "latency_sample_ms": [round(1000 * x, 3) for x in latencies[:: max(1, len(latencies) // 4000)]],
+    }
+
+
+def run_ceiling(model: Path, image_dirs: list[Path], args: Any, cpus: str | None, out: Path) -> dict[str, Any]:
+    result_path = out / "ceiling.json"
+    argv = [
+        sys.executable, "-m", "bench.ceiling", "--model", str(model), "--duration", str(args.ceiling_duration),
+        "--out", str(result_path), "--images", *map(str, image_dirs),
+    ]
+    env = {**os.environ, **{f"IMGSERVE_{k.upper()}": v for k, v in BATCHING_ON.items()}}
+    subprocess.run([*servers.taskset_prefix(cpus), *argv], cwd=REPO_ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads(result_path.read_text())
+
+
+def execute(args: Any) -> Path:
+    started = time.monotonic()
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    machine = describe_machine()
+    client_cpus, server_cpus, client_procs = choose_cpus(args.pin)
+    if args.client_procs:
+        client_procs = args.client_procs
+    machine |= {"client_cpus": client_cpus or "any", "server_cpus": server_cpus or "any",
+                "client_processes": client_procs}
+    print(f"machine: {machine['cpu_model']} x{machine['cpu_count']}, GPU: {machine['gpu']}")
+    print(f"ONNX Runtime {machine['onnxruntime']} providers: {machine['onnxruntime_providers']} "
+          f"(CUDA provider {'AVAILABLE' if machine['cuda_provider_available'] else 'not available'})")
+    print(f"load generator on cpus {machine['client_cpus']} ({client_procs} process(es)), "
+          f"servers and ceiling on cpus {machine['server_cpus']}")
+
+    model, naive_model = prepare_models(args, out)
+    sets = build_image_sets(out / "images", smoke=args.smoke)
+    replicas = servers.shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+    plan = smoke_plan(replicas) if args.smoke else full_plan(replicas)
+    if args.only:
+        plan.points = [p for p in plan.points if any(part in p.key for part in args.only)]
+    workloads = build_workloads(sets, sorted({p.workload for p in plan.points}))
+    for name, workload in workloads.items():
+        workload.to_json(out / "workloads" / name)
+
+    ceiling_sets = [MAIN] if args.smoke else [MAIN, "jpeg_12mp", "png_512"]
+    print(f"ceiling: in process, {args.ceiling_duration:g} s per image set ...")
+    ceiling = run_ceiling(model, [out / "images" / s for s in ceiling_sets], args, server_cpus, out)
+    for name, fig in ceiling["pipeline"].items():
+        print(f"  {name:14s} {fig['images_per_s']:8.1f} images/s  {1000 * fig['cpu_s_per_image']:7.2f} CPU-ms/image "
+              f"(preprocess alone {1000 * fig['preprocess_cpu_s_per_image']:.2f})  provider {ceiling['provider']}")
+
+    results: dict[str, dict[str, Any]] = {}
+    used = [t for t in plan.topologies if any(p.topology == t for p in plan.points)]
+    bar = tqdm(total=len(plan.points), desc="load points", unit="point")
+    for topo_name in used:
+        spec = plan.topologies[topo_name]
+        topo = start_topology(topo_name, spec, model, naive_model, out, server_cpus)
+        try:
+            for point in (p for p in plan.points if p.topology == topo_name):
+                rate = 0.0
+                if point.rate_of:
+                    base = results.get(point.rate_of)
+                    if base is None or not base["images_per_s"]:
+                        bar.update()
+                        continue
+                    rate = point.rate_fraction * base["images_per_s"] / workloads[point.workload].images_per_request
+                bar.set_postfix_str(point.key)
+                result = measure_point(topo, point, out / "workloads" / point.workload, args, client_cpus,
+                                       client_procs, rate, out)
+                results[point.key] = result
+                bar.update()
+                tqdm.write(one_line(result))
+        finally:
+            topo.stop()
+    bar.close()
+
+    report = {
+        "machine": machine,
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "ceiling_duration_s": args.ceiling_duration,
+                     "smoke": args.smoke, "pin": args.pin},
+        "model": str(model),
+        "naive_model": str(naive_model),
+        "image_sets": {name: {"count": len(s.images), "size": s.pixel_size, "mean_bytes": sum(map(len, s.images))
+                              / len(s.images), "note": s.note} for name, s in sets.items()},
+        "workloads": {name: {"images_per_request": w.images_per_request, "mean_body_bytes": w.mean_body_bytes,
+                             "description": w.description} for name, w in workloads.items()},
+        "ceiling": ceiling,
+        "points": results,
+        "plan": [asdict(p) for p in plan.points],
+        "wall_s": time.monotonic() - started,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    from bench.report import write_report
+
+    md = write_report(report, out)
+    print()
+    print(md.read_text().split("## Details")[0])
+    print(f"results: {out / 'results.json'}, report: {md}, total {report['wall_s']:.0f} s")
+    return out
+
+
+def one_line(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    cpu = r["server_cpu_s_per_image"]
+    batch = r["mean_batch_size"]
+    return (
+        f"{r['key']:40s} {r['images_per_s']:8.1f} img/s  p50 {lat['p50']:7.1f}  p99 {lat['p99']:7.1f} ms  "
+        f"server {1000 * cpu if cpu else float('nan'):6.2f} CPU-ms/img  batch {batch if batch else float('nan'):5.1f}  "
+        f"errors {r['error_count']}"
+    )

@@ -1,0 +1,309 @@
+"""Start, watch and stop the processes under test; read their CPU time and their metrics.
+
+Server CPU time comes from the kernel's accounting of each server process (utime + stime in
+``/proc/PID/stat``, all threads included), never from the client: it is the same whatever the
+load generator costs. A topology (one server, or nginx + replicas) is a group of processes;
+its CPU time is the sum over the group, nginx's worker processes included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NGINX_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+    return found
+
+
+def taskset_prefix(cpus: str | None) -> list[str]:
+    if not cpus or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", cpus]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    metrics: bool = True  # serves /metrics
+
+    def pids(self) -> list[int]:
+        return [self.popen.pid, *children(self.popen.pid)]
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                total += process_cpu_s(pid)
+        return total
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path, port: int, cpus: str | None,
+          metrics: bool = True) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("wb")
+    popen = subprocess.Popen(
+        [*taskset_prefix(cpus), *argv], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+    )
+    return Proc(name, popen, port, log_path, metrics)
+
+
+def wait_ready(proc: Proc, path: str = "/readyz", timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{proc.port}{path}", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} not ready after {timeout_s:.0f} s:\n{proc.log_tail()}")
+
+
+# --- metrics -----------------------------------------------------------------------------------
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN|[+-]Inf)")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Flat {name{labels}: value}; enough for counters and histogram _sum/_count."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+def scrape(port: int) -> dict[str, float]:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    except httpx.HTTPError:
+        return {}
+    return parse_prometheus(response.text) if response.status_code == 200 else {}
+
+
+def _sum_matching(samples: dict[str, float], pattern: str) -> float | None:
+    regex = re.compile(pattern)
+    values = [value for key, value in samples.items() if regex.fullmatch(key.split("{")[0])]
+    return sum(values) if values else None
+
+
+@dataclass
+class MetricsDelta:
+    """What the server says it did between two scrapes."""
+
+    batches: float | None = None
+    batched_images: float | None = None
+    images_processed: float | None = None
+
+    @property
+    def mean_batch_size(self) -> float | None:
+        if self.batches and self.batched_images is not None:
+            return self.batched_images / self.batches
+        return None
+
+
+# The server's metric names (app/metrics.py): the batch-size histogram and the images counter.
+BATCH_SIZE_SUM = r"imgserve_batch_size_sum"
+BATCH_SIZE_COUNT = r"imgserve_batch_size_count"
+IMAGES_TOTAL = r"imgserve_images_total"
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> MetricsDelta:
+    def delta(pattern: str) -> float | None:
+        a, b = _sum_matching(after, pattern), _sum_matching(before, pattern)
+        return None if a is None or b is None else a - b
+
+    return MetricsDelta(delta(BATCH_SIZE_COUNT), delta(BATCH_SIZE_SUM), delta(IMAGES_TOTAL))
+
+
+# --- topologies ----------------------------------------------------------------------------------
+@dataclass
+class Topology:
+    """One thing under test: the port the client talks to and every process that serves it."""
+
+    name: str
+    port: int
+    procs: list[Proc] = field(default_factory=list)
+
+    def cpu_s(self) -> float:
+        return sum(proc.cpu_s() for proc in self.procs)
+
+    def scrape_all(self) -> list[dict[str, float]]:
+        return [scrape(proc.port) for proc in self.procs if proc.metrics]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def server_pids(self) -> list[int]:
+        return [pid for proc in self.procs for pid in proc.pids()]
+
+
+def sum_deltas(before: list[dict[str, float]], after: list[dict[str, float]]) -> MetricsDelta:
+    total = MetricsDelta()
+    for b, a in zip(before, after, strict=True):
+        d = metrics_delta(b, a)
+        for attr in ("batches", "batched_images", "images_processed"):
+            value = getattr(d, attr)
+            if value is not None:
+                setattr(total, attr, (getattr(total, attr) or 0.0) + value)
+    return total
+
+
+def server_env(model_path: Path, port: int, settings: dict[str, str]) -> dict[str, str]:
+    env = {
+        "IMGSERVE_MODEL_PATH": str(model_path),
+        "IMGSERVE_PORT": str(port),
+        "IMGSERVE_HOST": "127.0.0.1",
+        "IMGSERVE_LOG_LEVEL": "warning",
+    }
+    return env | {f"IMGSERVE_{k.upper()}": str(v) for k, v in settings.items()}
+
+
+def start_ours(name: str, model_path: Path, settings: dict[str, str], log_dir: Path, cpus: str | None) -> Topology:
+    port = free_port()
+    proc = spawn(name, [sys.executable, "-m", "app"], server_env(model_path, port, settings), log_dir, port, cpus)
+    try:
+        wait_ready(proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return Topology(name, port, [proc])
+
+
+def start_naive(model_path: Path, log_dir: Path, cpus: str | None) -> Topology:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.naive_server", "--model", str(model_path), "--port", str(port)]
+    proc = spawn("naive", argv, {}, log_dir, port, cpus, metrics=False)
+    try:
+        wait_ready(proc)
+    except BaseException:
+        proc.stop()
+        raise
+    return Topology("naive", port, [proc])
+
+
+def nginx_config(listen_port: int, upstream_ports: list[int], run_dir: Path) -> str:
+    """The deployment's own docker/nginx/default.conf, pointed at local replicas.
+
+    Like tests/e2e/test_nginx_lb.py, only the ``server app:8000`` and ``listen 80`` lines (and
+    the access log path) change, so the benchmark measures the configuration we ship.
+    """
+    if NGINX_CONF.exists():
+        site = NGINX_CONF.read_text()
+        servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in upstream_ports)
+        site = re.sub(r"^\s*server app:8000[^\n]*$", servers, site, flags=re.M)
+        site = re.sub(r"listen 80;", f"listen 127.0.0.1:{listen_port};", site)
+        site = site.replace("/var/log/nginx/access.log", str(run_dir / "access.log"))
+    else:  # minimal stand-in until the deployment's file exists
+        servers = "\n".join(f"server 127.0.0.1:{p};" for p in upstream_ports)
+        site = (
+            f"upstream imgserve {{ {servers} keepalive 32; }}\n"
+            f"server {{ listen 127.0.0.1:{listen_port}; client_max_body_size 20m; access_log off;\n"
+            "  location / { proxy_pass http://imgserve; proxy_http_version 1.1;\n"
+            '    proxy_set_header Connection ""; proxy_read_timeout 60s; } }\n'
+        )
+    return (
+        "worker_processes 1;\n"
+        f"pid {run_dir / 'nginx.pid'};\n"
+        f"error_log {run_dir / 'error.log'} warn;\n"
+        "events { worker_connections 4096; }\n"
+        "http {\n"
+        f"  client_body_temp_path {run_dir / 'body'};\n"
+        f"  proxy_temp_path {run_dir / 'proxy'};\n"
+        "  default_type application/octet-stream;\n"
+        + site
+        + "\n}\n"
+    )
+
+
+def start_replicas(
+    model_path: Path, settings: dict[str, str], replicas: int, log_dir: Path, cpus: str | None
+) -> Topology:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
+    topo = Topology(f"nginx+{replicas}", 0)
+    try:
+        for index in range(replicas):
+            replica = start_ours(f"replica{index}", model_path, settings, log_dir, cpus)
+            topo.procs.extend(replica.procs)
+        run_dir = log_dir / "nginx"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        conf = run_dir / "nginx.conf"
+        conf.write_text(nginx_config(port, [p.port for p in topo.procs], run_dir))
+        argv = [nginx, "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"]
+        proc = spawn("nginx", argv, {}, log_dir, port, cpus, metrics=False)
+        topo.procs.append(proc)
+        topo.port = port
+        wait_ready(proc, "/readyz")
+    except BaseException:
+        topo.stop()
+        raise
+    return topo
+
+
+@contextlib.contextmanager
+def running(topo_factory: object) -> Iterator[Topology]:
+    topo: Topology = topo_factory()  # type: ignore[operator]
+    try:
+        yield topo
+    finally:
+        topo.stop()
