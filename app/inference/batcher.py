@@ -236,6 +236,12 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
             if len(outputs) != len(items):
                 raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {len(items)}")
+        except asyncio.CancelledError:
+            # stop() gave up waiting for a stuck model: these requests must not hang.
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(UnavailableError("the server is shutting down"))
+            raise
         except Exception as exc:
             logger.exception("inference failed on a batch of %d images", len(items))
             error = InferenceError(f"inference failed on a batch of {len(items)} images")

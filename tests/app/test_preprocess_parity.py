@@ -1,0 +1,62 @@
+"""The server's preprocessing is the export stage's eval transform, on real photos.
+
+Without draft mode: bit-identical to torchvision's Resize + CenterCrop on PIL ``convert("RGB")``.
+With draft mode (large JPEGs): the same top-1 from the real default model, and every
+probability within PROBABILITY_TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.inference.card import Preprocessing
+from app.inference.engine import EngineOptions, create_engine
+from app.inference.preprocess import ImageLimits, decode_rgb, preprocess
+from tests.app.photos import PHOTOS
+
+data_module = pytest.importorskip("model_export.data", reason="the export stage (torch) is not installed")
+
+PROBABILITY_TOLERANCE = 0.08  # max |p_draft - p_full| over all 1000 classes; observed <= 0.055
+LIMITS = ImageLimits(allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"}), max_image_pixels=80_000_000)
+
+
+def torchvision_pixels(path_or_image: Path | Image.Image, spec: Preprocessing) -> np.ndarray:
+    image = data_module.load_rgb(path_or_image) if isinstance(path_or_image, Path) else path_or_image
+    tensor = data_module.create_eval_transform(spec)(image)  # uint8 CHW
+    return tensor.permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_bit_identical_to_the_eval_transform_without_draft(photo: str, interpolation: str) -> None:
+    path, _ = PHOTOS[photo]
+    spec = Preprocessing(resize_size=256, crop_size=224, interpolation=interpolation, mean=(0.5,) * 3, std=(0.5,) * 3)
+    ours = preprocess(path.read_bytes(), spec, LIMITS, photo, draft=False)
+    np.testing.assert_array_equal(ours, torchvision_pixels(path, spec))
+
+
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_draft_mode_keeps_top1_and_probabilities_on_large_photos(photo: str, default_model_path: Path) -> None:
+    engine = create_engine(default_model_path, EngineOptions())
+    spec = engine.card.preprocessing
+    path, _ = PHOTOS[photo]
+    # A phone-sized JPEG of the photo (short side >= 4x the resize size, so draft mode engages).
+    original = Image.open(path).convert("RGB")
+    scale = 4 * spec.resize_size / min(original.size)
+    large = original.resize((round(original.width * scale), round(original.height * scale)), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    large.save(buffer, format="JPEG", quality=92)
+    data = buffer.getvalue()
+    assert min(decode_rgb(data, LIMITS, photo, draft_size=2 * spec.resize_size).size) < min(large.size)
+
+    full = engine.run(preprocess(data, spec, LIMITS, photo, draft=False)[None])[0]
+    drafted = engine.run(preprocess(data, spec, LIMITS, photo, draft=True)[None])[0]
+    reference = engine.run(torchvision_pixels(Image.open(io.BytesIO(data)).convert("RGB"), spec)[None])[0]
+    np.testing.assert_array_equal(full, reference)
+    assert int(drafted.argmax()) == int(full.argmax())
+    assert float(np.abs(drafted - full).max()) <= PROBABILITY_TOLERANCE
