@@ -35,7 +35,28 @@ def tiny_card(resize_size: int = 40, crop_size: int = 32, name: str = "tiny") ->
     )
 
 
-def _graph(crop_size: int, poison: bool) -> onnx.GraphProto:
+def _slow_branch(matmuls: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """``matmuls`` chained 384x384 matrix products per batch, scaled by the input's mean so
+    that ONNX Runtime cannot fold them away; their sum times 0 joins the logits."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["x_all_mean"], keepdims=0),
+        helper.make_node("Mul", ["slow_m", "x_all_mean"], ["slow_0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_m"], [f"slow_{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_{matmuls}"], ["slow_sum"], keepdims=0),
+        helper.make_node("Mul", ["slow_sum", "zero"], ["slow_zero"]),
+        helper.make_node("Add", ["logits", "slow_zero"], ["logits_slow"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.full((384, 384), 1e-3, dtype=np.float32), "slow_m"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    return nodes, inits, "logits_slow"
+
+
+def _graph(crop_size: int, poison: bool, slow_matmuls: int = 0) -> onnx.GraphProto:
     """probabilities = softmax(10 * [r, g, b, 0, 0, 0] / 255), r, g, b the mean colour
     (+ 0 * a Gather that can fail)."""
     nodes = [
@@ -69,6 +90,12 @@ def _graph(crop_size: int, poison: bool) -> onnx.GraphProto:
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         ]
         logits = "logits_poisoned"
+    if slow_matmuls:
+        slow_nodes, slow_inits, slow_out = _slow_branch(slow_matmuls)
+        slow_nodes[-1].input[0] = logits
+        nodes += slow_nodes
+        inits += slow_inits
+        logits = slow_out
     nodes.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=1))
     return helper.make_graph(
         nodes,
@@ -79,12 +106,18 @@ def _graph(crop_size: int, poison: bool) -> onnx.GraphProto:
     )
 
 
-def build_tiny_model(out_dir: Path, *, poison: bool = False, crop_size: int = 32) -> Path:
-    """Write ``model.onnx`` and ``model.json`` into ``out_dir``; return the ONNX path."""
+def build_tiny_model(
+    out_dir: Path, *, poison: bool = False, crop_size: int = 32, slow_matmuls: int = 0
+) -> Path:
+    """Write ``model.onnx`` and ``model.json`` into ``out_dir``; return the ONNX path.
+
+    ``slow_matmuls`` adds a fixed cost per batch (about 1 ms each on one core), for tests
+    that need a server with a small, known capacity.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     card = tiny_card(resize_size=crop_size + 8, crop_size=crop_size, name="tiny-poison" if poison else "tiny")
     model = helper.make_model(
-        _graph(crop_size, poison), opset_imports=[helper.make_opsetid("", 18)], ir_version=8
+        _graph(crop_size, poison, slow_matmuls), opset_imports=[helper.make_opsetid("", 18)], ir_version=8
     )
     helper.set_model_props(model, {CARD_METADATA_KEY: card.to_metadata_json()})
     onnx.checker.check_model(model)
