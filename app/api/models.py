@@ -27,7 +27,11 @@ async def list_models(state: Annotated[AppState, Depends(get_state)]) -> ModelLi
 @router.get(
     "/v1/models/{name}",
     response_model=ModelInfo,
-    responses={**NOT_READY, 404: error_response("No model of that name.")},
+    responses={
+        **NOT_READY,
+        404: error_response("No model of that name."),
+        422: error_response("Invalid path parameter."),
+    },
 )
 async def get_model(name: str, state: Annotated[AppState, Depends(get_state)]) -> ModelInfo:
     """One model by the name in its card."""

@@ -32,6 +32,7 @@ _RESAMPLE = {
 }
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
 DRAFT_FACTOR = 2
+PILLOW_DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,13 @@ class ImageLimits:
 
 
 def configure_pillow(max_image_pixels: int) -> None:
-    """Make Pillow's own decompression-bomb check agree with ours and raise instead of warn.
+    """Pillow's own decompression-bomb check as a second line, raising instead of warning.
 
-    Our check (width x height before decoding) runs first; Pillow's is a second line for
-    formats whose size grows while loading. Process-wide on purpose: one model, one process.
+    Our check (width x height from the header, before decoding) is the limit; Pillow's also
+    covers sizes that appear while loading (GIF frames). It stays at least at Pillow's default
+    so that our check, with its clearer message, runs first. Process-wide on purpose.
     """
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    Image.MAX_IMAGE_PIXELS = max(max_image_pixels, PILLOW_DEFAULT_MAX_PIXELS)
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 

@@ -1,0 +1,92 @@
+"""Settings: environment parsing, defaults and validation that fails at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.__main__ import describe_settings_errors
+from app.config import Settings, powers_of_two_up_to
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("IMGSERVE_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.model_path == Path("models/default/model.onnx")
+    assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 8000, "info")
+    assert (settings.max_batch_size, settings.max_delay_ms, settings.max_queue_images) == (32, 5.0, 256)
+    assert settings.warmup_batch_sizes == [1, 2, 4, 8, 16, 32]
+    assert settings.allowed_formats == ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
+    assert (settings.max_upload_bytes, settings.max_images_per_request, settings.max_image_pixels) == (
+        20 * 1024 * 1024, 32, 40_000_000,
+    )
+    assert (settings.shutdown_delay_s, settings.drain_timeout_s) == (0.0, 30.0)
+    assert settings.api_keys == [] and not settings.auth_enabled
+    assert settings.docs_public is True and settings.cors_origins == []
+    assert settings.decode_threads >= 1 and settings.require_cuda is False
+
+
+def test_environment_with_prefix_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGSERVE_MAX_BATCH_SIZE", "12")
+    monkeypatch.setenv("IMGSERVE_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("IMGSERVE_ALLOWED_FORMATS", "jpg, png")
+    monkeypatch.setenv("IMGSERVE_API_KEYS", "key-one,key-two")
+    monkeypatch.setenv("IMGSERVE_CORS_ORIGINS", "https://a.example,https://b.example")
+    monkeypatch.setenv("IMGSERVE_WARMUP_BATCH_SIZES", "1,12")
+    settings = Settings()
+    assert settings.max_batch_size == 12 and settings.log_level == "debug"
+    assert settings.allowed_formats == ["JPEG", "PNG"]
+    assert [k.get_secret_value() for k in settings.api_keys] == ["key-one", "key-two"]
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert settings.warmup_batch_sizes == [1, 12]
+    assert "key-one" not in repr(settings) and "key-one" not in str(settings.public_summary())
+
+
+def test_keys_file_adds_to_env_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# rotated 2026-11\nfile-key-1\n\n  file-key-2  \n")
+    monkeypatch.setenv("IMGSERVE_API_KEYS", "env-key")
+    monkeypatch.setenv("IMGSERVE_API_KEYS_FILE", str(keys))
+    assert [k.get_secret_value() for k in Settings().api_keys] == ["env-key", "file-key-1", "file-key-2"]
+
+
+@pytest.mark.parametrize("size,expected", [(1, [1]), (5, [1, 2, 4, 5]), (32, [1, 2, 4, 8, 16, 32])])
+def test_warmup_defaults_to_powers_of_two(size: int, expected: list[int]) -> None:
+    assert powers_of_two_up_to(size) == expected
+    assert Settings(max_batch_size=size, max_images_per_request=1).warmup_batch_sizes == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMGSERVE_MAX_BATCH_SIZE": "0"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')"),
+        ({"IMGSERVE_PORT": "http"}, "IMGSERVE_PORT: Input should be a valid integer"),
+        ({"IMGSERVE_LOG_LEVEL": "loud"}, "IMGSERVE_LOG_LEVEL: Input should be 'debug', 'info', 'warning', 'error' or 'critical'"),
+        ({"IMGSERVE_ALLOWED_FORMATS": "png,tiff"}, "IMGSERVE_ALLOWED_FORMATS: unsupported image format(s) ['TIFF']; choose from ['JPEG', 'PNG', 'WEBP', 'BMP', 'GIF']"),
+        ({"IMGSERVE_MAX_IMAGES_PER_REQUEST": "300"}, "settings: max_images_per_request (300) exceeds max_queue_images (256): such a request could never be admitted"),
+        ({"IMGSERVE_SHUTDOWN_DELAY_S": "40"}, "settings: shutdown_delay_s (40.0) must be less than drain_timeout_s (30.0), which bounds the whole shutdown"),
+        ({"IMGSERVE_WARMUP_BATCH_SIZES": "1,64"}, "settings: warmup_batch_sizes [64] are outside 1..max_batch_size (32)"),
+        ({"IMGSERVE_API_KEYS_FILE": "/nonexistent/keys"}, "settings: api_keys_file '/nonexistent/keys' cannot be read: No such file or directory"),
+        ({"IMGSERVE_API_KEYS": "good-key,bad key"}, "IMGSERVE_API_KEYS: an API key in IMGSERVE_API_KEYS is empty or contains whitespace"),
+        ({"IMGSERVE_REQUEST_TIMEOUT_S": "0"}, "IMGSERVE_REQUEST_TIMEOUT_S: Input should be greater than 0 (got '0')"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+    described = describe_settings_errors(excinfo.value)
+    assert described.startswith("invalid settings (1 error(s)):\n  ")
+    assert message in described
+    assert "bad key" not in described

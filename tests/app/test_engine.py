@@ -1,0 +1,94 @@
+"""The engine: providers, the card (file or metadata), graph checks, layouts and dtypes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.inference.engine import CPU_PROVIDER, CUDA_PROVIDER, EngineError, EngineOptions, create_engine
+from tests.app.tiny_models import expected_probabilities, make_card, write_model
+
+COLOURS = np.array([[200, 30, 30], [20, 220, 40], [10, 20, 250], [128, 128, 128]], dtype=np.uint8)
+
+
+def flat_batch(size: int = 32) -> np.ndarray:
+    return np.broadcast_to(COLOURS[:, None, None, :], (4, size, size, 3)).copy()
+
+
+@pytest.mark.parametrize(
+    ("layout", "output_dtype", "tolerance"),
+    [("NHWC", "float32", 1e-5), ("NCHW", "float32", 1e-5), ("NHWC", "float16", 2e-3), ("NCHW", "float16", 2e-3)],
+)
+def test_layouts_and_output_dtypes_give_the_same_probabilities(
+    tmp_path: Path, layout: str, output_dtype: str, tolerance: float
+) -> None:
+    engine = create_engine(write_model(tmp_path, make_card(layout=layout, output_dtype=output_dtype)), EngineOptions())
+    probabilities = engine.run(flat_batch())
+    assert probabilities.dtype == np.float32 and probabilities.shape == (4, 4)
+    np.testing.assert_allclose(probabilities, expected_probabilities(COLOURS / 255), atol=tolerance)
+
+
+def test_the_card_comes_from_model_json_or_else_the_onnx_metadata(tmp_path: Path) -> None:
+    with_file = create_engine(write_model(tmp_path / "a"), EngineOptions())
+    from_metadata = create_engine(write_model(tmp_path / "b", with_card_file=False), EngineOptions())
+    assert with_file.card.sha256 is not None and from_metadata.card.sha256 is None
+    assert with_file.card.model_copy(update={"sha256": None}) == from_metadata.card
+
+
+def test_cpu_is_the_provider_without_cuda(tiny_model_path: Path) -> None:
+    engine = create_engine(tiny_model_path, EngineOptions())
+    assert engine.execution_provider == (CUDA_PROVIDER if CUDA_PROVIDER in ort.get_available_providers() else CPU_PROVIDER)
+    assert engine.warm_up([1, 4]).keys() == {1, 4}
+
+
+def test_missing_file_fails_with_the_path(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match=r"model file '.*nothing\.onnx' does not exist; export one with"):
+        create_engine(tmp_path / "nothing.onnx", EngineOptions())
+
+
+def test_a_card_that_does_not_belong_to_the_file_fails(tmp_path: Path) -> None:
+    path = write_model(tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text())
+    card["sha256"] = "0" * 64
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(EngineError, match="the model and its model.json do not belong together"):
+        create_engine(path, EngineOptions())
+
+
+def test_a_card_that_disagrees_with_the_graph_fails(tmp_path: Path) -> None:
+    path = write_model(tmp_path, make_card(crop_size=32))
+    card = json.loads((tmp_path / "model.json").read_text())
+    card["preprocessing"]["crop_size"] = 24
+    card["sha256"] = None
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(EngineError, match=r"input shape \['N', 32, 32, 3\] does not match the card's \(24, 24, 3\)"):
+        create_engine(path, EngineOptions())
+
+
+def test_no_card_at_all_fails(tmp_path: Path) -> None:
+    import onnx
+
+    path = write_model(tmp_path, with_card_file=False)
+    model = onnx.load(path)
+    del model.metadata_props[:]
+    onnx.save(model, path)
+    with pytest.raises(EngineError, match="has no 'model_card' metadata; export it with model_export"):
+        create_engine(path, EngineOptions())
+
+
+@pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="CUDA is available here")
+def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
+    with pytest.raises(EngineError, match="require_cuda is set but this ONNX Runtime build offers only"):
+        create_engine(tiny_model_path, EngineOptions(require_cuda=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_PROVIDER not in ort.get_available_providers(), reason="needs onnxruntime-gpu with CUDA")
+def test_cuda_provider_is_active_on_a_gpu(tiny_model_path: Path) -> None:
+    engine = create_engine(tiny_model_path, EngineOptions(require_cuda=True))
+    assert engine.execution_provider == CUDA_PROVIDER
+    np.testing.assert_allclose(engine.run(flat_batch()), expected_probabilities(COLOURS / 255), atol=1e-4)
