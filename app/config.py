@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     )
     require_cuda: bool = Field(False, description="Fail at start unless the CUDA provider is active.")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = its default.")
-    warmup_batch_sizes: Annotated[list[int], NoDecode] | None = Field(
+    warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = Field(
         None, description="Batch sizes run once before ready; default: powers of two up to max_batch_size."
     )
 
@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     def _parse_sizes(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        if isinstance(value, int):
+            return [value]
         return _split_csv(value)
 
     @field_validator("cors_origins", "api_keys", mode="before")

@@ -66,6 +66,11 @@ def test_warmup_defaults_to_powers_of_two(size: int, expected: list[int]) -> Non
     assert Settings(max_batch_size=size, max_images_per_request=1).warmup_batch_sizes == expected
 
 
+def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGSERVE_WARMUP_BATCH_SIZES", "1")
+    assert Settings().warmup_batch_sizes == [1]
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -1,0 +1,108 @@
+"""The real server process with the real default model, over HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import pytest
+
+from tests.app.photos import PHOTOS
+from tests.e2e.server import ServerProcess, metric_value
+
+
+def test_real_photos_get_their_imagenet_classes_in_the_top_5(default_server: ServerProcess) -> None:
+    names = sorted(PHOTOS)
+    files = [("file", (f"{name}{PHOTOS[name][0].suffix}", PHOTOS[name][0].read_bytes())) for name in names]
+    response = httpx.post(f"{default_server.url}/predict", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "efficientnet_lite0-imagenet1k"
+    assert [p["filename"] for p in body["predictions"]] == [name + PHOTOS[name][0].suffix for name in names]
+    for name, prediction in zip(names, body["predictions"], strict=True):
+        top5 = [score["label"] for score in prediction["top_k"]]
+        assert len(top5) == 5 and PHOTOS[name][1] & set(top5), (name, top5)
+        probabilities = [score["probability"] for score in prediction["top_k"]]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+
+
+def test_raw_body_upload_like_the_readme_curl(default_server: ServerProcess) -> None:
+    path, expected = PHOTOS["coffee"]
+    response = httpx.post(
+        f"{default_server.url}/predict?top_k=3", content=path.read_bytes(), headers={"Content-Type": "image/png"}, timeout=60
+    )
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["top_k"][0]["label"] == "espresso"
+
+
+def test_concurrent_requests_form_batches_larger_than_one(default_server: ServerProcess) -> None:
+    url = default_server.url
+    before = httpx.get(f"{url}/metrics").text
+    photos = [path.read_bytes() for path, _ in PHOTOS.values()]
+
+    def send(i: int) -> int:
+        with httpx.Client(timeout=120) as client:
+            return client.post(f"{url}/predict", files=[("file", (f"{i}.img", photos[i % len(photos)]))]).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(send, range(48)))
+    assert statuses == [200] * 48
+    after = httpx.get(f"{url}/metrics").text
+    batches = metric_value(after, "imgserve_batch_size_count") - metric_value(before, "imgserve_batch_size_count")
+    singles = metric_value(after, 'imgserve_batch_size_bucket{le="1.0"}') - metric_value(
+        before, 'imgserve_batch_size_bucket{le="1.0"}'
+    )
+    images = metric_value(after, "imgserve_batch_size_sum") - metric_value(before, "imgserve_batch_size_sum")
+    assert images == 48
+    assert batches < 48 and batches - singles >= 1, f"{batches} batches, {singles} of size 1"
+    assert metric_value(after, "imgserve_queue_images") == 0
+
+
+def test_models_health_and_request_logs(default_server: ServerProcess) -> None:
+    url = default_server.url
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    model = httpx.get(f"{url}/v1/models").json()["models"][0]
+    assert (model["num_classes"], model["input"]["shape"], model["execution_provider"]) == (
+        1000, [None, 224, 224, 3], "CPUExecutionProvider",
+    )
+    response = httpx.get(f"{url}/healthz", headers={"X-Request-ID": "e2e-trace-1"})
+    assert response.headers["x-request-id"] == "e2e-trace-1"
+    logged = [line for line in default_server.log_lines() if line.get("request_id") == "e2e-trace-1"]
+    assert logged and logged[0]["status"] == 200 and logged[0]["route"] == "/healthz"
+    assert {"latency_ms", "images", "method", "path"} <= set(logged[0])
+
+
+def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> None:
+    url = default_server.url
+    bad = [
+        httpx.post(f"{url}/predict", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}),
+        httpx.post(f"{url}/predict", files=[("file", ("x.gif", b"GIF89a" + b"\xff" * 100))]),
+        httpx.post(f"{url}/predict", content=b"--b\r\n\r\n", headers={"Content-Type": "multipart/form-data; boundary=b"}),
+    ]
+    assert [r.status_code for r in bad] == [422, 422, 422]
+    assert default_server.process.poll() is None
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "message", "code"),
+    [
+        ({"max_batch_size": "0"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1", 1),
+        ({"model_path": "/nonexistent/model.onnx"}, "model file '/nonexistent/model.onnx' does not exist", 3),
+    ],
+)
+def test_bad_configuration_stops_the_process_with_a_clear_message(
+    settings: dict[str, str], message: str, code: int, tmp_path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.server import REPO_ROOT, free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSERVE_")}
+    env.update({"IMGSERVE_PORT": str(free_port()), "IMGSERVE_HOST": "127.0.0.1"})
+    env.update({f"IMGSERVE_{k.upper()}": v for k, v in settings.items()})
+    result = subprocess.run([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == code
+    assert message in result.stderr

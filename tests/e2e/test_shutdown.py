@@ -1,0 +1,123 @@
+"""SIGTERM: readiness turns 503 at once, accepted requests all finish, the process exits in time.
+
+These use the tiny model with a long max_delay_ms so that requests are provably still queued
+in the batcher when the signal arrives.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.e2e.server import ServerProcess, metric_value, run_server
+
+
+def png(colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post_image(url: str) -> int:
+    with httpx.Client(timeout=30) as client:
+        return client.post(f"{url}/predict", content=png(), headers={"Content-Type": "image/png"}).status_code
+
+
+def wait_for_queue(server: ServerProcess, images: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if metric_value(httpx.get(f"{server.url}/metrics").text, "imgserve_queue_images") >= images:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"fewer than {images} images queued after {timeout_s} s")
+
+
+def test_sigterm_finishes_queued_requests_then_exits(tiny_model_path: Path, tmp_path: Path) -> None:
+    with run_server(tiny_model_path, tmp_path, max_delay_ms=1500, max_batch_size=64, warmup_batch_sizes="1") as server:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            pending = [pool.submit(post_image, server.url) for _ in range(12)]
+            wait_for_queue(server, 12)
+            signalled = time.monotonic()
+            server.signal(signal.SIGTERM)
+            statuses = [future.result(timeout=30) for future in pending]
+        assert statuses == [200] * 12
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 30
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/healthz", timeout=2)
+        messages = [line.get("message") for line in server.log_lines()]
+        assert "draining: not ready, closing connections after each response" in messages
+        assert "pipeline stopped" in messages
+
+
+def test_during_shutdown_delay_readyz_is_503_and_requests_are_served_with_connection_close(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    with run_server(tiny_model_path, tmp_path, shutdown_delay_s=2, warmup_batch_sizes="1") as server:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/readyz").status_code == 200
+            server.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = client.get("/readyz")
+            assert (ready.status_code, ready.json()) == (503, {"detail": "not ready: draining, the server is shutting down"})
+            assert ready.headers["connection"] == "close" and ready.headers["retry-after"] == "1"
+            served = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
+            assert served.status_code == 200 and served.headers["connection"] == "close"
+        assert server.process.wait(timeout=30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/healthz", timeout=2)
+
+
+def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp_path: Path) -> None:
+    """Eight clients send back to back; a load balancer polls /readyz every 100 ms and stops
+    routing new requests when it turns 503, well inside shutdown_delay_s (as Kubernetes does
+    by removing the endpoint). Every request gets its 200, including those sent while draining.
+
+    (Clients that ignore readiness and open new connections after the listener closes can be
+    reset by the kernel from the listen backlog: that is what the delay window is for.)"""
+    with run_server(
+        tiny_model_path, tmp_path, shutdown_delay_s=1.5, max_delay_ms=20, warmup_batch_sizes="1"
+    ) as server:
+        outcomes: list[tuple[str, str]] = []
+        routing = threading.Event()
+        routing.set()
+
+        def load_balancer() -> None:
+            with httpx.Client(base_url=server.url, timeout=5) as probe:
+                while probe.get("/readyz").status_code == 200:
+                    time.sleep(0.1)
+            routing.clear()
+
+        def client_loop() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                while routing.is_set():
+                    try:
+                        response = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
+                        outcomes.append((str(response.status_code), response.headers.get("connection", "")))
+                    except httpx.HTTPError as exc:
+                        outcomes.append((f"lost: {type(exc).__name__}: {exc}", ""))
+
+        balancer = threading.Thread(target=load_balancer)
+        threads = [threading.Thread(target=client_loop) for _ in range(8)]
+        balancer.start()
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 30
+        for thread in [balancer, *threads]:
+            thread.join(30)
+        statuses = [status for status, _ in outcomes]
+        assert set(statuses) == {"200"}, [s for s in statuses if s != "200"]
+        assert len(statuses) > 20
+        assert any(connection == "close" for _, connection in outcomes), "no request was served while draining"
