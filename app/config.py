@@ -50,37 +50,42 @@ class Settings(BaseSettings):
 
     # Model
     model_path: Path = Field(
-        Path("models/default/model.onnx"),
+        default=Path("models/default/model.onnx"),
         description="The ONNX file; its card is model.json beside it, else the file's metadata.",
     )
-    require_cuda: bool = Field(False, description="Fail at start unless the CUDA provider is active.")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = its default.")
+    require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = its default."
+    )
     warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = Field(
-        None, description="Batch sizes run once before ready; default: powers of two up to max_batch_size."
+        default=None,
+        description="Batch sizes run once before ready; default: powers of two up to max_batch_size.",
     )
 
     # HTTP server
     host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
     log_level: LogLevel = "info"
-    keep_alive_timeout_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this.")
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="Idle keep-alive connections close after this."
+    )
 
     # Batching
-    max_batch_size: int = Field(32, ge=1, le=1024)
-    max_delay_ms: float = Field(5.0, ge=0, le=10_000)
-    max_queue_images: int = Field(256, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0)
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    max_queue_images: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
     decode_threads: int = Field(default_factory=default_cpu_count, ge=1)
 
     # Limits
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    max_images_per_request: int = Field(32, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_images_per_request: int = Field(default=32, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
     allowed_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SUPPORTED_FORMATS))
 
     # Shutdown
-    shutdown_delay_s: float = Field(0.0, ge=0)
-    drain_timeout_s: float = Field(30.0, gt=0)
+    shutdown_delay_s: float = Field(default=0.0, ge=0)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
 
     # Security
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -142,7 +147,9 @@ class Settings(BaseSettings):
             self.warmup_batch_sizes = powers_of_two_up_to(self.max_batch_size)
         bad = [n for n in self.warmup_batch_sizes if not 1 <= n <= self.max_batch_size]
         if bad:
-            raise ValueError(f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})")
+            raise ValueError(
+                f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})"
+            )
         if self.api_keys_file is not None:
             self.api_keys = [*self.api_keys, *_load_keys_file(self.api_keys_file)]
         return self

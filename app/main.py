@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -13,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from pathlib import Path
 
 from app.api import health, metrics, models, predict
 from app.api.deps import UNAUTHORIZED
@@ -70,7 +70,10 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
 def _add_routes(app: FastAPI, settings: Settings) -> None:
     protected: dict[str, Any] = {}
     if settings.auth_enabled:
-        protected = {"dependencies": [Depends(create_key_checker(settings.api_keys))], "responses": UNAUTHORIZED}
+        protected = {
+            "dependencies": [Depends(create_key_checker(settings.api_keys))],
+            "responses": UNAUTHORIZED,
+        }
     app.include_router(health.router)
     for module in (predict, models, metrics):
         app.include_router(module.router, **protected)
@@ -117,7 +120,9 @@ def describe_validation_errors(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
         location = [str(item) for item in error.get("loc", ())]
-        where = f"{location[0]} parameter {'.'.join(location[1:])}" if len(location) > 1 else ".".join(location)
+        where = (
+            f"{location[0]} parameter {'.'.join(location[1:])}" if len(location) > 1 else ".".join(location)
+        )
         got = f" (got {error['input']!r})" if "input" in error and error["input"] is not None else ""
         parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
     return "; ".join(parts)
@@ -153,7 +158,9 @@ def _create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fa
         state.metrics.track_queue(
             lambda: pipeline.batcher.queued_images, lambda: pipeline.batcher.running_images
         )
-        state.metrics.ready.set_function(lambda: float(state.lifecycle.ready and not state.lifecycle.draining))
+        state.metrics.ready.set_function(
+            lambda: float(state.lifecycle.ready and not state.lifecycle.draining)
+        )
         state.lifecycle.ready = True
         try:
             yield
@@ -173,7 +180,9 @@ def create_pipeline(engine: Engine, settings: Settings, metrics: Metrics) -> Pip
             max_delay_ms=settings.max_delay_ms,
             max_queue_images=settings.max_queue_images,
         ),
-        ImageLimits(allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels),
+        ImageLimits(
+            allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels
+        ),
         decode_threads=settings.decode_threads,
         observer=metrics,
     )

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 # The *_created series only add noise to every scrape.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -21,30 +29,43 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         r = self.registry
         self.requests = Counter(
-            "imgserve_http_requests", "HTTP requests by route, method and status.",
-            ["route", "method", "status"], registry=r,
+            "imgserve_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
-            "imgserve_http_request_duration_seconds", "Time from request start to response end.",
-            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r,
+            "imgserve_http_request_duration_seconds",
+            "Time from request start to response end.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.images = Counter("imgserve_images", "Images classified successfully.", registry=r)
         self.batch_size = Histogram(
             "imgserve_batch_size", "Images per model run.", buckets=_BATCH_BUCKETS, registry=r
         )
         self.inference_seconds = Histogram(
-            "imgserve_inference_duration_seconds", "Time of one batched model run.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "imgserve_inference_duration_seconds",
+            "Time of one batched model run.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.preprocess_seconds = Histogram(
-            "imgserve_preprocess_duration_seconds", "Decode and preprocess time of one image.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "imgserve_preprocess_duration_seconds",
+            "Decode and preprocess time of one image.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_images = Gauge(
-            "imgserve_queue_images", "Images admitted and waiting (decoding or queued for a batch).", registry=r
+            "imgserve_queue_images",
+            "Images admitted and waiting (decoding or queued for a batch).",
+            registry=r,
         )
         self.running_images = Gauge("imgserve_running_images", "Images in the batch now running.", registry=r)
-        self.ready = Gauge("imgserve_ready", "1 when ready to serve, 0 while starting or draining.", registry=r)
+        self.ready = Gauge(
+            "imgserve_ready", "1 when ready to serve, 0 while starting or draining.", registry=r
+        )
         self.model = Info("imgserve_model", "The model being served.", registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:

@@ -97,5 +97,5 @@ class RequestMiddleware:
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
-            return value.decode("latin-1")
+            return str(value.decode("latin-1"))
     return uuid.uuid4().hex

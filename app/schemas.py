@@ -12,7 +12,9 @@ from app.inference.card import Preprocessing
 class ErrorResponse(BaseModel):
     """Every error, whatever its status."""
 
-    detail: str = Field(examples=["file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)"])
+    detail: str = Field(
+        examples=["file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)"]
+    )
 
 
 class ClassScore(BaseModel):
@@ -22,7 +24,9 @@ class ClassScore(BaseModel):
 
 
 class ImagePrediction(BaseModel):
-    filename: str | None = Field(description="The multipart part's filename; null for a raw body.", examples=["cat.jpg"])
+    filename: str | None = Field(
+        description="The multipart part's filename; null for a raw body.", examples=["cat.jpg"]
+    )
     top_k: list[ClassScore] = Field(description="The k most probable classes, most probable first.")
 
 
@@ -98,7 +102,9 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     created_at: str
     sha256: str | None
-    execution_provider: str = Field(description="The ONNX Runtime provider that runs the model.", examples=["CPUExecutionProvider"])
+    execution_provider: str = Field(
+        description="The ONNX Runtime provider that runs the model.", examples=["CPUExecutionProvider"]
+    )
     providers: list[str] = Field(description="All providers of the session, in priority order.")
     batching: BatchingInfo
     limits: LimitsInfo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated
 
 from fastapi import Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -29,8 +30,8 @@ def create_key_checker(keys: Sequence[SecretStr]) -> Callable[..., Awaitable[Non
     encoded = [key.get_secret_value().encode() for key in keys]
 
     async def require_api_key(
-        bearer: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
-        api_key: str | None = Security(api_key_scheme),
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+        api_key: Annotated[str | None, Security(api_key_scheme)],
     ) -> None:
         candidates = [c for c in (api_key, bearer.credentials if bearer else None) if c]
         if not candidates:

@@ -63,7 +63,9 @@ class DrainingServer(uvicorn.Server):
 
 def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
     """One process (batching is per process), uvloop and httptools when installed."""
-    graceful_s = max(0.5, settings.drain_timeout_s - settings.shutdown_delay_s - _LIFESPAN_SHUTDOWN_RESERVE_S)
+    graceful_s = max(
+        1, int(settings.drain_timeout_s - settings.shutdown_delay_s - _LIFESPAN_SHUTDOWN_RESERVE_S)
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

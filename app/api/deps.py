@@ -25,5 +25,9 @@ def error_response(description: str, retry_after: bool = False) -> dict[str, Any
     return entry
 
 
-UNAUTHORIZED = {401: error_response("Missing or invalid API key (only when API keys are configured).")}
-NOT_READY = {503: error_response("Not ready: loading, overloaded or draining.", retry_after=True)}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: error_response("Missing or invalid API key (only when API keys are configured).")
+}
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: error_response("Not ready: loading, overloaded or draining.", retry_after=True)
+}

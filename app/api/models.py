@@ -53,9 +53,14 @@ def describe_model(state: AppState) -> ModelInfo:
         weights=card.weights,
         num_classes=card.num_classes,
         labels=card.labels,
-        input=TensorInfo(name=card.input.name, layout=card.input.layout, dtype=card.input.dtype, shape=input_shape),
+        input=TensorInfo(
+            name=card.input.name, layout=card.input.layout, dtype=card.input.dtype, shape=input_shape
+        ),
         output=TensorInfo(
-            name=card.output.name, layout=card.output.layout, dtype=card.output.dtype, shape=[None, card.num_classes]
+            name=card.output.name,
+            layout=card.output.layout,
+            dtype=card.output.dtype,
+            shape=[None, card.num_classes],
         ),
         preprocessing=card.preprocessing,
         precision=card.precision,

@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import NOT_READY, error_response, get_state
-from app.api.uploads import FORMAT_MEDIA_TYPES, FILE_FIELD, OCTET_STREAM, UploadLimits, read_uploads
+from app.api.uploads import FILE_FIELD, FORMAT_MEDIA_TYPES, OCTET_STREAM, UploadLimits, read_uploads
 from app.config import SUPPORTED_FORMATS
 from app.errors import DeadlineExceededError, ServiceError, UnprocessableError
 from app.inference.card import ModelCard
@@ -45,7 +45,9 @@ REQUEST_BODY: dict[str, Any] = {
                 "required": [FILE_FIELD],
             }
         },
-        **{media_type: {"schema": {**_BINARY, "contentMediaType": media_type}} for media_type in _IMAGE_TYPES},
+        **{
+            media_type: {"schema": {**_BINARY, "contentMediaType": media_type}} for media_type in _IMAGE_TYPES
+        },
         OCTET_STREAM: {"schema": {**_BINARY, "contentMediaType": OCTET_STREAM}},
     },
 }
@@ -73,7 +75,13 @@ class _ClientGoneError(ServiceError):
 async def predict(
     request: Request,
     state: Annotated[AppState, Depends(get_state)],
-    top_k: Annotated[int, Query(ge=1, description="How many classes per image, 1 to the number of classes (default 5, or all if fewer).")] = 5,
+    top_k: Annotated[
+        int,
+        Query(
+            ge=1,
+            description="Classes per image: 1 to the number of classes (default 5, or all if fewer).",
+        ),
+    ] = 5,
 ) -> PredictResponse:
     """Classify one or more images; the top-k classes with probabilities for each, in request order."""
     pipeline = state.get_pipeline()
@@ -81,7 +89,9 @@ async def predict(
     if "top_k" not in request.query_params:
         top_k = min(top_k, card.num_classes)  # the default 5, for a model with fewer classes
     if top_k > card.num_classes:
-        raise UnprocessableError(f"top_k must be between 1 and {card.num_classes} (the number of classes), got {top_k}")
+        raise UnprocessableError(
+            f"top_k must be between 1 and {card.num_classes} (the number of classes), got {top_k}"
+        )
     settings = state.settings
     limits = UploadLimits(
         max_upload_bytes=settings.max_upload_bytes,

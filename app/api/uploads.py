@@ -98,7 +98,9 @@ async def _body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[
         async for chunk in request.stream():
             received += len(chunk)
             if received > limits.max_upload_bytes:
-                raise PayloadTooLargeError(f"request body exceeds the limit of {limits.max_upload_bytes} bytes")
+                raise PayloadTooLargeError(
+                    f"request body exceeds the limit of {limits.max_upload_bytes} bytes"
+                )
             if chunk:
                 yield chunk
     except ClientDisconnect:
@@ -179,7 +181,9 @@ class _MultipartCollector:
         self.finished = True
 
 
-async def _read_multipart(chunks: AsyncIterator[bytes], boundary: bytes, limits: UploadLimits) -> list[Upload]:
+async def _read_multipart(
+    chunks: AsyncIterator[bytes], boundary: bytes, limits: UploadLimits
+) -> list[Upload]:
     collector = _MultipartCollector(limits)
     try:
         parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]

@@ -73,7 +73,9 @@ class Reservation:
 class Batcher:
     """Dynamic batching in front of a blocking ``run_batch(uint8 [N,...]) -> [N, ...]``."""
 
-    def __init__(self, run_batch: RunBatch, config: BatcherConfig, on_batch: BatchObserver | None = None) -> None:
+    def __init__(
+        self, run_batch: RunBatch, config: BatcherConfig, on_batch: BatchObserver | None = None
+    ) -> None:
         self._run_batch = run_batch
         self.config = config
         self._on_batch = on_batch
@@ -132,9 +134,7 @@ class Batcher:
         if not self.accepting:
             raise UnavailableError("the server is shutting down")
         if count > self.config.max_queue_images:
-            raise QueueFullError(
-                f"{count} images can never fit the queue of {self.config.max_queue_images}"
-            )
+            raise QueueFullError(f"{count} images can never fit the queue of {self.config.max_queue_images}")
         if self.queued_images + count > self.config.max_queue_images:
             raise QueueFullError(
                 f"overloaded: {self.queued_images} images are queued (limit {self.config.max_queue_images}); "
@@ -143,7 +143,9 @@ class Batcher:
         self._reserved += count
         return Reservation(count, self)
 
-    async def infer(self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None) -> list[np.ndarray]:
+    async def infer(
+        self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None
+    ) -> list[np.ndarray]:
         """Run the arrays (possibly across several batches); results in order.
 
         Cancelling the caller (a deadline, a client gone) drops the arrays not yet run.

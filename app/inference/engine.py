@@ -69,6 +69,7 @@ class Engine:
         """uint8 [N, H, W, 3] -> float32 probabilities [N, C]."""
         feed = self._to_graph_input(batch)
         (probabilities,) = self.session.run(self._output_names, {self._input_name: feed})
+        probabilities = np.asarray(probabilities)
         if probabilities.dtype != np.float32:
             probabilities = probabilities.astype(np.float32)
         return probabilities
@@ -142,7 +143,12 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
         raise EngineError(f"require_cuda is set but the active providers are {active}")
     logger.info(
         "model loaded",
-        extra={"model": card.name, "model_version": card.version, "providers": active, "path": str(model_path)},
+        extra={
+            "model": card.name,
+            "model_version": card.version,
+            "providers": active,
+            "path": str(model_path),
+        },
     )
     return Engine(session, card, str(model_path))
 
@@ -153,7 +159,9 @@ def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, sou
     outputs = {o.name: o for o in session.get_outputs()}
     graph_input = inputs.get(card.input.name)
     if graph_input is None:
-        raise EngineError(f"{source}: the card's input {card.input.name!r} is not a graph input ({list(inputs)})")
+        raise EngineError(
+            f"{source}: the card's input {card.input.name!r} is not a graph input ({list(inputs)})"
+        )
     if card.output.name not in outputs:
         raise EngineError(
             f"{source}: the card's output {card.output.name!r} is not a graph output ({list(outputs)})"
@@ -164,8 +172,12 @@ def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, sou
         raise EngineError(f"{source}: an NHWC input must be uint8, the card says {card.input.dtype}")
     expected = card.input_shape
     declared = tuple(graph_input.shape[1:])
-    if len(declared) != 3 or any(isinstance(d, int) and d != e for d, e in zip(declared, expected, strict=True)):
+    if len(declared) != 3 or any(
+        isinstance(d, int) and d != e for d, e in zip(declared, expected, strict=True)
+    ):
         raise EngineError(f"{source}: input shape {graph_input.shape} does not match the card's {expected}")
     classes = outputs[card.output.name].shape[-1]
     if isinstance(classes, int) and classes != card.num_classes:
-        raise EngineError(f"{source}: the graph has {classes} classes but the card has {card.num_classes} labels")
+        raise EngineError(
+            f"{source}: the graph has {classes} classes but the card has {card.num_classes} labels"
+        )

@@ -85,7 +85,9 @@ class Pipeline:
 
     def _decode(self, image: NamedImage) -> np.ndarray:
         start = time.perf_counter()
-        array = preprocess(image.data, self.engine.card.preprocessing, self.limits, image.name, draft=self._draft)
+        array = preprocess(
+            image.data, self.engine.card.preprocessing, self.limits, image.name, draft=self._draft
+        )
         if self._observer is not None:
             self._observer.observe_preprocess(time.perf_counter() - start)
         return array

@@ -13,10 +13,7 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     count = probabilities.shape[0]
     if not 1 <= k <= count:
         raise ValueError(f"k must be in 1..{count}, got {k}")
-    if k < count:
-        candidates = np.argpartition(-probabilities, k - 1)[:k]
-    else:
-        candidates = np.arange(count)
+    candidates = np.argpartition(-probabilities, k - 1)[:k] if k < count else np.arange(count)
     order = np.lexsort((candidates, -probabilities[candidates]))
     indices = candidates[order]
     return indices, probabilities[indices]

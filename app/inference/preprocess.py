@@ -108,7 +108,9 @@ def decode_rgb(data: bytes, limits: ImageLimits, name: str, draft_size: int | No
         ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLargeError(f"{name}: image exceeds the limit of {limits.max_image_pixels} pixels") from exc
+        raise PayloadTooLargeError(
+            f"{name}: image exceeds the limit of {limits.max_image_pixels} pixels"
+        ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnprocessableError(f"{name}: cannot decode {image.format} image: {exc}") from exc
 
@@ -137,12 +139,14 @@ def resize_and_crop(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     if size != image.size:
         image = image.resize(size, _RESAMPLE[spec.interpolation])
     crop = spec.crop_size
-    top = int(round((image.height - crop) / 2.0))
-    left = int(round((image.width - crop) / 2.0))
+    top = round((image.height - crop) / 2.0)  # torchvision: int(round(...)), round() is already int
+    left = round((image.width - crop) / 2.0)
     return np.asarray(image)[top : top + crop, left : left + crop]
 
 
-def preprocess(data: bytes, spec: Preprocessing, limits: ImageLimits, name: str, draft: bool = True) -> np.ndarray:
+def preprocess(
+    data: bytes, spec: Preprocessing, limits: ImageLimits, name: str, draft: bool = True
+) -> np.ndarray:
     """Bytes of one image -> uint8 array [crop, crop, 3] following the card."""
     # Draft to no less than twice the resize size: libjpeg's DCT scaling does the cheap bulk
     # of the reduction (a 12-megapixel photo decodes ~10x faster) and the antialiased resize

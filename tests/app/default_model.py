@@ -33,10 +33,17 @@ def ensure_default_model(base_dir: Path) -> Path:
     if not path.is_file():
         result = subprocess.run(
             [sys.executable, "-m", "model_export", "default", "--output-dir", str(out_dir)],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         if result.returncode != 0:
-            pytest.fail(f"model export failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            pytest.fail(
+                f"model export failed ({result.returncode}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
     return path
 
 

@@ -37,7 +37,11 @@ def scores(colour: tuple[int, int, int], k: int = 4) -> list[dict[str, Any]]:
     probabilities = expected_probabilities(np.array(colour, dtype=np.float64) / 255)
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [
-        {"index": int(i), "label": LABELS[i], "probability": pytest.approx(float(probabilities[i]), rel=1e-4, abs=1e-6)}
+        {
+            "index": int(i),
+            "label": LABELS[i],
+            "probability": pytest.approx(float(probabilities[i]), rel=1e-4, abs=1e-6),
+        }
         for i in order
     ]
 
@@ -45,9 +49,15 @@ def scores(colour: tuple[int, int, int], k: int = 4) -> list[dict[str, Any]]:
 @pytest.fixture
 def make_client(tiny_model_path: Path) -> Callable[..., Any]:
     @contextmanager
-    def make(load_engine: Callable[[Path, EngineOptions], Engine] = create_engine, **overrides: Any) -> Iterator[TestClient]:
-        settings = Settings(model_path=overrides.pop("model_path", tiny_model_path), decode_threads=2, **overrides)
-        with TestClient(create_app(settings, load_engine=load_engine), raise_server_exceptions=False) as client:
+    def make(
+        load_engine: Callable[[Path, EngineOptions], Engine] = create_engine, **overrides: Any
+    ) -> Iterator[TestClient]:
+        settings = Settings(
+            model_path=overrides.pop("model_path", tiny_model_path), decode_threads=2, **overrides
+        )
+        with TestClient(
+            create_app(settings, load_engine=load_engine), raise_server_exceptions=False
+        ) as client:
             yield client
 
     return make
@@ -63,8 +73,11 @@ def client(make_client: Callable[..., Any]) -> Iterator[TestClient]:
 
 
 def test_predict_multipart_several_images_in_request_order(client: TestClient) -> None:
-    files = [("file", ("red.png", png(RED), "image/png")), ("file", ("blue.jpg", png(BLUE, fmt="JPEG"), "image/jpeg")),
-             ("file", ("green.webp", png(GREEN, fmt="WEBP"), "image/webp"))]
+    files = [
+        ("file", ("red.png", png(RED), "image/png")),
+        ("file", ("blue.jpg", png(BLUE, fmt="JPEG"), "image/jpeg")),
+        ("file", ("green.webp", png(GREEN, fmt="WEBP"), "image/webp")),
+    ]
     response = client.post("/predict", files=files)
     assert response.status_code == 200
     body = response.json()
@@ -87,13 +100,16 @@ def test_predict_raw_body_with_top_k(client: TestClient) -> None:
     response = client.post("/predict?top_k=2", content=png(GREEN), headers={"Content-Type": "image/png"})
     assert response.status_code == 200
     assert response.json() == {
-        "model": "tiny-rgb", "model_version": "1.2.3",
+        "model": "tiny-rgb",
+        "model_version": "1.2.3",
         "predictions": [{"filename": None, "top_k": scores(GREEN, k=2)}],
     }
 
 
 def test_predict_octet_stream_body_is_sniffed(client: TestClient) -> None:
-    response = client.post("/predict?top_k=1", content=png(RED, fmt="BMP"), headers={"Content-Type": "application/octet-stream"})
+    response = client.post(
+        "/predict?top_k=1", content=png(RED, fmt="BMP"), headers={"Content-Type": "application/octet-stream"}
+    )
     assert response.status_code == 200
     assert response.json()["predictions"] == [{"filename": None, "top_k": scores(RED, k=1)}]
 
@@ -125,28 +141,48 @@ def error(response: Any, status: int, detail: str) -> None:
     [
         ("top_k=0", "query parameter top_k: Input should be greater than or equal to 1 (got '0')"),
         ("top_k=5", "top_k must be between 1 and 4 (the number of classes), got 5"),
-        ("top_k=abc", "query parameter top_k: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
+        (
+            "top_k=abc",
+            "query parameter top_k: Input should be a valid integer, "
+            "unable to parse string as an integer (got 'abc')",
+        ),
     ],
 )
 def test_bad_top_k_is_422(client: TestClient, query: str, detail: str) -> None:
-    error(client.post(f"/predict?{query}", content=png(RED), headers={"Content-Type": "image/png"}), 422, detail)
+    error(
+        client.post(f"/predict?{query}", content=png(RED), headers={"Content-Type": "image/png"}), 422, detail
+    )
 
 
 def test_unsupported_content_type_is_415(client: TestClient) -> None:
     response = client.post("/predict", content=b"hello", headers={"Content-Type": "text/plain"})
-    error(response, 415, f"Content-Type 'text/plain' is not accepted; send multipart/form-data with parts named 'file', or a raw body with one of: {ALLOWED_RAW}")
+    error(
+        response,
+        415,
+        "Content-Type 'text/plain' is not accepted; send multipart/form-data with parts named 'file', "
+        f"or a raw body with one of: {ALLOWED_RAW}",
+    )
 
 
 def test_unsupported_image_format_is_415_naming_the_part(client: TestClient) -> None:
-    files = [("file", ("ok.png", png(RED), "image/png")), ("file", ("scan.tif", png(RED, fmt="TIFF"), "image/tiff"))]
-    error(client.post("/predict", files=files), 415,
-          "file #2 'scan.tif': image format TIFF is not accepted; allowed: BMP, GIF, JPEG, PNG, WEBP")
+    files = [
+        ("file", ("ok.png", png(RED), "image/png")),
+        ("file", ("scan.tif", png(RED, fmt="TIFF"), "image/tiff")),
+    ]
+    error(
+        client.post("/predict", files=files),
+        415,
+        "file #2 'scan.tif': image format TIFF is not accepted; allowed: BMP, GIF, JPEG, PNG, WEBP",
+    )
 
 
 def test_undecodable_image_is_422_and_the_request_is_all_or_nothing(client: TestClient) -> None:
     files = [("file", ("ok.png", png(RED), "image/png")), ("file", ("notes.txt", b"just text", "image/png"))]
-    error(client.post("/predict", files=files), 422,
-          "file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)")
+    error(
+        client.post("/predict", files=files),
+        422,
+        "file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)",
+    )
     assert "imgserve_images_total 0.0" in client.get("/metrics").text
 
 
@@ -158,8 +194,16 @@ def test_truncated_image_is_422(client: TestClient) -> None:
 
 
 def test_empty_part_and_empty_body_are_422(client: TestClient) -> None:
-    error(client.post("/predict", files=[("file", ("a.png", b"", "image/png"))]), 422, "file #1 'a.png': is empty")
-    error(client.post("/predict", content=b"", headers={"Content-Type": "image/png"}), 422, "request body: is empty")
+    error(
+        client.post("/predict", files=[("file", ("a.png", b"", "image/png"))]),
+        422,
+        "file #1 'a.png': is empty",
+    )
+    error(
+        client.post("/predict", content=b"", headers={"Content-Type": "image/png"}),
+        422,
+        "request body: is empty",
+    )
 
 
 def test_a_form_field_other_than_file_is_422(client: TestClient) -> None:
@@ -169,11 +213,17 @@ def test_a_form_field_other_than_file_is_422(client: TestClient) -> None:
 
 def test_multipart_without_parts_or_closing_boundary_is_422(client: TestClient) -> None:
     headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
-    error(client.post("/predict", content=b"--xyz--\r\n", headers=headers), 422,
-          "no images: send one or more multipart parts named 'file'")
+    error(
+        client.post("/predict", content=b"--xyz--\r\n", headers=headers),
+        422,
+        "no images: send one or more multipart parts named 'file'",
+    )
     truncated = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png(RED)
-    error(client.post("/predict", content=truncated, headers=headers), 422,
-          "malformed multipart body: it ends before the closing boundary")
+    error(
+        client.post("/predict", content=truncated, headers=headers),
+        422,
+        "malformed multipart body: it ends before the closing boundary",
+    )
 
 
 def test_multipart_without_boundary_is_400(client: TestClient) -> None:
@@ -184,21 +234,32 @@ def test_multipart_without_boundary_is_400(client: TestClient) -> None:
 def test_too_many_bytes_is_413_from_content_length_or_while_reading(make_client: Callable[..., Any]) -> None:
     with make_client(max_upload_bytes=1000) as client:
         big = png(RED, size=(400, 400)) + b"\0" * 2000
-        error(client.post("/predict", content=big, headers={"Content-Type": "image/png"}), 413,
-              f"request body is {len(big)} bytes; the limit is 1000")
-        chunked = client.post("/predict", content=iter([big[:600], big[600:]]), headers={"Content-Type": "image/png"})
+        error(
+            client.post("/predict", content=big, headers={"Content-Type": "image/png"}),
+            413,
+            f"request body is {len(big)} bytes; the limit is 1000",
+        )
+        chunked = client.post(
+            "/predict", content=iter([big[:600], big[600:]]), headers={"Content-Type": "image/png"}
+        )
         error(chunked, 413, "request body exceeds the limit of 1000 bytes")
 
 
 def test_too_many_images_is_413(make_client: Callable[..., Any]) -> None:
     with make_client(max_images_per_request=2) as client:
         files = [("file", (f"{i}.png", png(RED), "image/png")) for i in range(3)]
-        error(client.post("/predict", files=files), 413, "more than 2 images in one request (max_images_per_request)")
+        error(
+            client.post("/predict", files=files),
+            413,
+            "more than 2 images in one request (max_images_per_request)",
+        )
 
 
 def test_too_many_pixels_is_413(make_client: Callable[..., Any]) -> None:
     with make_client(max_image_pixels=1000) as client:
-        response = client.post("/predict", files=[("file", ("big.png", png(RED, size=(40, 30)), "image/png"))])
+        response = client.post(
+            "/predict", files=[("file", ("big.png", png(RED, size=(40, 30)), "image/png"))]
+        )
         error(response, 413, "file #1 'big.png': image is 40x30 = 1200 pixels; the limit is 1000")
 
 
@@ -207,8 +268,12 @@ def test_format_allowlist_is_configurable(make_client: Callable[..., Any]) -> No
         response = client.post("/predict", files=[("file", ("a.jpg", png(RED, fmt="JPEG"), "image/jpeg"))])
         error(response, 415, "file #1 'a.jpg': image format JPEG is not accepted; allowed: PNG")
         response = client.post("/predict", content=png(RED), headers={"Content-Type": "image/jpeg"})
-        error(response, 415, "Content-Type 'image/jpeg' is not accepted; send multipart/form-data with parts "
-              "named 'file', or a raw body with one of: image/png, application/octet-stream")
+        error(
+            response,
+            415,
+            "Content-Type 'image/jpeg' is not accepted; send multipart/form-data with parts "
+            "named 'file', or a raw body with one of: image/png, application/octet-stream",
+        )
 
 
 def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
@@ -243,7 +308,9 @@ def load_poisoned(path: Path, options: EngineOptions) -> Engine:
     return PoisonedEngine(engine.session, engine.card, engine.source)
 
 
-def test_a_failing_batch_fails_its_request_only_and_the_server_survives(make_client: Callable[..., Any]) -> None:
+def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
+    make_client: Callable[..., Any],
+) -> None:
     with make_client(load_engine=load_poisoned, max_batch_size=1, warmup_batch_sizes="1") as client:
         bad = client.post("/predict", content=png(BLUE), headers={"Content-Type": "image/png"})
         error(bad, 500, "inference failed on a batch of 1 images")
@@ -259,7 +326,9 @@ def test_concurrent_requests_are_batched(make_client: Callable[..., Any]) -> Non
         statuses: list[int] = []
 
         def send() -> None:
-            statuses.append(client.post("/predict", content=png(GREEN), headers={"Content-Type": "image/png"}).status_code)
+            statuses.append(
+                client.post("/predict", content=png(GREEN), headers={"Content-Type": "image/png"}).status_code
+            )
 
         threads = [threading.Thread(target=send) for _ in range(8)]
         for thread in threads:
@@ -298,17 +367,35 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
 
     card_json = json.loads(card)
     expected = {
-        "name": "tiny-rgb", "version": "1.2.3", "architecture": "channel-mean-linear",
-        "weights": "fixed weights (tests)", "num_classes": 4, "labels": LABELS,
+        "name": "tiny-rgb",
+        "version": "1.2.3",
+        "architecture": "channel-mean-linear",
+        "weights": "fixed weights (tests)",
+        "num_classes": 4,
+        "labels": LABELS,
         "input": {"name": "pixels", "layout": "NHWC", "dtype": "uint8", "shape": [None, 32, 32, 3]},
         "output": {"name": "probabilities", "layout": "NC", "dtype": "float32", "shape": [None, 4]},
-        "preprocessing": card_json["preprocessing"], "precision": "fp32", "dataset": {}, "metrics": {},
-        "created_at": "", "sha256": card_json["sha256"],
-        "execution_provider": "CPUExecutionProvider", "providers": ["CPUExecutionProvider"],
-        "batching": {"max_batch_size": 32, "max_delay_ms": 5.0, "max_queue_images": 256,
-                     "request_timeout_s": 30.0, "warmup_batch_sizes": [1, 2, 4, 8, 16, 32]},
-        "limits": {"max_upload_bytes": 20971520, "max_images_per_request": 32, "max_image_pixels": 40000000,
-                   "allowed_formats": ["JPEG", "PNG", "WEBP", "BMP", "GIF"]},
+        "preprocessing": card_json["preprocessing"],
+        "precision": "fp32",
+        "dataset": {},
+        "metrics": {},
+        "created_at": "",
+        "sha256": card_json["sha256"],
+        "execution_provider": "CPUExecutionProvider",
+        "providers": ["CPUExecutionProvider"],
+        "batching": {
+            "max_batch_size": 32,
+            "max_delay_ms": 5.0,
+            "max_queue_images": 256,
+            "request_timeout_s": 30.0,
+            "warmup_batch_sizes": [1, 2, 4, 8, 16, 32],
+        },
+        "limits": {
+            "max_upload_bytes": 20971520,
+            "max_images_per_request": 32,
+            "max_image_pixels": 40000000,
+            "allowed_formats": ["JPEG", "PNG", "WEBP", "BMP", "GIF"],
+        },
     }
     response = client.get("/v1/models")
     assert (response.status_code, response.json()) == (200, {"models": [expected]})

@@ -112,11 +112,18 @@ async def test_an_error_fails_exactly_the_requests_in_its_batch(make_batcher) ->
     done = await asyncio.wait_for(asyncio.gather(*requests[:6], return_exceptions=True), 5)
     assert model.batches == [[1, 2], [3, 4], [5, 6]]
     assert [float(r[0][0]) if isinstance(r, list) else type(r) for r in done] == [
-        10.0, 20.0, InferenceError, InferenceError, 50.0, 60.0,
+        10.0,
+        20.0,
+        InferenceError,
+        InferenceError,
+        50.0,
+        60.0,
     ]
     assert "batch of 2 images" in str(done[2])
     # The batcher survives and keeps serving.
-    batcher_rows = await asyncio.wait_for(asyncio.gather(batcher.submit(images(7)), batcher.submit(images(8))), 5)
+    batcher_rows = await asyncio.wait_for(
+        asyncio.gather(batcher.submit(images(7)), batcher.submit(images(8))), 5
+    )
     assert [float(rows[0][0]) for rows in batcher_rows] == [70.0, 80.0]
 
 
@@ -206,8 +213,11 @@ async def test_stop_with_a_stuck_model_fails_what_is_left(make_batcher) -> None:
 
 async def test_batch_observer_sees_every_batch() -> None:
     seen: list[int] = []
-    batcher = Batcher(RecordingModel(), BatcherConfig(max_batch_size=2, max_delay_ms=LONG_DELAY_MS),
-                      on_batch=lambda size, seconds: seen.append(size))
+    batcher = Batcher(
+        RecordingModel(),
+        BatcherConfig(max_batch_size=2, max_delay_ms=LONG_DELAY_MS),
+        on_batch=lambda size, seconds: seen.append(size),
+    )
     batcher.start()
     try:
         await asyncio.wait_for(batcher.submit(images(1, 2, 3, 4)), 5)

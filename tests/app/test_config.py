@@ -28,7 +28,9 @@ def test_defaults() -> None:
     assert settings.warmup_batch_sizes == [1, 2, 4, 8, 16, 32]
     assert settings.allowed_formats == ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
     assert (settings.max_upload_bytes, settings.max_images_per_request, settings.max_image_pixels) == (
-        20 * 1024 * 1024, 32, 40_000_000,
+        20 * 1024 * 1024,
+        32,
+        40_000_000,
     )
     assert (settings.shutdown_delay_s, settings.drain_timeout_s) == (0.0, 30.0)
     assert settings.api_keys == [] and not settings.auth_enabled
@@ -74,19 +76,51 @@ def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"IMGSERVE_MAX_BATCH_SIZE": "0"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')"),
+        (
+            {"IMGSERVE_MAX_BATCH_SIZE": "0"},
+            "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')",
+        ),
         ({"IMGSERVE_PORT": "http"}, "IMGSERVE_PORT: Input should be a valid integer"),
-        ({"IMGSERVE_LOG_LEVEL": "loud"}, "IMGSERVE_LOG_LEVEL: Input should be 'debug', 'info', 'warning', 'error' or 'critical'"),
-        ({"IMGSERVE_ALLOWED_FORMATS": "png,tiff"}, "IMGSERVE_ALLOWED_FORMATS: unsupported image format(s) ['TIFF']; choose from ['JPEG', 'PNG', 'WEBP', 'BMP', 'GIF']"),
-        ({"IMGSERVE_MAX_IMAGES_PER_REQUEST": "300"}, "settings: max_images_per_request (300) exceeds max_queue_images (256): such a request could never be admitted"),
-        ({"IMGSERVE_SHUTDOWN_DELAY_S": "40"}, "settings: shutdown_delay_s (40.0) must be less than drain_timeout_s (30.0), which bounds the whole shutdown"),
-        ({"IMGSERVE_WARMUP_BATCH_SIZES": "1,64"}, "settings: warmup_batch_sizes [64] are outside 1..max_batch_size (32)"),
-        ({"IMGSERVE_API_KEYS_FILE": "/nonexistent/keys"}, "settings: api_keys_file '/nonexistent/keys' cannot be read: No such file or directory"),
-        ({"IMGSERVE_API_KEYS": "good-key,bad key"}, "IMGSERVE_API_KEYS: an API key in IMGSERVE_API_KEYS is empty or contains whitespace"),
-        ({"IMGSERVE_REQUEST_TIMEOUT_S": "0"}, "IMGSERVE_REQUEST_TIMEOUT_S: Input should be greater than 0 (got '0')"),
+        (
+            {"IMGSERVE_LOG_LEVEL": "loud"},
+            "IMGSERVE_LOG_LEVEL: Input should be 'debug', 'info', 'warning', 'error' or 'critical'",
+        ),
+        (
+            {"IMGSERVE_ALLOWED_FORMATS": "png,tiff"},
+            "IMGSERVE_ALLOWED_FORMATS: unsupported image format(s) ['TIFF']; "
+            "choose from ['JPEG', 'PNG', 'WEBP', 'BMP', 'GIF']",
+        ),
+        (
+            {"IMGSERVE_MAX_IMAGES_PER_REQUEST": "300"},
+            "settings: max_images_per_request (300) exceeds max_queue_images (256): "
+            "such a request could never be admitted",
+        ),
+        (
+            {"IMGSERVE_SHUTDOWN_DELAY_S": "40"},
+            "settings: shutdown_delay_s (40.0) must be less than drain_timeout_s (30.0), "
+            "which bounds the whole shutdown",
+        ),
+        (
+            {"IMGSERVE_WARMUP_BATCH_SIZES": "1,64"},
+            "settings: warmup_batch_sizes [64] are outside 1..max_batch_size (32)",
+        ),
+        (
+            {"IMGSERVE_API_KEYS_FILE": "/nonexistent/keys"},
+            "settings: api_keys_file '/nonexistent/keys' cannot be read: No such file or directory",
+        ),
+        (
+            {"IMGSERVE_API_KEYS": "good-key,bad key"},
+            "IMGSERVE_API_KEYS: an API key in IMGSERVE_API_KEYS is empty or contains whitespace",
+        ),
+        (
+            {"IMGSERVE_REQUEST_TIMEOUT_S": "0"},
+            "IMGSERVE_REQUEST_TIMEOUT_S: Input should be greater than 0 (got '0')",
+        ),
     ],
 )
-def test_bad_values_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+def test_bad_values_fail_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError) as excinfo:

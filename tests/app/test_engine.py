@@ -21,12 +21,19 @@ def flat_batch(size: int = 32) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("layout", "output_dtype", "tolerance"),
-    [("NHWC", "float32", 1e-5), ("NCHW", "float32", 1e-5), ("NHWC", "float16", 2e-3), ("NCHW", "float16", 2e-3)],
+    [
+        ("NHWC", "float32", 1e-5),
+        ("NCHW", "float32", 1e-5),
+        ("NHWC", "float16", 2e-3),
+        ("NCHW", "float16", 2e-3),
+    ],
 )
 def test_layouts_and_output_dtypes_give_the_same_probabilities(
     tmp_path: Path, layout: str, output_dtype: str, tolerance: float
 ) -> None:
-    engine = create_engine(write_model(tmp_path, make_card(layout=layout, output_dtype=output_dtype)), EngineOptions())
+    engine = create_engine(
+        write_model(tmp_path, make_card(layout=layout, output_dtype=output_dtype)), EngineOptions()
+    )
     probabilities = engine.run(flat_batch())
     assert probabilities.dtype == np.float32 and probabilities.shape == (4, 4)
     np.testing.assert_allclose(probabilities, expected_probabilities(COLOURS / 255), atol=tolerance)
@@ -41,7 +48,9 @@ def test_the_card_comes_from_model_json_or_else_the_onnx_metadata(tmp_path: Path
 
 def test_cpu_is_the_provider_without_cuda(tiny_model_path: Path) -> None:
     engine = create_engine(tiny_model_path, EngineOptions())
-    assert engine.execution_provider == (CUDA_PROVIDER if CUDA_PROVIDER in ort.get_available_providers() else CPU_PROVIDER)
+    assert engine.execution_provider == (
+        CUDA_PROVIDER if CUDA_PROVIDER in ort.get_available_providers() else CPU_PROVIDER
+    )
     assert engine.warm_up([1, 4]).keys() == {1, 4}
 
 
@@ -55,7 +64,7 @@ def test_a_card_that_does_not_belong_to_the_file_fails(tmp_path: Path) -> None:
     card = json.loads((tmp_path / "model.json").read_text())
     card["sha256"] = "0" * 64
     (tmp_path / "model.json").write_text(json.dumps(card))
-    with pytest.raises(EngineError, match="the model and its model.json do not belong together"):
+    with pytest.raises(EngineError, match=r"the model and its model\.json do not belong together"):
         create_engine(path, EngineOptions())
 
 
@@ -65,7 +74,9 @@ def test_a_card_that_disagrees_with_the_graph_fails(tmp_path: Path) -> None:
     card["preprocessing"]["crop_size"] = 24
     card["sha256"] = None
     (tmp_path / "model.json").write_text(json.dumps(card))
-    with pytest.raises(EngineError, match=r"input shape \['N', 32, 32, 3\] does not match the card's \(24, 24, 3\)"):
+    with pytest.raises(
+        EngineError, match=r"input shape \['N', 32, 32, 3\] does not match the card's \(24, 24, 3\)"
+    ):
         create_engine(path, EngineOptions())
 
 
@@ -87,7 +98,9 @@ def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(CUDA_PROVIDER not in ort.get_available_providers(), reason="needs onnxruntime-gpu with CUDA")
+@pytest.mark.skipif(
+    CUDA_PROVIDER not in ort.get_available_providers(), reason="needs onnxruntime-gpu with CUDA"
+)
 def test_cuda_provider_is_active_on_a_gpu(tiny_model_path: Path) -> None:
     engine = create_engine(tiny_model_path, EngineOptions(require_cuda=True))
     assert engine.execution_provider == CUDA_PROVIDER

@@ -19,7 +19,9 @@ from app.inference.preprocess import (
     resized_size,
 )
 
-LIMITS = ImageLimits(allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"}), max_image_pixels=4_000_000)
+LIMITS = ImageLimits(
+    allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"}), max_image_pixels=4_000_000
+)
 SPEC = Preprocessing(resize_size=8, crop_size=6, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
@@ -45,7 +47,9 @@ def test_resized_size_truncates_the_long_side_like_torchvision(size, expected) -
 
 
 def test_resize_and_crop_returns_the_centre_crop_as_uint8_hwc() -> None:
-    spec = Preprocessing(resize_size=10, crop_size=4, interpolation="nearest", mean=(0.5,) * 3, std=(0.5,) * 3)
+    spec = Preprocessing(
+        resize_size=10, crop_size=4, interpolation="nearest", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     image = gradient(10, 10)
     out = resize_and_crop(image, spec)
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
@@ -104,7 +108,7 @@ def test_the_first_frame_of_an_animated_gif_is_used() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     out = preprocess(buffer.getvalue(), SPEC, LIMITS, "anim")
-    red, green, blue = (int(v) for v in out[2, 2])
+    red, _, blue = (int(v) for v in out[2, 2])
     assert red > 200 and blue < 50
 
 

@@ -22,7 +22,9 @@ from tests.app.photos import PHOTOS
 data_module = pytest.importorskip("model_export.data", reason="the export stage (torch) is not installed")
 
 PROBABILITY_TOLERANCE = 0.08  # max |p_draft - p_full| over all 1000 classes; observed <= 0.055
-LIMITS = ImageLimits(allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"}), max_image_pixels=80_000_000)
+LIMITS = ImageLimits(
+    allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"}), max_image_pixels=80_000_000
+)
 
 
 def torchvision_pixels(path_or_image: Path | Image.Image, spec: Preprocessing) -> np.ndarray:
@@ -35,20 +37,26 @@ def torchvision_pixels(path_or_image: Path | Image.Image, spec: Preprocessing) -
 @pytest.mark.parametrize("photo", sorted(PHOTOS))
 def test_bit_identical_to_the_eval_transform_without_draft(photo: str, interpolation: str) -> None:
     path, _ = PHOTOS[photo]
-    spec = Preprocessing(resize_size=256, crop_size=224, interpolation=interpolation, mean=(0.5,) * 3, std=(0.5,) * 3)
+    spec = Preprocessing(
+        resize_size=256, crop_size=224, interpolation=interpolation, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     ours = preprocess(path.read_bytes(), spec, LIMITS, photo, draft=False)
     np.testing.assert_array_equal(ours, torchvision_pixels(path, spec))
 
 
 @pytest.mark.parametrize("photo", sorted(PHOTOS))
-def test_draft_mode_keeps_top1_and_probabilities_on_large_photos(photo: str, default_model_path: Path) -> None:
+def test_draft_mode_keeps_top1_and_probabilities_on_large_photos(
+    photo: str, default_model_path: Path
+) -> None:
     engine = create_engine(default_model_path, EngineOptions())
     spec = engine.card.preprocessing
     path, _ = PHOTOS[photo]
     # A phone-sized JPEG of the photo (short side >= 4x the resize size, so draft mode engages).
     original = Image.open(path).convert("RGB")
     scale = 4 * spec.resize_size / min(original.size)
-    large = original.resize((round(original.width * scale), round(original.height * scale)), Image.Resampling.LANCZOS)
+    large = original.resize(
+        (round(original.width * scale), round(original.height * scale)), Image.Resampling.LANCZOS
+    )
     buffer = io.BytesIO()
     large.save(buffer, format="JPEG", quality=92)
     data = buffer.getvalue()

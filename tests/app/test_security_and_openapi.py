@@ -50,19 +50,36 @@ def test_keys_are_compared_against_all_keys() -> None:
 def test_with_keys_on_predict_models_and_metrics_need_a_key(make_client: Callable[..., Any]) -> None:
     with make_client(api_keys=KEYS) as client:
         for method, path in (("POST", "/predict"), ("GET", "/v1/models"), ("GET", "/metrics")):
-            unauthorized(client.request(method, path), "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+            unauthorized(
+                client.request(method, path),
+                "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+            )
             unauthorized(client.request(method, path, headers={"X-API-Key": "wrong"}), "invalid API key")
-            unauthorized(client.request(method, path, headers={"Authorization": "Bearer wrong"}), "invalid API key")
+            unauthorized(
+                client.request(method, path, headers={"Authorization": "Bearer wrong"}), "invalid API key"
+            )
         raw = {"Content-Type": "image/png"}
-        assert client.post("/predict", content=png(), headers={**raw, "Authorization": "Bearer beta-key-456"}).status_code == 200
-        assert client.post("/predict", content=png(), headers={**raw, "X-API-Key": "alpha-key-123"}).status_code == 200
+        assert (
+            client.post(
+                "/predict", content=png(), headers={**raw, "Authorization": "Bearer beta-key-456"}
+            ).status_code
+            == 200
+        )
+        assert (
+            client.post("/predict", content=png(), headers={**raw, "X-API-Key": "alpha-key-123"}).status_code
+            == 200
+        )
         assert client.get("/metrics", headers={"X-API-Key": "alpha-key-123"}).status_code == 200
 
 
-def test_a_bad_key_is_401_before_the_body_or_parameters_are_looked_at(make_client: Callable[..., Any]) -> None:
+def test_a_bad_key_is_401_before_the_body_or_parameters_are_looked_at(
+    make_client: Callable[..., Any],
+) -> None:
     with make_client(api_keys=KEYS) as client:
-        unauthorized(client.post("/predict?top_k=0", content=b"x", headers={"Content-Type": "text/plain"}),
-                     "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+        unauthorized(
+            client.post("/predict?top_k=0", content=b"x", headers={"Content-Type": "text/plain"}),
+            "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+        )
 
 
 def test_probes_are_exempt_and_docs_follow_docs_public(make_client: Callable[..., Any]) -> None:
@@ -71,7 +88,9 @@ def test_probes_are_exempt_and_docs_follow_docs_public(make_client: Callable[...
         assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
     with make_client(api_keys=KEYS, docs_public=False) as client:
         for path in ("/docs", "/redoc", "/openapi.json"):
-            unauthorized(client.get(path), "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+            unauthorized(
+                client.get(path), "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+            )
             assert client.get(path, headers={"X-API-Key": "alpha-key-123"}).status_code == 200
     with make_client(docs_public=False) as client:
         assert [client.get(p).status_code for p in ("/docs", "/redoc", "/openapi.json")] == [404, 404, 404]
@@ -100,7 +119,14 @@ def test_openapi_describes_both_bodies_and_every_error(make_client: Callable[...
         "items": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"},
         "description": "Images (JPEG, PNG, WebP, BMP or GIF), one per part.",
     }
-    for media_type in ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"):
+    for media_type in (
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "image/gif",
+        "application/octet-stream",
+    ):
         assert content[media_type]["schema"]["format"] == "binary"
     assert operation["parameters"][0]["name"] == "top_k"
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}

@@ -29,8 +29,12 @@ def _weights() -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_card(
-    layout: str = "NHWC", output_dtype: str = "float32", resize_size: int = 40, crop_size: int = 32,
-    interpolation: str = "bilinear", name: str = "tiny-rgb",
+    layout: str = "NHWC",
+    output_dtype: str = "float32",
+    resize_size: int = 40,
+    crop_size: int = 32,
+    interpolation: str = "bilinear",
+    name: str = "tiny-rgb",
 ) -> ModelCard:
     nhwc = layout == "NHWC"
     return ModelCard(
@@ -39,11 +43,17 @@ def make_card(
         architecture="channel-mean-linear",
         weights="fixed weights (tests)",
         labels=LABELS,
-        input=TensorSpec(name="pixels" if nhwc else "input", layout=layout, dtype="uint8" if nhwc else "float32"),
+        input=TensorSpec(
+            name="pixels" if nhwc else "input", layout=layout, dtype="uint8" if nhwc else "float32"
+        ),
         output=TensorSpec(name="probabilities", layout="NC", dtype=output_dtype),
         preprocessing=Preprocessing(
-            resize_size=resize_size, crop_size=crop_size, interpolation=interpolation,
-            mean=MEAN, std=STD, normalization_in_graph=nhwc,
+            resize_size=resize_size,
+            crop_size=crop_size,
+            interpolation=interpolation,
+            mean=MEAN,
+            std=STD,
+            normalization_in_graph=nhwc,
         ),
         precision="fp16" if output_dtype == "float16" else "fp32",
     )

@@ -16,7 +16,10 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def default_server(default_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def default_server(
+    default_model_path: Path,  # noqa: F811  (the imported fixture)
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:
     """The real server with the default model and default batching settings."""
     with run_server(default_model_path, tmp_path_factory.mktemp("logs")) as server:
         yield server

@@ -47,7 +47,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -71,10 +73,14 @@ class ServerProcess:
 
 
 @contextmanager
-def run_server(model_path: Path, log_dir: Path, ready_timeout_s: float = 120, **settings: Any) -> Iterator[ServerProcess]:
+def run_server(
+    model_path: Path, log_dir: Path, ready_timeout_s: float = 120, **settings: Any
+) -> Iterator[ServerProcess]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSERVE_")}
-    env.update({"IMGSERVE_MODEL_PATH": str(model_path), "IMGSERVE_HOST": "127.0.0.1", "IMGSERVE_PORT": str(port)})
+    env.update(
+        {"IMGSERVE_MODEL_PATH": str(model_path), "IMGSERVE_HOST": "127.0.0.1", "IMGSERVE_PORT": str(port)}
+    )
     env.update({f"IMGSERVE_{name.upper()}": str(value) for name, value in settings.items()})
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"

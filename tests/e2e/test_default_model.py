@@ -27,9 +27,12 @@ def test_real_photos_get_their_imagenet_classes_in_the_top_5(default_server: Ser
 
 
 def test_raw_body_upload_like_the_readme_curl(default_server: ServerProcess) -> None:
-    path, expected = PHOTOS["coffee"]
+    path, _ = PHOTOS["coffee"]
     response = httpx.post(
-        f"{default_server.url}/predict?top_k=3", content=path.read_bytes(), headers={"Content-Type": "image/png"}, timeout=60
+        f"{default_server.url}/predict?top_k=3",
+        content=path.read_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
     )
     assert response.status_code == 200
     assert response.json()["predictions"][0]["top_k"][0]["label"] == "espresso"
@@ -42,13 +45,17 @@ def test_concurrent_requests_form_batches_larger_than_one(default_server: Server
 
     def send(i: int) -> int:
         with httpx.Client(timeout=120) as client:
-            return client.post(f"{url}/predict", files=[("file", (f"{i}.img", photos[i % len(photos)]))]).status_code
+            return client.post(
+                f"{url}/predict", files=[("file", (f"{i}.img", photos[i % len(photos)]))]
+            ).status_code
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(send, range(48)))
     assert statuses == [200] * 48
     after = httpx.get(f"{url}/metrics").text
-    batches = metric_value(after, "imgserve_batch_size_count") - metric_value(before, "imgserve_batch_size_count")
+    batches = metric_value(after, "imgserve_batch_size_count") - metric_value(
+        before, "imgserve_batch_size_count"
+    )
     singles = metric_value(after, 'imgserve_batch_size_bucket{le="1.0"}') - metric_value(
         before, 'imgserve_batch_size_bucket{le="1.0"}'
     )
@@ -63,7 +70,9 @@ def test_models_health_and_request_logs(default_server: ServerProcess) -> None:
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     model = httpx.get(f"{url}/v1/models").json()["models"][0]
     assert (model["num_classes"], model["input"]["shape"], model["execution_provider"]) == (
-        1000, [None, 224, 224, 3], "CPUExecutionProvider",
+        1000,
+        [None, 224, 224, 3],
+        "CPUExecutionProvider",
     )
     response = httpx.get(f"{url}/healthz", headers={"X-Request-ID": "e2e-trace-1"})
     assert response.headers["x-request-id"] == "e2e-trace-1"
@@ -75,9 +84,15 @@ def test_models_health_and_request_logs(default_server: ServerProcess) -> None:
 def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> None:
     url = default_server.url
     bad = [
-        httpx.post(f"{url}/predict", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}),
+        httpx.post(
+            f"{url}/predict", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}
+        ),
         httpx.post(f"{url}/predict", files=[("file", ("x.gif", b"GIF89a" + b"\xff" * 100))]),
-        httpx.post(f"{url}/predict", content=b"--b\r\n\r\n", headers={"Content-Type": "multipart/form-data; boundary=b"}),
+        httpx.post(
+            f"{url}/predict",
+            content=b"--b\r\n\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ),
     ]
     assert [r.status_code for r in bad] == [422, 422, 422]
     assert default_server.process.poll() is None
@@ -103,6 +118,8 @@ def test_bad_configuration_stops_the_process_with_a_clear_message(
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSERVE_")}
     env.update({"IMGSERVE_PORT": str(free_port()), "IMGSERVE_HOST": "127.0.0.1"})
     env.update({f"IMGSERVE_{k.upper()}": v for k, v in settings.items()})
-    result = subprocess.run([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == code
     assert message in result.stderr

@@ -41,7 +41,9 @@ def wait_for_queue(server: ServerProcess, images: int, timeout_s: float = 10) ->
 
 
 def test_sigterm_finishes_queued_requests_then_exits(tiny_model_path: Path, tmp_path: Path) -> None:
-    with run_server(tiny_model_path, tmp_path, max_delay_ms=1500, max_batch_size=64, warmup_batch_sizes="1") as server:
+    with run_server(
+        tiny_model_path, tmp_path, max_delay_ms=1500, max_batch_size=64, warmup_batch_sizes="1"
+    ) as server:
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             pending = [pool.submit(post_image, server.url) for _ in range(12)]
             wait_for_queue(server, 12)
@@ -67,7 +69,10 @@ def test_during_shutdown_delay_readyz_is_503_and_requests_are_served_with_connec
             server.signal(signal.SIGTERM)
             time.sleep(0.3)
             ready = client.get("/readyz")
-            assert (ready.status_code, ready.json()) == (503, {"detail": "not ready: draining, the server is shutting down"})
+            assert (ready.status_code, ready.json()) == (
+                503,
+                {"detail": "not ready: draining, the server is shutting down"},
+            )
             assert ready.headers["connection"] == "close" and ready.headers["retry-after"] == "1"
             served = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
             assert served.status_code == 200 and served.headers["connection"] == "close"
@@ -100,7 +105,9 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 while routing.is_set():
                     try:
-                        response = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
+                        response = client.post(
+                            "/predict", content=png(), headers={"Content-Type": "image/png"}
+                        )
                         outcomes.append((str(response.status_code), response.headers.get("connection", "")))
                     except httpx.HTTPError as exc:
                         outcomes.append((f"lost: {type(exc).__name__}: {exc}", ""))
@@ -120,4 +127,6 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp
         statuses = [status for status, _ in outcomes]
         assert set(statuses) == {"200"}, [s for s in statuses if s != "200"]
         assert len(statuses) > 20
-        assert any(connection == "close" for _, connection in outcomes), "no request was served while draining"
+        assert any(connection == "close" for _, connection in outcomes), (
+            "no request was served while draining"
+        )
