@@ -1,8 +1,8 @@
 """``python -m bench``: the benchmark suite's commands (see docs/BENCHMARKS.md).
 
-    python -m bench run --out bench/results/$(date +%F)   # the full run (~10 min on 2 cores)
-    python -m bench run --smoke --out bench/results/smoke  # seconds: what CI runs
-    python -m bench report bench/results/DIR               # redo report.md and plots from results.json
+python -m bench run --out bench/results/$(date +%F)   # the full run (~10 min on 2 cores)
+python -m bench run --smoke --out bench/results/smoke  # seconds: what CI runs
+python -m bench report bench/results/DIR               # redo report.md and plots from results.json
 """
 
 from __future__ import annotations
@@ -17,17 +17,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="the image-server benchmark suite")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="ceiling + every topology and workload, side by side; report and plots")
-    run.add_argument("--out", type=Path, default=Path("bench/results") / datetime.now().strftime("%Y-%m-%d-%H%M"))
+    run.add_argument(
+        "--out", type=Path, default=Path("bench/results") / datetime.now().strftime("%Y-%m-%d-%H%M")
+    )
     run.add_argument("--smoke", action="store_true", help="a few seconds of each piece, a tiny model (CI)")
-    run.add_argument("--model", type=Path, help="ONNX model (default: models/default/model.onnx, exported if absent)")
-    run.add_argument("--naive-model", type=Path, help="the naive baseline's model (default: a float-input twin)")
+    run.add_argument(
+        "--model", type=Path, help="ONNX model (default: models/default/model.onnx, exported if absent)"
+    )
+    run.add_argument(
+        "--naive-model", type=Path, help="the naive baseline's model (default: a float-input twin)"
+    )
     run.add_argument("--duration", type=float, help="measured seconds per point (default 10, smoke 1)")
-    run.add_argument("--warmup", type=float, help="unmeasured seconds before each point (default 2, smoke 0.5)")
-    run.add_argument("--ceiling-duration", type=float, help="seconds per ceiling measurement (default 8, smoke 1)")
-    run.add_argument("--pin", default="auto",
-                     help="auto (client on the first quarter of the cores, servers on the rest), none, "
-                          "or CLIENT_CPUS:SERVER_CPUS in taskset syntax, e.g. 0:1 or 0-3:4-15")
-    run.add_argument("--client-procs", type=int, default=0, help="load generator processes (default: one per client core)")
+    run.add_argument(
+        "--warmup", type=float, help="unmeasured seconds before each point (default 2, smoke 0.5)"
+    )
+    run.add_argument(
+        "--ceiling-duration", type=float, help="seconds per ceiling measurement (default 8, smoke 1)"
+    )
+    run.add_argument(
+        "--pin",
+        default="auto",
+        help="auto (client on the first quarter of the cores, servers on the rest), none, "
+        "or CLIENT_CPUS:SERVER_CPUS in taskset syntax, e.g. 0:1 or 0-3:4-15",
+    )
+    run.add_argument(
+        "--client-procs", type=int, default=0, help="load generator processes (default: one per client core)"
+    )
     run.add_argument("--only", nargs="+", help="run only the points whose key contains one of these strings")
     report = sub.add_parser("report", help="rewrite report.md and the plots from a results.json")
     report.add_argument("folder", type=Path)

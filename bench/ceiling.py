@@ -40,10 +40,10 @@ def _limits(settings: Settings) -> ImageLimits:
 
 
 def measure_pipeline(
-    engine: Engine, images: list[bytes], settings: Settings, duration_s: float
+    engine: Engine, images: list[bytes], settings: Settings, duration_s: float, batch_size: int
 ) -> dict[str, float]:
     """The server's pipeline without the server: N decode threads feeding one inference thread."""
-    spec, limits, batch_size = engine.card.preprocessing, _limits(settings), settings.max_batch_size
+    spec, limits = engine.card.preprocessing, _limits(settings)
 
     def prep(index: int) -> np.ndarray:
         return preprocess(images[index % len(images)], spec, limits, f"image{index}")
@@ -70,7 +70,12 @@ def measure_pipeline(
         cpu = cpu_s() - cpu_before
         for future in pending:
             future.cancel()
-    return {"images": processed, "wall_s": wall, "images_per_s": processed / wall, "cpu_s_per_image": cpu / processed}
+    return {
+        "images": processed,
+        "wall_s": wall,
+        "images_per_s": processed / wall,
+        "cpu_s_per_image": cpu / processed,
+    }
 
 
 def measure_preprocess(engine: Engine, images: list[bytes], settings: Settings, duration_s: float) -> float:
@@ -98,10 +103,19 @@ def measure_model(engine: Engine, batch_size: int, duration_s: float) -> dict[st
 
 
 def run_ceiling(
-    model_path: Path, image_sets: dict[str, list[bytes]], settings: Settings, duration_s: float,
-    model_batch_sizes: tuple[int, ...] = (1,),
+    model_path: Path,
+    image_sets: dict[str, list[bytes]],
+    settings: Settings,
+    duration_s: float,
+    pipeline_batch_sizes: dict[str, tuple[int, ...]] | None = None,
+    model_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
 ) -> dict[str, object]:
-    """Everything the report needs from the in-process side, per image set."""
+    """Everything the report needs from the in-process side, per image set.
+
+    The pipeline runs at ``settings.max_batch_size`` for every image set and, for the sets named
+    in ``pipeline_batch_sizes``, at those batch sizes too: the server's batches are often smaller
+    than its maximum, and the ceiling it is compared with should be at the batch size it reached.
+    """
     configure_pillow(settings.max_image_pixels)
     engine = create_engine(model_path, EngineOptions(intra_op_threads=settings.intra_op_threads))
     result: dict[str, object] = {
@@ -110,16 +124,17 @@ def run_ceiling(
         "decode_threads": settings.decode_threads,
         "intra_op_threads": settings.intra_op_threads,
         "max_batch_size": settings.max_batch_size,
-        "model": {},
-        "pipeline": {},
     }
     model: dict[str, object] = {}
     for batch_size in sorted({*model_batch_sizes, settings.max_batch_size}):
-        model[str(batch_size)] = measure_model(engine, batch_size, duration_s / 2)
+        model[str(batch_size)] = measure_model(engine, batch_size, duration_s / 4)
     result["model"] = model
     pipeline: dict[str, object] = {}
     for name, images in image_sets.items():
-        figures = measure_pipeline(engine, images, settings, duration_s)
+        sizes = sorted({settings.max_batch_size, *(pipeline_batch_sizes or {}).get(name, ())})
+        by_batch = {str(size): measure_pipeline(engine, images, settings, duration_s, size) for size in sizes}
+        figures: dict[str, object] = dict(by_batch[str(settings.max_batch_size)])
+        figures["by_batch"] = by_batch
         figures["preprocess_cpu_s_per_image"] = measure_preprocess(engine, images, settings, duration_s / 2)
         pipeline[name] = figures
     result["pipeline"] = pipeline
@@ -131,11 +146,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--images", type=Path, nargs="+", required=True, help="folders of encoded images")
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra pipeline batch sizes for the first image set",
+    )
+    parser.add_argument("--model-batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     settings = Settings(model_path=args.model)  # IMGSERVE_* from the environment, as the server
     sets = {folder.name: [p.read_bytes() for p in sorted(folder.iterdir())] for folder in args.images}
-    result = run_ceiling(args.model, sets, settings, args.duration)
+    first = args.images[0].name
+    result = run_ceiling(
+        args.model,
+        sets,
+        settings,
+        args.duration,
+        {first: tuple(args.batch_sizes)},
+        tuple(args.model_batch_sizes),
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)

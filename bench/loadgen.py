@@ -34,9 +34,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.workloads import Workload, load_workload
-
 REQUEST_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Request bodies as ``bench.workloads.Workload.to_json`` wrote them (no NumPy/Pillow import here)."""
+
+    name: str
+    images_per_request: int
+    bodies: list[tuple[bytes, str]]
+
+
+def load_workload(path: Path) -> Workload:
+    meta = json.loads((path / "workload.json").read_text())
+    bodies = [((path / b["file"]).read_bytes(), b["content_type"]) for b in meta["bodies"]]
+    return Workload(meta["name"], meta["images_per_request"], bodies)
 
 
 def build_request(host: str, port: int, path: str, body: bytes, content_type: str) -> bytes:
@@ -210,7 +223,10 @@ def summarise(rec: Recorder, duration_s: float, images_per_request: int) -> dict
         "requests_per_s": ok / duration_s,
         "images_per_s": ok * images_per_request / duration_s,
         "latency_ms": {f"p{q}": percentile_ms(lat, q) for q in (50, 90, 95, 99, 99.9)}
-        | {"mean": 1000 * sum(lat) / ok if ok else float("nan"), "max": lat[-1] * 1000 if lat else float("nan")},
+        | {
+            "mean": 1000 * sum(lat) / ok if ok else float("nan"),
+            "max": lat[-1] * 1000 if lat else float("nan"),
+        },
         "errors": dict(rec.errors),
         "error_count": sum(rec.errors.values()),
         "sample_error_body": rec.sample_error_body,
@@ -258,7 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--path", default="/predict")
     parser.add_argument("--connections", type=int, default=1, help="closed loop: fixed concurrency")
-    parser.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s (overrides --connections)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: requests/s (overrides --connections)"
+    )
     parser.add_argument("--max-connections", type=int, default=512)
     parser.add_argument("--t0", type=float, default=0.0, help="absolute time.monotonic() to start at")
     parser.add_argument("--warmup", type=float, default=1.0)

@@ -57,8 +57,8 @@ def create_naive_app(model_path: str) -> FastAPI:
         new_w = prep.resize_size if width == short else int(prep.resize_size * width / height)
         new_h = prep.resize_size if height == short else int(prep.resize_size * height / width)
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left = int(round((new_w - prep.crop_size) / 2))
-        top = int(round((new_h - prep.crop_size) / 2))
+        left = round((new_w - prep.crop_size) / 2)
+        top = round((new_h - prep.crop_size) / 2)
         image = image.crop((left, top, left + prep.crop_size, top + prep.crop_size))
         array = np.array(image).astype(np.float32) / 255.0
         array = (array - mean) / std

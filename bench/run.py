@@ -13,6 +13,7 @@ counts, and the client's own cost (also reported) does not steal from the server
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -60,11 +61,13 @@ class Plan:
 
 BATCHING_ON: dict[str, str] = {}  # the server's defaults: max_batch_size 32, max_delay_ms 5
 BATCHING_OFF = {"max_batch_size": "1"}
+BATCH_8 = {"max_batch_size": "8"}  # the knee of the model's CPU cost per image vs batch size on CPU
 MAIN = "jpeg_500x375"
 CONCURRENCY = (1, 8, 32, 128)
+CEILING_BATCH_SIZES = (1, 4, 8, 16)  # besides max_batch_size, for the main image set
 
 
-def full_plan(replicas: bool) -> Plan:
+def full_plan(replicas: bool, gpu: bool) -> Plan:
     topologies: dict[str, dict[str, Any]] = {
         "batching_on": {"kind": "ours", "settings": BATCHING_ON},
         "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
@@ -80,6 +83,9 @@ def full_plan(replicas: bool) -> Plan:
         Point("batching_on", MAIN, rate_of=f"batching_on/{MAIN}/c32", rate_fraction=0.7),
     ]
     points += [Point("batching_off", MAIN, c) for c in CONCURRENCY]
+    if not gpu:
+        topologies["batch8"] = {"kind": "ours", "settings": BATCH_8}
+        points += [Point("batch8", MAIN, 32)]
     points += [Point("naive", MAIN, c) for c in CONCURRENCY]
     points += [Point("naive", "jpeg_12mp", 1), Point("naive", "jpeg_12mp", 32), Point("naive", "png_512", 32)]
     if replicas:
@@ -124,13 +130,14 @@ def describe_machine() -> dict[str, Any]:
         pass
     providers = onnxruntime.get_available_providers()
     gpu = ""
-    try:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         gpu = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
     return {
         "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "hostname": platform.node(),
@@ -188,7 +195,7 @@ def prepare_models(args: Any, out: Path) -> tuple[Path, Path]:
         export(model.parent, [])
     naive = args.naive_model
     if naive is None:
-        naive = model.parent.parent / f"{model.parent.name}-float" / "model.onnx"
+        naive = out.parent / "models" / f"{model.parent.name}-float" / "model.onnx"
         if not naive.exists():
             tqdm.write(f"exporting the float-input twin to {naive.parent} for the naive baseline ...")
             if not export(naive.parent, ["--float-input"]):
@@ -206,21 +213,35 @@ def export(folder: Path, extra: list[str]) -> bool:
 
 
 # --- measuring ------------------------------------------------------------------------------------
-def start_topology(name: str, spec: dict[str, Any], model: Path, naive_model: Path, out: Path,
-                   cpus: str | None) -> Topology:
+def start_topology(
+    name: str,
+    spec: dict[str, Any],
+    model: Path,
+    naive_model: Path,
+    out: Path,
+    cpus: str | None,
+    extra_settings: dict[str, str],
+) -> Topology:
     logs = out / "logs"
-    if spec["kind"] == "ours":
-        return servers.start_ours(name, model, spec["settings"], logs, cpus)
     if spec["kind"] == "naive":
         return servers.start_naive(naive_model, logs, cpus)
-    return servers.start_replicas(model, spec["settings"], spec["replicas"], logs / name, cpus)
+    settings = spec["settings"] | extra_settings
+    if spec["kind"] == "ours":
+        return servers.start_ours(name, model, settings, logs, cpus)
+    return servers.start_replicas(model, settings, spec["replicas"], logs / name, cpus)
 
 
 def measure_point(
-    topo: Topology, point: Point, workload_dir: Path, args: Any, client_cpus: str | None, client_procs: int,
-    rate: float, out: Path,
+    topo: Topology,
+    point: Point,
+    workload_dir: Path,
+    args: Any,
+    client_cpus: str | None,
+    client_procs: int,
+    rate: float,
+    out: Path,
 ) -> dict[str, Any]:
-    t0 = time.monotonic() + 1.0 + 0.3 * client_procs  # time for the client processes to start and connect
+    t0 = time.monotonic() + 0.6 + 0.2 * client_procs  # time for the client processes to start and connect
     window_start, window_end = t0 + args.warmup, t0 + args.warmup + args.duration
     procs, outs = [], []
     for index in range(client_procs):
@@ -228,9 +249,23 @@ def measure_point(
         result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", "bench.loadgen", "--workload", str(workload_dir), "--port", str(topo.port),
-            "--t0", repr(t0), "--warmup", str(args.warmup), "--duration", str(args.duration),
-            "--offset", str(index * 7), "--out", str(result_path),
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--workload",
+            str(workload_dir),
+            "--port",
+            str(topo.port),
+            "--t0",
+            repr(t0),
+            "--warmup",
+            str(args.warmup),
+            "--duration",
+            str(args.duration),
+            "--offset",
+            str(index * 7),
+            "--out",
+            str(result_path),
         ]
         if rate:
             argv += ["--rate", repr(rate / client_procs)]
@@ -249,12 +284,26 @@ def measure_point(
         if proc.wait(timeout=120) != 0:
             raise RuntimeError(f"load generator failed with exit status {proc.returncode}")
     clients = [json.loads(path.read_text()) for path in outs]
-    return merge(point, topo, clients, cpu_after - cpu_before, servers.sum_deltas(metrics_before, metrics_after),
-                 args.duration, rate)
+    return merge(
+        point,
+        topo,
+        clients,
+        cpu_after - cpu_before,
+        servers.sum_deltas(metrics_before, metrics_after),
+        args.duration,
+        rate,
+    )
 
 
-def merge(point: Point, topo: Topology, clients: list[dict[str, Any]], server_cpu_s: float,
-          delta: servers.MetricsDelta, duration_s: float, rate: float) -> dict[str, Any]:
+def merge(
+    point: Point,
+    topo: Topology,
+    clients: list[dict[str, Any]],
+    server_cpu_s: float,
+    delta: servers.MetricsDelta,
+    duration_s: float,
+    rate: float,
+) -> dict[str, Any]:
     from bench.loadgen import percentile_ms
 
     latencies = sorted(lat for c in clients for lat in c["latencies_s"])
@@ -291,22 +340,40 @@ def merge(point: Point, topo: Topology, clients: list[dict[str, Any]], server_cp
         "server_images": server_images,
         "server_cpu_s_per_image": server_cpu_s / server_images if server_images else None,
         "server_cores_busy": server_cpu_s / duration_s,
-        "mean_batch_size": delta.mean_batch_size if delta.batches else (1.0 if topo.name == "naive" else None),
+        "mean_batch_size": delta.mean_batch_size
+        if delta.batches
+        else (1.0 if topo.name == "naive" else None),
         "batches": delta.batches,
         "client_cpu_s_per_request": client_cpu / client_requests if client_requests else None,
         "latency_sample_ms": [round(1000 * x, 3) for x in latencies[:: max(1, len(latencies) // 4000)]],
     }
 
 
-def run_ceiling(model: Path, image_dirs: list[Path], args: Any, cpus: str | None, out: Path) -> dict[str, Any]:
+def run_ceiling(
+    model: Path, image_dirs: list[Path], batch_sizes: tuple[int, ...], args: Any, cpus: str | None, out: Path
+) -> dict[str, Any]:
     result_path = out / "ceiling.json"
     argv = [
-        sys.executable, "-m", "bench.ceiling", "--model", str(model), "--duration", str(args.ceiling_duration),
-        "--out", str(result_path), "--images", *map(str, image_dirs),
+        sys.executable,
+        "-m",
+        "bench.ceiling",
+        "--model",
+        str(model),
+        "--duration",
+        str(args.ceiling_duration),
+        "--out",
+        str(result_path),
+        "--images",
+        *map(str, image_dirs),
+        "--batch-sizes",
+        *map(str, batch_sizes),
+        "--model-batch-sizes",
+        *map(str, (1,) if args.smoke else (1, 2, 4, 8, 16, 32)),
     ]
     env = {**os.environ, **{f"IMGSERVE_{k.upper()}": v for k, v in BATCHING_ON.items()}}
-    subprocess.run([*servers.taskset_prefix(cpus), *argv], cwd=REPO_ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*servers.taskset_prefix(cpus), *argv], cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL
+    )
     return json.loads(result_path.read_text())
 
 
@@ -318,18 +385,25 @@ def execute(args: Any) -> Path:
     client_cpus, server_cpus, client_procs = choose_cpus(args.pin)
     if args.client_procs:
         client_procs = args.client_procs
-    machine |= {"client_cpus": client_cpus or "any", "server_cpus": server_cpus or "any",
-                "client_processes": client_procs}
+    machine |= {
+        "client_cpus": client_cpus or "any",
+        "server_cpus": server_cpus or "any",
+        "client_processes": client_procs,
+    }
     print(f"machine: {machine['cpu_model']} x{machine['cpu_count']}, GPU: {machine['gpu']}")
-    print(f"ONNX Runtime {machine['onnxruntime']} providers: {machine['onnxruntime_providers']} "
-          f"(CUDA provider {'AVAILABLE' if machine['cuda_provider_available'] else 'not available'})")
-    print(f"load generator on cpus {machine['client_cpus']} ({client_procs} process(es)), "
-          f"servers and ceiling on cpus {machine['server_cpus']}")
+    print(
+        f"ONNX Runtime {machine['onnxruntime']} providers: {machine['onnxruntime_providers']} "
+        f"(CUDA provider {'AVAILABLE' if machine['cuda_provider_available'] else 'not available'})"
+    )
+    print(
+        f"load generator on cpus {machine['client_cpus']} ({client_procs} process(es)), "
+        f"servers and ceiling on cpus {machine['server_cpus']}"
+    )
 
     model, naive_model = prepare_models(args, out)
     sets = build_image_sets(out / "images", smoke=args.smoke)
     replicas = servers.shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
-    plan = smoke_plan(replicas) if args.smoke else full_plan(replicas)
+    plan = smoke_plan(replicas) if args.smoke else full_plan(replicas, machine["cuda_provider_available"])
     if args.only:
         plan.points = [p for p in plan.points if any(part in p.key for part in args.only)]
     workloads = build_workloads(sets, sorted({p.workload for p in plan.points}))
@@ -338,17 +412,29 @@ def execute(args: Any) -> Path:
 
     ceiling_sets = [MAIN] if args.smoke else [MAIN, "jpeg_12mp", "png_512"]
     print(f"ceiling: in process, {args.ceiling_duration:g} s per image set ...")
-    ceiling = run_ceiling(model, [out / "images" / s for s in ceiling_sets], args, server_cpus, out)
+    ceiling = run_ceiling(
+        model,
+        [out / "images" / s for s in ceiling_sets],
+        () if args.smoke else CEILING_BATCH_SIZES,
+        args,
+        server_cpus,
+        out,
+    )
     for name, fig in ceiling["pipeline"].items():
-        print(f"  {name:14s} {fig['images_per_s']:8.1f} images/s  {1000 * fig['cpu_s_per_image']:7.2f} CPU-ms/image "
-              f"(preprocess alone {1000 * fig['preprocess_cpu_s_per_image']:.2f})  provider {ceiling['provider']}")
+        print(
+            f"  {name:14s} {fig['images_per_s']:8.1f} images/s  {1000 * fig['cpu_s_per_image']:7.2f} "
+            f"CPU-ms/image (preprocess alone {1000 * fig['preprocess_cpu_s_per_image']:.2f})  "
+            f"provider {ceiling['provider']}"
+        )
 
     results: dict[str, dict[str, Any]] = {}
+    # smoke: the tiny model needs no warm-up at every batch size
+    extra_settings = {"warmup_batch_sizes": "1"} if args.smoke else {}
     used = [t for t in plan.topologies if any(p.topology == t for p in plan.points)]
     bar = tqdm(total=len(plan.points), desc="load points", unit="point")
     for topo_name in used:
         spec = plan.topologies[topo_name]
-        topo = start_topology(topo_name, spec, model, naive_model, out, server_cpus)
+        topo = start_topology(topo_name, spec, model, naive_model, out, server_cpus, extra_settings)
         try:
             for point in (p for p in plan.points if p.topology == topo_name):
                 rate = 0.0
@@ -357,10 +443,22 @@ def execute(args: Any) -> Path:
                     if base is None or not base["images_per_s"]:
                         bar.update()
                         continue
-                    rate = point.rate_fraction * base["images_per_s"] / workloads[point.workload].images_per_request
+                    rate = (
+                        point.rate_fraction
+                        * base["images_per_s"]
+                        / workloads[point.workload].images_per_request
+                    )
                 bar.set_postfix_str(point.key)
-                result = measure_point(topo, point, out / "workloads" / point.workload, args, client_cpus,
-                                       client_procs, rate, out)
+                result = measure_point(
+                    topo,
+                    point,
+                    out / "workloads" / point.workload,
+                    args,
+                    client_cpus,
+                    client_procs,
+                    rate,
+                    out,
+                )
                 results[point.key] = result
                 bar.update()
                 tqdm.write(one_line(result))
@@ -371,14 +469,32 @@ def execute(args: Any) -> Path:
     report = {
         "machine": machine,
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
-        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "ceiling_duration_s": args.ceiling_duration,
-                     "smoke": args.smoke, "pin": args.pin},
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "ceiling_duration_s": args.ceiling_duration,
+            "smoke": args.smoke,
+            "pin": args.pin,
+        },
         "model": str(model),
         "naive_model": str(naive_model),
-        "image_sets": {name: {"count": len(s.images), "size": s.pixel_size, "mean_bytes": sum(map(len, s.images))
-                              / len(s.images), "note": s.note} for name, s in sets.items()},
-        "workloads": {name: {"images_per_request": w.images_per_request, "mean_body_bytes": w.mean_body_bytes,
-                             "description": w.description} for name, w in workloads.items()},
+        "image_sets": {
+            name: {
+                "count": len(s.images),
+                "size": s.pixel_size,
+                "mean_bytes": sum(map(len, s.images)) / len(s.images),
+                "note": s.note,
+            }
+            for name, s in sets.items()
+        },
+        "workloads": {
+            name: {
+                "images_per_request": w.images_per_request,
+                "mean_body_bytes": w.mean_body_bytes,
+                "description": w.description,
+            }
+            for name, w in workloads.items()
+        },
         "ceiling": ceiling,
         "points": results,
         "plan": [asdict(p) for p in plan.points],
@@ -400,6 +516,7 @@ def one_line(r: dict[str, Any]) -> str:
     batch = r["mean_batch_size"]
     return (
         f"{r['key']:40s} {r['images_per_s']:8.1f} img/s  p50 {lat['p50']:7.1f}  p99 {lat['p99']:7.1f} ms  "
-        f"server {1000 * cpu if cpu else float('nan'):6.2f} CPU-ms/img  batch {batch if batch else float('nan'):5.1f}  "
+        f"server {1000 * cpu if cpu else float('nan'):6.2f} CPU-ms/img  "
+        f"batch {batch if batch else float('nan'):5.1f}  "
         f"errors {r['error_count']}"
     )

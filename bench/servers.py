@@ -45,10 +45,9 @@ def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
     return found
 
 
@@ -91,13 +90,23 @@ class Proc:
         return ""
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path, port: int, cpus: str | None,
-          metrics: bool = True) -> Proc:
+def spawn(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    port: int,
+    cpus: str | None,
+    metrics: bool = True,
+) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("wb")
     popen = subprocess.Popen(
-        [*taskset_prefix(cpus), *argv], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        [*taskset_prefix(cpus), *argv],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
         cwd=REPO_ROOT,
     )
     return Proc(name, popen, port, log_path, metrics)
@@ -216,9 +225,13 @@ def server_env(model_path: Path, port: int, settings: dict[str, str]) -> dict[st
     return env | {f"IMGSERVE_{k.upper()}": str(v) for k, v in settings.items()}
 
 
-def start_ours(name: str, model_path: Path, settings: dict[str, str], log_dir: Path, cpus: str | None) -> Topology:
+def start_ours(
+    name: str, model_path: Path, settings: dict[str, str], log_dir: Path, cpus: str | None
+) -> Topology:
     port = free_port()
-    proc = spawn(name, [sys.executable, "-m", "app"], server_env(model_path, port, settings), log_dir, port, cpus)
+    proc = spawn(
+        name, [sys.executable, "-m", "app"], server_env(model_path, port, settings), log_dir, port, cpus
+    )
     try:
         wait_ready(proc)
     except BaseException:
@@ -267,9 +280,7 @@ def nginx_config(listen_port: int, upstream_ports: list[int], run_dir: Path) -> 
         "http {\n"
         f"  client_body_temp_path {run_dir / 'body'};\n"
         f"  proxy_temp_path {run_dir / 'proxy'};\n"
-        "  default_type application/octet-stream;\n"
-        + site
-        + "\n}\n"
+        "  default_type application/octet-stream;\n" + site + "\n}\n"
     )
 
 
@@ -289,7 +300,17 @@ def start_replicas(
         port = free_port()
         conf = run_dir / "nginx.conf"
         conf.write_text(nginx_config(port, [p.port for p in topo.procs], run_dir))
-        argv = [nginx, "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"]
+        argv = [
+            nginx,
+            "-e",
+            str(run_dir / "error.log"),
+            "-p",
+            str(run_dir),
+            "-c",
+            str(conf),
+            "-g",
+            "daemon off;",
+        ]
         proc = spawn("nginx", argv, {}, log_dir, port, cpus, metrics=False)
         topo.procs.append(proc)
         topo.port = port

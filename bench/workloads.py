@@ -85,7 +85,14 @@ def build_image_sets(out_dir: Path, *, smoke: bool = False) -> dict[str, ImageSe
         photos = photos[:2]
     builders: list[tuple[str, str, str, tuple[int, int], int, str]] = [
         ("jpeg_500x375", "JPEG", "image/jpeg", (500, 375), len(photos), "resized+cropped real photo"),
-        ("jpeg_12mp", "JPEG", "image/jpeg", (4000, 3000), 1 if smoke else 3, "real photo UPSCALED to 4000x3000"),
+        (
+            "jpeg_12mp",
+            "JPEG",
+            "image/jpeg",
+            (4000, 3000),
+            1 if smoke else 3,
+            "real photo UPSCALED to 4000x3000",
+        ),
         ("png_512", "PNG", "image/png", (512, 512), len(photos), "resized+cropped real photo, lossless"),
     ]
     sets: dict[str, ImageSet] = {}
@@ -108,8 +115,8 @@ def multipart_body(parts: list[tuple[bytes, str]], field_name: str = "file") -> 
     for index, (data, mime) in enumerate(parts):
         ext = mime.split("/")[1]
         chunks.append(
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
-            f"filename=\"img{index}.{ext}\"\r\nContent-Type: {mime}\r\n\r\n".encode()
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
+            f'filename="img{index}.{ext}"\r\nContent-Type: {mime}\r\n\r\n'.encode()
         )
         chunks.append(data)
         chunks.append(b"\r\n")
@@ -138,12 +145,6 @@ class Workload:
             (path / f"body{index}.bin").write_bytes(body)
             meta["bodies"].append({"file": f"body{index}.bin", "content_type": content_type})
         (path / "workload.json").write_text(json.dumps(meta))
-
-
-def load_workload(path: Path) -> Workload:
-    meta = json.loads((path / "workload.json").read_text())
-    bodies = [((path / b["file"]).read_bytes(), b["content_type"]) for b in meta["bodies"]]
-    return Workload(meta["name"], meta["images_per_request"], bodies)
 
 
 def _single(image_set: ImageSet, multipart: bool) -> Workload:

@@ -1,0 +1,81 @@
+"""CI's short run of the whole benchmark (``python -m bench run --smoke``), so the suite cannot rot.
+
+It starts the real servers (ours with batching on and off, the naive baseline, nginx + 2
+replicas when nginx is installed) on a tiny stand-in model, drives each for about a second,
+and checks that the report holds sane, non-zero figures and no errors. It asserts nothing
+about speed: figures from a smoke run on a shared CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench-smoke")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--smoke", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, f"smoke run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads((out / "results.json").read_text()), out
+
+
+def _finite_positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_every_planned_point_ran_without_errors(smoke_report: tuple[dict[str, Any], Path]) -> None:
+    report, _ = smoke_report
+    planned = {p["topology"] for p in report["plan"]}
+    assert {"batching_on", "batching_off", "naive"} <= planned
+    assert len(report["points"]) == len(report["plan"])
+    for key, point in report["points"].items():
+        assert point["error_count"] == 0, (key, point["errors"], point["sample_error_body"])
+        assert point["requests_ok"] > 0, key
+        assert _finite_positive(point["images_per_s"]), key
+        latency = point["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"], (key, latency)
+        assert _finite_positive(point["server_cpu_s_per_image"]), key
+        assert _finite_positive(point["client_cpu_s_per_request"]), key
+
+
+def test_server_metrics_were_read(smoke_report: tuple[dict[str, Any], Path]) -> None:
+    points = smoke_report[0]["points"]
+    # batching off: every model run holds exactly one image
+    assert points["batching_off/jpeg_500x375/c8"]["mean_batch_size"] == 1.0
+    # 8 images per request are enqueued together, so no batch holds fewer
+    assert points["batching_on/multi8_500x375/c2"]["mean_batch_size"] >= 8.0
+    on = points["batching_on/jpeg_500x375/c8"]
+    assert on["batches"] > 0
+    # the server's own image count agrees with what the client saw completed (window edges aside)
+    assert on["server_images"] == pytest.approx(on["images_ok"], rel=0.5, abs=8)
+
+
+def test_ceiling_and_report(smoke_report: tuple[dict[str, Any], Path]) -> None:
+    report, out = smoke_report
+    ceiling = report["ceiling"]["pipeline"]["jpeg_500x375"]
+    assert _finite_positive(ceiling["images_per_s"])
+    assert _finite_positive(ceiling["cpu_s_per_image"])
+    assert 0 < ceiling["preprocess_cpu_s_per_image"] < 10 * ceiling["cpu_s_per_image"]
+    assert report["ceiling"]["provider"] in report["machine"]["onnxruntime_providers"]
+    markdown = (out / "report.md").read_text()
+    assert "## Targets" in markdown and "Overhead" in markdown
+    for name in ("throughput_vs_concurrency.png", "latency_cdf_c32.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
