@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 log = logging.getLogger("model_export")
 
@@ -84,6 +88,235 @@ def _print_export_summary(result: object, elapsed_s: float) -> None:
     )
 
 
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a classifier on an ImageFolder tree",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Two-stage transfer learning for pretrained models (head on a frozen backbone, then the "
+        "last blocks at a smaller rate); one stage from scratch otherwise. Writes best.pt, last.pt, split.json, "
+        "history.json, metrics.json and PNG plots to --output-dir.",
+    )
+    add_data_and_model_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/train"), help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
+    parser.add_argument("--head-epochs", type=int, default=3, help="stage 1: epochs training only the new head")
+    parser.add_argument("--epochs", type=int, default=10, help="stage 2 (fine-tuning) epochs, or all epochs from scratch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (of everything from scratch)")
+    parser.add_argument("--backbone-lr-scale", type=float, default=0.1, help="stage 2: pretrained layers' lr = lr x this")
+    parser.add_argument("--unfreeze-blocks", type=int, default=4, help="stage 2: how many of the last backbone blocks learn (-1: all)")
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--scheduler", choices=["cosine", "step", "none"], default="cosine", help="per-stage lr schedule")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warm-up at the start of each stage")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--patience", type=int, default=3, help="early stopping: epochs without val-loss gain (0: never stop)")
+    parser.add_argument("--min-delta", type=float, default=0.0, help="early stopping: smallest val-loss gain that counts")
+    parser.add_argument("--min-scale", type=float, default=0.5, help="augmentation: random resized crop keeps at least this area fraction")
+    parser.add_argument("--shear-deg", type=float, default=10.0, help="augmentation: random shear (0: off)")
+    parser.add_argument("--rotation-deg", type=float, default=0.0, help="augmentation: random rotation (0: off)")
+    parser.add_argument("--hflip-prob", type=float, default=0.5, help="augmentation: horizontal flip probability (0 for digits, text)")
+    parser.add_argument("--color-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation jitter")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision (used on CUDA only)")
+    parser.add_argument("--export", dest="export_dir", type=Path, default=None, metavar="DIR", help="also export the best checkpoint to DIR")
+    parser.add_argument("--fp16", action="store_true", help="with --export: half precision")
+    parser.set_defaults(run=run_train)
+
+
+def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="ImageFolder tree: DIR/CLASS/*.jpg, or DIR/train + DIR/val")
+    parser.add_argument("--val-ratio", type=float, default=0.2, help="validation share when DIR has no train/ and val/")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+    parser.add_argument("--arch", default="efficientnet_lite0", help="simple_cnn, efficientnet_lite0 or a torchvision classifier (resnet50, convnext_tiny, ...)")
+    parser.add_argument("--weights", default="default", help="'default' (pretrained), 'none' (from scratch) or PATH to a state dict")
+    parser.add_argument("--crop-size", type=int, default=None, help="input size (default: the weights' own, 224; simple_cnn 64)")
+    parser.add_argument("--resize-size", type=int, default=None, help="short side before the centre crop (default crop/0.875)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes (0: in the main process)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "lr-find",
+        help="sweep the learning rate over one run of batches and plot loss vs lr",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_data_and_model_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/lr-find"), help="writes lr_find.png and lr_find.json")
+    parser.add_argument("--min-lr", type=float, default=1e-7)
+    parser.add_argument("--max-lr", type=float, default=1.0)
+    parser.add_argument("--num-steps", type=int, default=100, help="batches in the sweep")
+    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.set_defaults(run=run_lr_find_command)
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "export",
+        help="export a training checkpoint to model.onnx + model.json (parity-checked)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt from a train run")
+    add_export_arguments(parser, default_dir=Path("models/exported"))
+    parser.set_defaults(run=run_export)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> None:
+    parser.add_argument("--output-dir", type=Path, default=default_dir, help="folder for model.onnx + model.json")
+    parser.add_argument("--fp16", action="store_true", help="export in half precision (parity tolerance 1e-2)")
+    parser.add_argument("--float-input", action="store_true", help="take normalised float32 NCHW input instead of uint8 NHWC pixels")
+    parser.add_argument("--name", default=None, help="model name for the card (default: ARCH-DATASET)")
+    parser.add_argument("--model-version", default="1", help="version written to the model card")
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="run an exported ONNX file with ONNX Runtime over images and report metrics",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model.onnx (its card gives labels and preprocessing)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="ImageFolder tree to evaluate on")
+    source.add_argument("--split", type=Path, help="split.json of a train run: evaluate its --subset")
+    parser.add_argument("--subset", choices=["val", "train"], default="val", help="with --split: which part")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--output-dir", type=Path, default=None, help="metrics.json + confusion_matrix.png (default: MODEL_DIR/evaluation)")
+    parser.set_defaults(run=run_evaluate)
+
+
+def _train_config(args: argparse.Namespace) -> "TrainConfig":
+    from .data import AugmentConfig
+    from .train import TrainConfig
+
+    return TrainConfig(
+        data_dir=args.data,
+        output_dir=args.output_dir,
+        arch=args.arch,
+        weights=args.weights,
+        val_ratio=args.val_ratio,
+        seed=args.seed,
+        crop_size=args.crop_size,
+        resize_size=args.resize_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        head_epochs=getattr(args, "head_epochs", 0),
+        epochs=getattr(args, "epochs", 1),
+        lr=getattr(args, "lr", 1e-3),
+        backbone_lr_scale=getattr(args, "backbone_lr_scale", 0.1),
+        unfreeze_blocks=getattr(args, "unfreeze_blocks", 4),
+        optimizer=args.optimizer,
+        momentum=getattr(args, "momentum", 0.9),
+        weight_decay=args.weight_decay,
+        scheduler=getattr(args, "scheduler", "none"),
+        warmup_epochs=getattr(args, "warmup_epochs", 0.0),
+        label_smoothing=getattr(args, "label_smoothing", 0.0),
+        patience=getattr(args, "patience", 0),
+        min_delta=getattr(args, "min_delta", 0.0),
+        amp=getattr(args, "amp", True),
+        device=args.device,
+        augment=AugmentConfig(
+            min_scale=getattr(args, "min_scale", 0.5),
+            shear_deg=getattr(args, "shear_deg", 10.0),
+            hflip_prob=getattr(args, "hflip_prob", 0.5),
+            rotation_deg=getattr(args, "rotation_deg", 0.0),
+            color_jitter=getattr(args, "color_jitter", 0.0),
+        ),
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .metrics import headline
+    from .train import run_training
+
+    started_s = time.perf_counter()
+    result = run_training(_train_config(args), resume=args.resume)
+    print(
+        f"trained into {result.output_dir}: best checkpoint {result.best_checkpoint}, "
+        f"validation {headline(result.metrics)}, best epoch {result.metrics['best_epoch']} of {len(result.history)}, "
+        f"{result.train_images_per_s:.0f} train images/s; {time.perf_counter() - started_s:.0f} s"
+    )
+    if args.export_dir is not None:
+        export_checkpoint(result.best_checkpoint, args.export_dir, fp16=args.fp16, float_input=False, name=None, version="1")
+    return 0
+
+
+def run_lr_find_command(args: argparse.Namespace) -> int:
+    from .train import run_lr_find
+
+    sweep = run_lr_find(
+        _train_config(args), min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps
+    )
+    suggestion = f"{sweep.suggested_lr:.2g}" if sweep.suggested_lr is not None else "none (too few steps)"
+    print(
+        f"lr sweep over {len(sweep.lrs)} steps, {sweep.lrs[0]:.1e} to {sweep.lrs[-1]:.1e}: "
+        f"suggested --lr {suggestion}; plot {args.output_dir / 'lr_find.png'}"
+    )
+    return 0
+
+
+def export_checkpoint(
+    checkpoint: Path, output_dir: Path, *, fp16: bool, float_input: bool, name: str | None, version: str
+) -> None:
+    from .export import export_model
+    from .train import load_checkpoint, model_from_checkpoint
+
+    started_s = time.perf_counter()
+    payload = load_checkpoint(checkpoint)
+    created = model_from_checkpoint(payload)
+    dataset = payload["dataset"]
+    dataset_name = Path(dataset.get("root", "data")).name
+    result = export_model(
+        created.model,
+        output_dir=output_dir,
+        name=name or f"{created.arch}-{dataset_name}" + ("-fp16" if fp16 else ""),
+        version=version,
+        architecture=created.arch,
+        weights=f"fine-tuned from {created.weights_source} on {dataset.get('root')} ({checkpoint})"
+        if created.pretrained
+        else f"trained from scratch on {dataset.get('root')} ({checkpoint})",
+        labels=payload["labels"],
+        preprocessing=created.preprocessing,
+        dataset=dataset,
+        metrics={"validation": payload["metrics"]},
+        fp16=fp16,
+        float_input=float_input,
+        parity_paths=[Path(p) for p in payload.get("val_samples", []) if Path(p).is_file()],
+    )
+    _print_export_summary(result, time.perf_counter() - started_s)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    export_checkpoint(
+        args.checkpoint, args.output_dir, fp16=args.fp16, float_input=args.float_input, name=args.name, version=args.model_version
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_onnx
+    from .metrics import headline
+
+    result = evaluate_onnx(
+        args.model,
+        data_dir=args.data,
+        split_path=args.split,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        output_dir=args.output_dir,
+        threads=args.threads,
+    )
+    skipped = f", {result.skipped_files} unreadable files skipped" if result.skipped_files else ""
+    print(f"{result.card.name} ({result.card.precision}) with ONNX Runtime: {headline(result.metrics)}{skipped}; "
+          f"wrote {result.metrics_path}")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="model-export",
@@ -92,6 +325,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=_positive_threads(), help="PyTorch CPU threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_parser(subparsers)
+    add_lr_find_parser(subparsers)
+    add_export_parser(subparsers)
+    add_evaluate_parser(subparsers)
     add_default_parser(subparsers)
     return parser
 
