@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
@@ -26,6 +28,13 @@ def describe_settings_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def unknown_setting_names(environ: Mapping[str, str]) -> list[str]:
+    known = {f"IMGSERVE_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        name for name in environ if name.upper().startswith("IMGSERVE_") and name.upper() not in known
+    )
+
+
 def main() -> None:
     try:
         settings = Settings()
@@ -33,6 +42,8 @@ def main() -> None:
         sys.exit(describe_settings_errors(exc))
     configure_logging(settings.log_level)
     logger.info("starting", extra={"settings": settings.public_summary()})
+    for name in unknown_setting_names(os.environ):
+        logger.warning("ignoring %s: not a setting (a typo?)", name)
     server = create_server(create_app(settings), settings)
     server.run()
     if server.started is False:

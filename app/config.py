@@ -6,6 +6,7 @@ start with a message that names the variable, the value and what is accepted.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,12 +22,23 @@ _FORMAT_ALIASES = {"JPG": "JPEG"}
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
-def default_cpu_count() -> int:
-    """Cores this process may run on (respects CPU affinity, e.g. container cpusets)."""
+def default_cpu_count(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: CPU affinity (cpusets), capped by a cgroup v2 CPU quota.
+
+    In a container limited to 2 CPUs on a 64-core node, ``os.cpu_count()`` says 64; sizing
+    thread pools by it would oversubscribe the quota and throttle the process.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _split_csv(value: Any) -> Any:
@@ -55,7 +67,9 @@ class Settings(BaseSettings):
     )
     require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = its default."
+        default_factory=default_cpu_count,
+        ge=0,
+        description="ONNX Runtime intra-op threads; default: the cores available; 0 = ONNX Runtime's choice.",
     )
     warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = Field(
         default=None,

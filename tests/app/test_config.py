@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.__main__ import describe_settings_errors
-from app.config import Settings, powers_of_two_up_to
+from app.__main__ import describe_settings_errors, unknown_setting_names
+from app.config import Settings, default_cpu_count, powers_of_two_up_to
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +52,19 @@ def test_environment_with_prefix_and_comma_lists(monkeypatch: pytest.MonkeyPatch
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     assert settings.warmup_batch_sizes == [1, 12]
     assert "key-one" not in repr(settings) and "key-one" not in str(settings.public_summary())
+
+
+def test_cpu_count_follows_a_cgroup_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert default_cpu_count(cpu_max) == min(2, default_cpu_count(tmp_path / "missing"))
+    cpu_max.write_text("max 100000\n")
+    assert default_cpu_count(cpu_max) == default_cpu_count(tmp_path / "missing")
+
+
+def test_unknown_imgserve_variables_are_reported() -> None:
+    environ = {"IMGSERVE_MAX_BATCH_SIZE": "8", "IMGSERVE_MAX_BATCHSIZE": "8", "PATH": "/bin"}
+    assert unknown_setting_names(environ) == ["IMGSERVE_MAX_BATCHSIZE"]
 
 
 def test_keys_file_adds_to_env_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
