@@ -214,6 +214,15 @@ failover() {
 }
 
 down() {
+    local t0=$SECONDS name code
+    compose stop --timeout 30
+    echo "compose stop: $((SECONDS - t0)) s"
+    for name in $(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'); do
+        code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+        echo "$name exited $code"
+        [[ $code == 0 ]] || { podman logs "$name" 2>&1 | grep -v '"path": "/predict"' | tail -15
+                              die "$name exited $code, expected 0"; }
+    done
     compose down -v --remove-orphans --timeout 30
     local left
     left=$( { podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'

@@ -81,7 +81,7 @@ class Nginx:
         assert listens == 1
         body = body.replace("/var/log/nginx/access.log", str(self.access_log))
         temp = self.workdir / "temp"
-        temp.mkdir(exist_ok=True)
+        temp.mkdir(parents=True, exist_ok=True)
         # As root, nginx's workers would run as `nobody`, who cannot use pytest's temp dirs.
         user = "user root root;" if os.geteuid() == 0 else ""
         conf = f"""
@@ -114,10 +114,10 @@ http {{
     def start(self) -> None:
         assert NGINX is not None
         conf = self.render()
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.workdir), "-c", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        with (self.workdir / "stderr.log").open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [NGINX, "-p", str(self.workdir), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -312,6 +312,7 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     results: list[tuple[float, float, str | None, str | None]] = field(default_factory=list)
+    retried: int = 0  # answered by the second replica nginx tried (the first refused)
 
     def run(self) -> None:
         with httpx.Client(timeout=30) as client:
@@ -320,7 +321,8 @@ class Load:
                 try:
                     response = predict(client, self.url, self.image)
                     failure = None if response.status_code == 200 else f"HTTP {response.status_code}"
-                    replica = response.headers.get("x-upstream-addr")
+                    replica = answered_by(response) if "x-upstream-addr" in response.headers else None
+                    self.retried += "," in response.headers.get("x-upstream-addr", "")
                 except httpx.HTTPError as exc:
                     failure, replica = f"{type(exc).__name__}: {exc}", None
                 with self.lock:
@@ -366,7 +368,8 @@ def test_sigterm_one_replica_under_steady_load_fails_no_request(
     after_exit = Counter(replica for t0, *_, replica, why in results if t0 > exited and not why)
     during_drain = Counter(replica for t0, *_, replica, why in results if signalled < t0 < exited and not why)
     print(
-        f"\n{len(results)} requests, {len(failures)} failed; by replica {dict(by_replica)}; "
+        f"\n{len(results)} requests, {len(failures)} failed, {load.retried} retried after a refused "
+        f"connection; by replica {dict(by_replica)}; "
         f"SIGTERM to exit {exited - signalled:.1f} s (exit code {exit_code}); "
         f"between SIGTERM and exit {dict(during_drain)}; after exit {dict(after_exit)}"
     )
