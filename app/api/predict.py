@@ -123,8 +123,9 @@ async def predict(
 def _scores(probabilities: np.ndarray, k: int, card: ModelCard) -> list[ClassScore]:
     indices, values = select_top_k(probabilities, k)
     labels = card.labels
+    # float16 models can round a probability a hair past 1
     return [
-        ClassScore(index=i, label=labels[i], probability=p)
+        ClassScore(index=i, label=labels[i], probability=min(max(p, 0.0), 1.0))
         for i, p in zip(indices.tolist(), values.tolist(), strict=True)
     ]
 

@@ -321,12 +321,14 @@ class Load:
                 try:
                     response = predict(client, self.url, self.image)
                     failure = None if response.status_code == 200 else f"HTTP {response.status_code}"
-                    replica = answered_by(response) if "x-upstream-addr" in response.headers else None
-                    self.retried += "," in response.headers.get("x-upstream-addr", "")
+                    tried = response.headers.get("x-upstream-addr", "")
+                    replica = answered_by(response) if tried else None
                 except httpx.HTTPError as exc:
                     failure, replica = f"{type(exc).__name__}: {exc}", None
+                    tried = ""
                 with self.lock:
                     self.results.append((started, time.monotonic(), replica, failure))
+                    self.retried += "," in tried
 
     def sent(self) -> int:
         with self.lock:

@@ -1,0 +1,39 @@
+"""A client that disconnects while its images wait in the queue leaves no work behind."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from tests.e2e.server import metric_value, run_server
+
+
+def test_a_disconnected_client_has_its_queued_images_dropped(tiny_model_path: Path, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(buffer, format="PNG")
+    body = buffer.getvalue()
+    with run_server(tiny_model_path, tmp_path, max_delay_ms=8000, warmup_batch_sizes="1") as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            head = (
+                f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                f"X-Request-ID: gone-client\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            deadline = time.monotonic() + 5
+            while metric_value(httpx.get(f"{server.url}/metrics").text, "imgserve_queue_images") < 1:
+                assert time.monotonic() < deadline, "the image never reached the queue"
+                time.sleep(0.02)
+        # The client is gone long before max_delay_ms would have run its batch.
+        deadline = time.monotonic() + 3
+        while metric_value(httpx.get(f"{server.url}/metrics").text, "imgserve_queue_images") != 0:
+            assert time.monotonic() < deadline, "the gone client's image is still queued"
+            time.sleep(0.02)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert metric_value(metrics, "imgserve_batch_size_count") == 0  # nothing ran for it
+        logged = [line for line in server.log_lines() if line.get("request_id") == "gone-client"]
+        assert [(line["status"], line["images"]) for line in logged] == [(499, 1)]
