@@ -3,7 +3,7 @@
 They follow the artifact contract (docs/ARCHITECTURE.md): input ``pixels`` uint8 NHWC,
 output ``probabilities`` float32 [N, classes], the card in ``metadata_props`` and in
 ``model.json`` beside the file. The "poison" variant fails inside ONNX Runtime for any
-batch holding an image whose top-left red value is above 1 (a Gather index out of range):
+batch holding an image whose top-left red value is 255 (a Gather index out of range):
 a fault injected through the model alone, with no test hook in the server.
 """
 
@@ -72,7 +72,7 @@ def _graph(crop_size: int, poison: bool, slow_matmuls: int = 0) -> onnx.GraphPro
     ]
     logits = "logits"
     if poison:
-        # idx = pixels[:, 0, 0, 0] as int64; Gather(table[2], idx) raises when idx > 1.
+        # idx = pixels[:, 0, 0, 0] as int64; Gather(table[255], idx) raises when idx == 255.
         nodes += [
             helper.make_node("Slice", ["pixels", "s_start", "s_end", "s_axes"], ["corner"]),
             helper.make_node("Reshape", ["corner", "flat_shape"], ["corner_flat"]),
@@ -86,7 +86,7 @@ def _graph(crop_size: int, poison: bool, slow_matmuls: int = 0) -> onnx.GraphPro
             numpy_helper.from_array(np.array([1, 1, 1], dtype=np.int64), "s_end"),
             numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), "s_axes"),
             numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat_shape"),
-            numpy_helper.from_array(np.zeros(2, dtype=np.float32), "table"),
+            numpy_helper.from_array(np.zeros(255, dtype=np.float32), "table"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         ]
         logits = "logits_poisoned"
