@@ -99,11 +99,13 @@ def _add_protected_docs(app: FastAPI, dependencies: list[Any]) -> None:
 
 def _add_exception_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
+        if not isinstance(exc, ServiceError):  # registered for ServiceError only
+            raise exc
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+        if not isinstance(exc, RequestValidationError):  # registered for RequestValidationError only
+            raise exc
         return JSONResponse({"detail": describe_validation_errors(exc)}, status_code=422)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
