@@ -350,6 +350,7 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
         counted_at.append(time.monotonic() - t0)
         assert a.proc is not None
         a.proc.kill()
+        a.proc.wait(5)  # until the process is gone, its sockets still take connections
         kill_at.append(time.monotonic() - t0)
 
     thread = threading.Thread(target=killer)
@@ -359,7 +360,8 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
     assert a.proc is not None and a.proc.wait(5) == -signal.SIGKILL
     failed = [r for r in results if r.status != 200]
     # What the replica held at the kill: its connections counted just before, plus any request
-    # that started in the instant between that count and the kill (nginx may have sent it there).
+    # that started between that count and the moment the killed process was gone (its
+    # listening socket accepts until then, so nginx may have sent such a request there).
     racing = [r for r in results if counted_at[0] <= r.started_s <= kill_at[0]]
     bound = held[0] + len(racing)
     print(
@@ -368,7 +370,9 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
     assert len(failed) <= bound, [(r.status, r.error) for r in failed]
     assert all(r.status == 502 for r in failed), [(r.status, r.error) for r in failed]
     # Each failure was in flight at the kill; none came before or long after it.
-    assert all(r.started_s <= kill_at[0] <= r.started_s + r.latency_s + 0.05 for r in failed), failed
+    assert all(r.started_s <= kill_at[0] and r.started_s + r.latency_s >= counted_at[0] for r in failed), (
+        failed
+    )
     after = [r for r in results if r.started_s > kill_at[0] + 0.5]
     assert len(after) > 20 and all(r.status == 200 for r in after)
     assert httpx.get(f"{b.base_url}/readyz").status_code == 200
