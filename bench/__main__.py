@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--client-procs", type=int, default=0, help="load generator processes (default: one per client core)"
     )
+    run.add_argument(
+        "--require-cuda", action="store_true", help="GPU machine: fail unless every session runs on CUDA"
+    )
     run.add_argument("--only", nargs="+", help="run only the points whose key contains one of these strings")
     report = sub.add_parser("report", help="rewrite report.md and the plots from a results.json")
     report.add_argument("folder", type=Path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -35,7 +36,11 @@ from app.inference.card import card_from_metadata
 
 
 def create_naive_app(model_path: str) -> FastAPI:
-    session = ort.InferenceSession(model_path, providers=ort.get_available_providers())
+    # as tutorials write it: CUDA if this build has it, else CPU
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = [p for p in wanted if p in ort.get_available_providers()]
+    session = ort.InferenceSession(model_path, providers=providers)
+    print(f"naive baseline: session providers {session.get_providers()}", file=sys.stderr, flush=True)
     card = card_from_metadata(session.get_modelmeta().custom_metadata_map, model_path)
     prep = card.preprocessing
     mean = np.array(prep.mean, dtype=np.float32)

@@ -44,10 +44,15 @@ class Point:
     concurrency: int = 0
     rate_of: str = ""  # open loop: offered images/s = rate_fraction x images/s of this point key
     rate_fraction: float = 0.0
+    offered_images_per_s: float = 0.0  # open loop at a fixed offered rate
 
     @property
     def key(self) -> str:
-        load = f"c{self.concurrency}" if not self.rate_of else f"open{self.rate_fraction:g}"
+        load = f"c{self.concurrency}"
+        if self.rate_of:
+            load = f"open{self.rate_fraction:g}"
+        elif self.offered_images_per_s:
+            load = f"open{self.offered_images_per_s:g}ips"
         return f"{self.topology}/{self.workload}/{load}"
 
 
@@ -83,7 +88,10 @@ def full_plan(replicas: bool, gpu: bool) -> Plan:
         Point("batching_on", MAIN, rate_of=f"batching_on/{MAIN}/c32", rate_fraction=0.7),
     ]
     points += [Point("batching_off", MAIN, c) for c in CONCURRENCY]
-    if not gpu:
+    if gpu:
+        # the GPU latency target: p99 at 2,000 images/s offered
+        points += [Point("batching_on", MAIN, offered_images_per_s=2000.0)]
+    else:
         topologies["batch8"] = {"kind": "ours", "settings": BATCH_8}
         points += [Point("batch8", MAIN, 32)]
     points += [Point("naive", MAIN, c) for c in CONCURRENCY]
@@ -420,6 +428,8 @@ def execute(args: Any) -> Path:
         server_cpus,
         out,
     )
+    if args.require_cuda and ceiling["provider"] != "CUDAExecutionProvider":
+        raise SystemExit(f"--require-cuda: the ceiling's session runs on {ceiling['providers']}, not CUDA")
     for name, fig in ceiling["pipeline"].items():
         print(
             f"  {name:14s} {fig['images_per_s']:8.1f} images/s  {1000 * fig['cpu_s_per_image']:7.2f} "
@@ -430,6 +440,8 @@ def execute(args: Any) -> Path:
     results: dict[str, dict[str, Any]] = {}
     # smoke: the tiny model needs no warm-up at every batch size
     extra_settings = {"warmup_batch_sizes": "1"} if args.smoke else {}
+    if args.require_cuda:
+        extra_settings["require_cuda"] = "true"
     used = [t for t in plan.topologies if any(p.topology == t for p in plan.points)]
     bar = tqdm(total=len(plan.points), desc="load points", unit="point")
     for topo_name in used:
@@ -437,7 +449,7 @@ def execute(args: Any) -> Path:
         topo = start_topology(topo_name, spec, model, naive_model, out, server_cpus, extra_settings)
         try:
             for point in (p for p in plan.points if p.topology == topo_name):
-                rate = 0.0
+                rate = point.offered_images_per_s / workloads[point.workload].images_per_request
                 if point.rate_of:
                     base = results.get(point.rate_of)
                     if base is None or not base["images_per_s"]:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU machine's one command (see docs/BENCHMARKS.md, "GPU machine"). Run from the repo root
+# on the lent machine after the onnxruntime-gpu wheels are installed into /root/site:
+#   bench/gpu/run.sh "$OUT/gpu"
+# It checks that ONNX Runtime's CUDA provider really loads (and stops if not), exports the
+# model if it was not carried, then runs the whole suite with the GPU plan.
+set -euo pipefail
+out=${1:-bench/results/gpu}
+export PYTHONPATH="$PWD/bench/gpu:/root/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export BENCH_ORT_PRELOAD_DLLS=1
+python3 - <<'PY'
+import onnxruntime as ort
+providers = ort.get_available_providers()
+print("onnxruntime", ort.__version__, "available providers:", providers)
+if "CUDAExecutionProvider" not in providers:
+    raise SystemExit("CUDAExecutionProvider is not available: install onnxruntime-gpu (../shared/GPU.md)")
+PY
+if [ ! -f models/default/model.onnx ]; then
+  python3 -m model_export default --output-dir models/default
+fi
+python3 -m bench run --out "$out" --require-cuda
