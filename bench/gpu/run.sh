@@ -15,7 +15,12 @@ print("onnxruntime", ort.__version__, "available providers:", providers)
 if "CUDAExecutionProvider" not in providers:
     raise SystemExit("CUDAExecutionProvider is not available: install onnxruntime-gpu (../shared/GPU.md)")
 PY
+# Exported here rather than carried (a call carries 64 MiB at most, one wheel folder is 48 MiB).
 if [ ! -f models/default/model.onnx ]; then
   python3 -m model_export default --output-dir models/default
 fi
-python3 -m bench run --out "$out" --require-cuda
+naive=bench/results/models/default-float
+if [ ! -f "$naive/model.onnx" ]; then
+  python3 -m model_export default --float-input --output-dir "$naive"
+fi
+python3 -m bench run --out "$out" --require-cuda --model models/default/model.onnx --naive-model "$naive/model.onnx"
