@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-cuda", action="store_true", help="GPU machine: fail unless every session runs on CUDA"
     )
     run.add_argument("--only", nargs="+", help="run only the points whose key contains one of these strings")
+    ab = sub.add_parser("ab", help="A/B the current app/ against a patched copy, alternating rounds")
+    ab.add_argument("--variant-dir", type=Path, required=True, help="a folder holding the patched app/")
+    ab.add_argument("--out", type=Path, default=Path("bench/results/ab"))
+    ab.add_argument("--model", type=Path, default=Path("models/default/model.onnx"))
+    ab.add_argument("--workload", default="jpeg_500x375")
+    ab.add_argument("--concurrency", type=int, default=32)
+    ab.add_argument("--rounds", type=int, default=3)
+    ab.add_argument("--duration", type=float, default=10.0)
+    ab.add_argument("--warmup", type=float, default=2.0)
+    ab.add_argument("--pin", default="auto")
+    ab.add_argument(
+        "--setting", nargs="*", default=[], help="server settings for both sides, e.g. max_batch_size=8"
+    )
     report = sub.add_parser("report", help="rewrite report.md and the plots from a results.json")
     report.add_argument("folder", type=Path)
     return parser
@@ -54,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "ab":
+        from bench.ab import run_ab
+
+        run_ab(args)
+        return
     if args.command == "report":
         from bench.report import write_report
 

@@ -98,6 +98,7 @@ def spawn(
     port: int,
     cpus: str | None,
     metrics: bool = True,
+    cwd: Path = REPO_ROOT,
 ) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -107,7 +108,7 @@ def spawn(
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=REPO_ROOT,
+        cwd=cwd,
     )
     return Proc(name, popen, port, log_path, metrics)
 
