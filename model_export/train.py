@@ -477,6 +477,8 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
         epochs = tqdm(range(first_epoch, stage.epochs), desc=f"stage {stage.name}", unit="epoch", dynamic_ncols=True)
         for epoch in epochs:
             global_epoch = len(history) + 1
+            # Shuffle order depends on the epoch alone, so a resumed run sees the batches it would have.
+            train_loader.generator.manual_seed(config.seed * 10_000 + global_epoch)  # type: ignore[union-attr]
             stats = train_one_epoch(
                 created, train_loader, optimizer, scheduler, scaler, criterion, device, config.amp,
                 f"{stage.name} epoch {epoch + 1}/{stage.epochs}",

@@ -31,14 +31,14 @@ CAT_CLASSES = {281, 282, 285}
 @pytest.fixture(scope="module")
 def default_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("default")
-    assert main(["--threads", "2", "default", "--output-dir", str(out)]) == 0
+    assert main(["--threads", "1", "default", "--output-dir", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def default_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("default16")
-    assert main(["--threads", "2", "default", "--output-dir", str(out), "--fp16"]) == 0
+    assert main(["--threads", "1", "default", "--output-dir", str(out), "--fp16"]) == 0
     return out
 
 
