@@ -236,13 +236,17 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         )
         if rows:
             ax.plot([p["concurrency"] for p in rows], [p["images_per_s"] for p in rows], style, label=topo)
+    for topo, marker in (("batch4", "D"), ("batch8", "v"), ("nginx_2", "*")):
+        p = points.get(f"{topo}/{MAIN}/c32")
+        if p:
+            ax.plot([32], [p["images_per_s"]], marker, ms=8, ls="none", label=f"{topo} (c=32 only)")
     ceiling = report["ceiling"]["pipeline"].get(MAIN)
     if ceiling:
         ax.axhline(ceiling["images_per_s"], color="grey", lw=1, label="in-process ceiling")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent requests (closed loop)")
     ax.set_ylabel("images/s")
-    ax.set_title(f"Throughput vs concurrency, {MAIN} ({report['machine']['server_cpus']} server cpus)")
+    ax.set_title(f"Throughput vs concurrency, {MAIN} (server on cpus {report['machine']['server_cpus']})")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
