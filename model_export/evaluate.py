@@ -18,7 +18,14 @@ from tqdm import tqdm
 
 from app.inference.card import CARD_FILENAME, ModelCard, card_from_metadata, load_card_file, verify_sha256
 
-from .data import DatasetError, ImageListDataset, create_eval_transform, load_split, mean_std_tensors, normalize_uint8
+from .data import (
+    DatasetError,
+    ImageListDataset,
+    create_eval_transform,
+    load_split,
+    mean_std_tensors,
+    normalize_uint8,
+)
 from .data import scan_image_folder as scan_folder
 from .metrics import compute_metrics
 from .plots import plot_confusion_matrix
@@ -60,7 +67,9 @@ def _samples(
         raise DatasetError("evaluate needs --data DIR or --split split.json")
     unknown = sorted(set(classes) - set(card.labels))
     if unknown:
-        raise DatasetError(f"classes {unknown} of the dataset are not labels of the model ({card.labels[:10]}...)")
+        raise DatasetError(
+            f"classes {unknown} of the dataset are not labels of the model ({card.labels[:10]}...)"
+        )
     index = {label: i for i, label in enumerate(card.labels)}
     return [(path, index[classes[target]]) for path, target in samples], skipped
 
@@ -85,13 +94,17 @@ def evaluate_onnx(
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     loader = DataLoader(
-        ImageListDataset(samples, create_eval_transform(card.preprocessing)), batch_size=batch_size, num_workers=workers
+        ImageListDataset(samples, create_eval_transform(card.preprocessing)),
+        batch_size=batch_size,
+        num_workers=workers,
     )
     mean, std = mean_std_tensors(card.preprocessing)
     input_dtype = np.float16 if card.input.dtype == "float16" else np.float32
     probabilities: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    for pixels, batch_targets in tqdm(loader, desc=f"evaluate {model_path.name}", unit="batch", dynamic_ncols=True):
+    for pixels, batch_targets in tqdm(
+        loader, desc=f"evaluate {model_path.name}", unit="batch", dynamic_ncols=True
+    ):
         if card.input.layout == "NHWC":
             feed = pixels.permute(0, 2, 3, 1).contiguous().numpy()
         else:
@@ -108,7 +121,9 @@ def evaluate_onnx(
     metrics_path.write_text(json.dumps(metrics, indent=1) + "\n")
     if card.num_classes <= 100:
         plot_confusion_matrix(
-            metrics["confusion_matrix"], card.labels, output_dir / "confusion_matrix.png",
+            metrics["confusion_matrix"],
+            card.labels,
+            output_dir / "confusion_matrix.png",
             f"{card.name} ({card.precision}), top-1 {metrics['top1']:.3f}",
         )
     return EvaluationResult(metrics, metrics_path, card, skipped)

@@ -181,7 +181,8 @@ def check_parity(
         total += len(batch)
         if not (same | near_tie).all():
             raise ExportError(
-                f"ONNX top-1 differs from PyTorch on {int((~same).sum())} of {len(batch)} images at batch {batch_size}"
+                f"ONNX top-1 differs from PyTorch on {int((~same).sum())} "
+                f"of {len(batch)} images at batch {batch_size}"
             )
     report = ParityReport(list(batch_sizes), max_abs_diff, agree / total, tolerance, len(inputs))
     if max_abs_diff > tolerance:

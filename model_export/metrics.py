@@ -21,7 +21,8 @@ def compute_metrics(probabilities: np.ndarray, targets: np.ndarray, labels: list
     targets = np.asarray(targets, dtype=np.int64)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(labels) or len(probabilities) != len(targets):
         raise ValueError(
-            f"probabilities of shape {probabilities.shape} do not fit {len(targets)} targets and {len(labels)} labels"
+            f"probabilities of shape {probabilities.shape} do not "
+            f"fit {len(targets)} targets and {len(labels)} labels"
         )
     if len(targets) == 0:
         raise ValueError("cannot compute metrics over 0 images")
@@ -35,7 +36,9 @@ def compute_metrics(probabilities: np.ndarray, targets: np.ndarray, labels: list
         "top1": float((predictions == targets).mean()),
         "top5": top_k_accuracy(probabilities, targets, 5) if len(labels) >= TOP5_MIN_CLASSES else None,
         # Renormalise: fp16 softmax outputs may sum to 1 +- 1e-3.
-        "log_loss": float(log_loss(targets, probabilities / probabilities.sum(1, keepdims=True), labels=class_ids)),
+        "log_loss": float(
+            log_loss(targets, probabilities / probabilities.sum(1, keepdims=True), labels=class_ids)
+        ),
         "macro_f1": float(f1_score(targets, predictions, labels=class_ids, average="macro", zero_division=0)),
         "per_class": {
             label: {

@@ -180,7 +180,8 @@ def map_lite0_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -
     missing = sorted(set(target) - set(mapped))
     if unmapped or missing:
         raise ModelError(
-            f"efficientnet_lite0 weights do not fit tf_efficientnet_lite0: unmapped source keys {unmapped[:5]} "
+            "efficientnet_lite0 weights do not fit "
+            f"tf_efficientnet_lite0: unmapped source keys {unmapped[:5]} "
             f"({len(unmapped)} in all), target keys without a source {missing[:5]} ({len(missing)} in all)"
         )
     return mapped

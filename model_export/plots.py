@@ -9,8 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window on a training box
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import itertools
+
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
@@ -21,7 +23,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     acc_ax.plot(epochs, [h["train_top1"] for h in history], "o-", label="train")
     acc_ax.plot(epochs, [h["val_top1"] for h in history], "o-", label="validation")
-    stage_changes = [h["epoch"] for prev, h in zip(history, history[1:], strict=False) if h["stage"] != prev["stage"]]
+    stage_changes = [h["epoch"] for prev, h in itertools.pairwise(history) if h["stage"] != prev["stage"]]
     for ax, title in ((loss_ax, "loss"), (acc_ax, "top-1 accuracy")):
         for epoch in stage_changes:
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
@@ -48,7 +50,14 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
     if len(labels) <= 30:
         threshold = counts.max() / 2 if counts.size else 0
         for (row, col), value in np.ndenumerate(counts):
-            ax.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+            ax.text(
+                col,
+                row,
+                str(value),
+                ha="center",
+                va="center",
+                color="white" if value > threshold else "black",
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

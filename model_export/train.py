@@ -180,7 +180,11 @@ def plan_stages(created: CreatedModel, config: TrainConfig) -> list[StagePlan]:
     """``head`` then ``finetune`` for a pretrained model, else one ``full`` stage."""
     if not created.pretrained:
         return [StagePlan("full", config.epochs, config.lr, config.lr, list(created.blocks))]
-    blocks = created.blocks if config.unfreeze_blocks < 0 else created.blocks[len(created.blocks) - config.unfreeze_blocks :]
+    blocks = (
+        created.blocks
+        if config.unfreeze_blocks < 0
+        else created.blocks[len(created.blocks) - config.unfreeze_blocks :]
+    )
     if config.unfreeze_blocks == 0:
         blocks = []
     stages = [
@@ -221,7 +225,9 @@ def apply_stage(created: CreatedModel, stage: StagePlan) -> list[dict[str, Any]]
 
 
 def set_train_mode(created: CreatedModel) -> None:
-    """Train mode, except that fully frozen modules keep their batch-norm statistics (Keras' trainable=False)."""
+    """Train mode, except that fully frozen modules keep their batch-norm statistics (Keras'
+    trainable=False).
+    """
     created.model.train()
     for module in created.model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
@@ -234,14 +240,18 @@ def create_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            groups, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+        )
     raise TrainingError(f"unknown --optimizer {config.optimizer!r}; use adamw or sgd")
 
 
 def create_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: linear warm-up, then cosine decay to 1% (``cosine``), x0.1 every third of the run (``step``), or flat."""
+    """Per-step schedule: linear warm-up, then cosine decay to 1% (``cosine``), x0.1 every third of
+    the run (``step``), or flat.
+    """
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -289,7 +299,10 @@ def train_one_epoch(
             logits = created.model(normalize_uint8(pixels, mean, std))
             loss = criterion(logits, targets)
         if not torch.isfinite(loss):
-            raise TrainingError(f"training loss became {loss.item()} ({description}); lower --lr (now {scheduler.get_last_lr()})")
+            raise TrainingError(
+                f"training loss became {loss.item()} ({description}); "
+                f"lower --lr (now {scheduler.get_last_lr()})"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -299,12 +312,18 @@ def train_one_epoch(
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(targets)
         progress.set_postfix(loss=f"{total_loss / seen:.4f}", top1=f"{correct / seen:.3f}")
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - started_s)
+    return EpochStats(
+        total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - started_s
+    )
 
 
 @torch.inference_mode()
 def predict(
-    created: CreatedModel, loader: DataLoader[Any], device: torch.device, amp: bool, description: str = "validate"
+    created: CreatedModel,
+    loader: DataLoader[Any],
+    device: torch.device,
+    amp: bool,
+    description: str = "validate",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and targets over ``loader``."""
     created.model.eval()
@@ -411,7 +430,9 @@ class TrainResult:
     train_images_per_s: float
 
 
-def prepare_run(config: TrainConfig, resume: bool) -> tuple[CreatedModel, DatasetSplit, dict[str, Any] | None]:
+def prepare_run(
+    config: TrainConfig, resume: bool
+) -> tuple[CreatedModel, DatasetSplit, dict[str, Any] | None]:
     """Model and split for a fresh run, or both restored from ``last.pt`` for ``--resume``."""
     config.output_dir.mkdir(parents=True, exist_ok=True)
     last_path = config.output_dir / LAST_CHECKPOINT
@@ -421,7 +442,9 @@ def prepare_run(config: TrainConfig, resume: bool) -> tuple[CreatedModel, Datase
         return model_from_checkpoint(payload), split, payload
     split = load_dataset_split(config.data_dir, config.val_ratio, config.seed)
     save_split(split, config.output_dir / SPLIT_FILENAME)
-    created = create_model(config.arch, len(split.classes), config.weights, config.crop_size, config.resize_size)
+    created = create_model(
+        config.arch, len(split.classes), config.weights, config.crop_size, config.resize_size
+    )
     return created, split, None
 
 
@@ -472,54 +495,92 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
             stopper = EarlyStopping(**state["stopper"])
             first_epoch = state["epoch_in_stage"]
         trainable = sum(p.numel() for p in created.model.parameters() if p.requires_grad)
-        log.info("stage %s: %d epochs, %d trainable parameters, lr %s", stage.name, stage.epochs, trainable,
-                 {g["name"]: g["lr"] for g in groups})
-        epochs = tqdm(range(first_epoch, stage.epochs), desc=f"stage {stage.name}", unit="epoch", dynamic_ncols=True)
+        log.info(
+            "stage %s: %d epochs, %d trainable parameters, lr %s",
+            stage.name,
+            stage.epochs,
+            trainable,
+            {g["name"]: g["lr"] for g in groups},
+        )
+        epochs = tqdm(
+            range(first_epoch, stage.epochs), desc=f"stage {stage.name}", unit="epoch", dynamic_ncols=True
+        )
         for epoch in epochs:
             global_epoch = len(history) + 1
             # Shuffle order depends on the epoch alone, so a resumed run sees the batches it would have.
             train_loader.generator.manual_seed(config.seed * 10_000 + global_epoch)  # type: ignore[union-attr]
             stats = train_one_epoch(
-                created, train_loader, optimizer, scheduler, scaler, criterion, device, config.amp,
+                created,
+                train_loader,
+                optimizer,
+                scheduler,
+                scaler,
+                criterion,
+                device,
+                config.amp,
                 f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
             )
             speeds.append(stats.images_per_s)
             probabilities, targets = predict(created, val_loader, device, config.amp)
             val = compute_metrics(probabilities, targets, split.classes)
-            history.append({
-                "epoch": global_epoch,
-                "stage": stage.name,
-                "train_loss": stats.loss,
-                "train_top1": stats.top1,
-                "val_loss": val["log_loss"],
-                "val_top1": val["top1"],
-                "lr": scheduler.get_last_lr(),
-                "train_images_per_s": stats.images_per_s,
-            })
-            epochs.set_postfix(train_loss=f"{stats.loss:.4f}", val_loss=f"{val['log_loss']:.4f}", val_top1=f"{val['top1']:.4f}")
+            history.append(
+                {
+                    "epoch": global_epoch,
+                    "stage": stage.name,
+                    "train_loss": stats.loss,
+                    "train_top1": stats.top1,
+                    "val_loss": val["log_loss"],
+                    "val_top1": val["top1"],
+                    "lr": scheduler.get_last_lr(),
+                    "train_images_per_s": stats.images_per_s,
+                }
+            )
+            epochs.set_postfix(
+                train_loss=f"{stats.loss:.4f}",
+                val_loss=f"{val['log_loss']:.4f}",
+                val_top1=f"{val['top1']:.4f}",
+            )
             if val["log_loss"] < best_val_loss:
                 best_val_loss = val["log_loss"]
                 save_checkpoint(
-                    checkpoint_payload(created, config, split, stage_index=stage_index, epoch_in_stage=epoch + 1,
-                                       history=history, best_val_loss=best_val_loss, metrics=summary_metrics(val)),
+                    checkpoint_payload(
+                        created,
+                        config,
+                        split,
+                        stage_index=stage_index,
+                        epoch_in_stage=epoch + 1,
+                        history=history,
+                        best_val_loss=best_val_loss,
+                        metrics=summary_metrics(val),
+                    ),
                     config.output_dir / BEST_CHECKPOINT,
                 )
             stop = stopper.step(val["log_loss"])
             done = stop or epoch + 1 == stage.epochs
             save_checkpoint(
                 checkpoint_payload(
-                    created, config, split,
+                    created,
+                    config,
+                    split,
                     stage_index=stage_index + 1 if done else stage_index,
                     epoch_in_stage=0 if done else epoch + 1,
-                    history=history, best_val_loss=best_val_loss,
-                    optimizer=None if done else optimizer, scheduler=None if done else scheduler,
-                    scaler=None if done else scaler, stopper=None if done else stopper,
+                    history=history,
+                    best_val_loss=best_val_loss,
+                    optimizer=None if done else optimizer,
+                    scheduler=None if done else scheduler,
+                    scaler=None if done else scaler,
+                    stopper=None if done else stopper,
                 ),
                 config.output_dir / LAST_CHECKPOINT,
             )
             (config.output_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
             if stop:
-                log.info("stage %s: early stop after epoch %d (no val-loss gain in %d epochs)", stage.name, epoch + 1, config.patience)
+                log.info(
+                    "stage %s: early stop after epoch %d (no val-loss gain in %d epochs)",
+                    stage.name,
+                    epoch + 1,
+                    config.patience,
+                )
                 break
         # Keras' restore_best_weights: the next stage, and the result, start from the best epoch.
         if (config.output_dir / BEST_CHECKPOINT).is_file():
@@ -550,8 +611,12 @@ def finish_run(
     (config.output_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     if history:
         plot_history(history, config.output_dir / "history.png")
-    plot_confusion_matrix(metrics["confusion_matrix"], split.classes, config.output_dir / "confusion_matrix.png",
-                          f"{created.arch}: validation, top-1 {metrics['top1']:.3f}")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        split.classes,
+        config.output_dir / "confusion_matrix.png",
+        f"{created.arch}: validation, top-1 {metrics['top1']:.3f}",
+    )
     speed = float(np.median(speeds)) if speeds else 0.0
     log.info("best epoch %s: %s", metrics["best_epoch"], headline(metrics))
     return TrainResult(config.output_dir, best_path, metrics, history, speed)
@@ -569,7 +634,11 @@ class LrSweep:
 
 
 def run_lr_find(
-    config: TrainConfig, min_lr: float = 1e-7, max_lr: float = 1.0, num_steps: int = 100, smoothing: float = 0.9
+    config: TrainConfig,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    num_steps: int = 100,
+    smoothing: float = 0.9,
 ) -> LrSweep:
     """One exponential sweep of the learning rate over training batches (Smith, 2015; fastai's lr_find).
 
@@ -580,7 +649,9 @@ def run_lr_find(
     device = resolve_device(config.device)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     split = load_dataset_split(config.data_dir, config.val_ratio, config.seed)
-    created = create_model(config.arch, len(split.classes), config.weights, config.crop_size, config.resize_size)
+    created = create_model(
+        config.arch, len(split.classes), config.weights, config.crop_size, config.resize_size
+    )
     created.model.to(device)
     train_loader, _ = create_loaders(split, created.preprocessing, config)
     stage = plan_stages(created, config)[0]

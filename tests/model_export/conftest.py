@@ -22,7 +22,9 @@ DIGITS_SIDE_PX = 32
 def write_digits_image_folder(
     root: Path, side_px: int = DIGITS_SIDE_PX, limit_per_class: int | None = None
 ) -> Path:
-    """scikit-learn's 1,797 8x8 handwritten digits as an ImageFolder of RGB PNGs (``root/0/…``, ``root/9/…``)."""
+    """scikit-learn's 1,797 8x8 handwritten digits as an ImageFolder of RGB PNGs (``root/0/…``,
+    ``root/9/…``).
+    """
     from sklearn.datasets import load_digits
 
     digits = load_digits()

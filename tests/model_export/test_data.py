@@ -43,7 +43,9 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(tmp_path: Path) -> 
     assert len(warned) == 3
     assert split.skipped_files == 3
     assert len(split.train) + len(split.val) == 10
-    assert {p.name for p, _ in split.train + split.val}.isdisjoint({"broken.jpg", "notes.txt", "truncated.png"})
+    assert {p.name for p, _ in split.train + split.val}.isdisjoint(
+        {"broken.jpg", "notes.txt", "truncated.png"}
+    )
     messages = sorted(str(w.message) for w in warned)
     assert messages[1] == f"skipping {root / 'dogs' / 'notes.txt'}: not an image file extension (.txt)"
 
@@ -82,7 +84,8 @@ def test_fewer_than_two_classes(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as info:
         load_dataset_split(root, 0.2, 0)
     assert str(info.value) == (
-        f"dataset folder {root} has 1 class folder(s) ['cats']; need at least 2, one sub-folder of images per class"
+        f"dataset folder {root} has 1 class folder(s) ['cats']; "
+        "need at least 2, one sub-folder of images per class"
     )
 
 
@@ -124,18 +127,25 @@ def test_val_tree_with_other_classes(tmp_path: Path) -> None:
     )
 
 
-def test_cli_reports_dataset_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_dataset_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["train", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run")])
     assert code == 2
     assert capsys.readouterr().err == (
-        f"model-export train: error: dataset folder {tmp_path / 'missing'} does not exist or is not a folder\n"
+        "model-export train: error: dataset folder "
+        f"{tmp_path / 'missing'} does not exist or is not a folder\n"
     )
 
 
 def test_eval_transform_is_torchvision_resize_and_center_crop(photos: dict[str, Image.Image]) -> None:
-    """The contract with the server: short side to resize_size, then the centre crop, uint8 (ARCHITECTURE.md)."""
+    """The contract with the server: short side to resize_size, then the centre crop, uint8
+    (ARCHITECTURE.md).
+    """
     image = photos["chelsea"]  # 451 x 300
-    pre = Preprocessing(resize_size=256, crop_size=224, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    pre = Preprocessing(
+        resize_size=256, crop_size=224, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     pixels = create_eval_transform(pre)(image)
     assert pixels.dtype.is_floating_point is False and tuple(pixels.shape) == (3, 224, 224)
     long_side = int(256 * 451 / 300)

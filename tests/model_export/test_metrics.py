@@ -19,7 +19,12 @@ def test_metrics_by_hand() -> None:
     expected_loss = -(math.log(0.7) + math.log(0.8) + math.log(0.4) + math.log(0.6)) / 4
     assert metrics["log_loss"] == pytest.approx(expected_loss)
     assert metrics["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
-    assert metrics["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert metrics["per_class"]["a"] == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": pytest.approx(2 / 3),
+        "support": 1,
+    }
     assert metrics["per_class"]["b"]["recall"] == 0.5
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
 

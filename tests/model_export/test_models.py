@@ -56,7 +56,8 @@ def test_key_mapping_rejects_a_state_dict_that_does_not_fit() -> None:
     with pytest.raises(ModelError) as info:
         map_lite0_state_dict(source, timm.create_model("tf_efficientnet_lite0", pretrained=False))
     assert str(info.value) == (
-        "weight _fc.weight has shape (10, 1280) but classifier.weight in tf_efficientnet_lite0 has (1000, 1280)"
+        "weight _fc.weight has shape (10, 1280) but "
+        "classifier.weight in tf_efficientnet_lite0 has (1000, 1280)"
     )
 
 
@@ -118,5 +119,6 @@ def test_missing_local_weights_error() -> None:
     with pytest.raises(ModelError) as info:
         create_model("resnet18", num_classes=2, weights="/nonexistent/weights.pth")
     assert str(info.value) == (
-        "--weights /nonexistent/weights.pth does not exist (expected a .pt/.pth state dict, 'default' or 'none')"
+        "--weights /nonexistent/weights.pth does not exist "
+        "(expected a .pt/.pth state dict, 'default' or 'none')"
     )

@@ -34,7 +34,8 @@ def _json(path: Path) -> Any:
 def cnn_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cnn_run")
     _cli(
-        "train", "--data", str(digits_dir), "--arch", "simple_cnn", "--crop-size", "32", "--resize-size", "32",
+        "train", "--data", str(digits_dir), "--arch", "simple_cnn",
+        "--crop-size", "32", "--resize-size", "32",
         "--epochs", "8", "--lr", "2e-3", "--output-dir", str(run), *DIGITS_TRAIN_ARGS,
     )  # fmt: skip
     return run
@@ -50,7 +51,8 @@ def lite0_run(digits64_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     run = tmp_path_factory.mktemp("lite0_run")
     _cli(
         "train", "--data", str(digits64_dir), "--arch", "efficientnet_lite0", "--crop-size", "64",
-        "--resize-size", "64", "--head-epochs", "1", "--epochs", "2", "--lr", "3e-3", "--unfreeze-blocks", "4",
+        "--resize-size", "64", "--head-epochs", "1", "--epochs",
+        "2", "--lr", "3e-3", "--unfreeze-blocks", "4",
         "--output-dir", str(run), *DIGITS_TRAIN_ARGS,
     )  # fmt: skip
     return run
@@ -135,7 +137,8 @@ def test_fine_tuning_lite0_end_to_end(lite0_run: Path, tmp_path: Path) -> None:
 
 def test_resume_continues_exactly(digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = [
-        "train", "--data", str(digits_dir), "--arch", "simple_cnn", "--crop-size", "16", "--resize-size", "16",
+        "train", "--data", str(digits_dir), "--arch", "simple_cnn",
+        "--crop-size", "16", "--resize-size", "16",
         "--epochs", "3", "--patience", "0", *DIGITS_TRAIN_ARGS,
     ]  # fmt: skip
     _cli(*args, "--output-dir", str(tmp_path / "straight"))
@@ -166,8 +169,10 @@ def test_resume_continues_exactly(digits_dir: Path, tmp_path: Path, monkeypatch:
 
 def test_lr_find_sweeps_and_suggests(digits_dir: Path, tmp_path: Path) -> None:
     _cli(
-        "lr-find", "--data", str(digits_dir), "--arch", "simple_cnn", "--crop-size", "16", "--resize-size", "16",
-        "--num-steps", "100", "--min-lr", "1e-4", "--max-lr", "1", "--workers", "0", "--output-dir", str(tmp_path),
+        "lr-find", "--data", str(digits_dir), "--arch",
+        "simple_cnn", "--crop-size", "16", "--resize-size", "16",
+        "--num-steps", "100", "--min-lr", "1e-4", "--max-lr",
+        "1", "--workers", "0", "--output-dir", str(tmp_path),
     )  # fmt: skip
     sweep = _json(tmp_path / "lr_find.json")
     assert sweep["lrs"][0] == pytest.approx(1e-4) and len(sweep["lrs"]) == 100
