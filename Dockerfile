@@ -77,6 +77,11 @@ RUN groupadd --system --gid 10001 imgserve \
     && useradd --system --uid 10001 --gid imgserve --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin imgserve
 COPY --from=venv /opt/venv /opt/venv
+# onnxruntime-gpu dlopens CUDA and cuDNN, which the pip packages put under
+# site-packages/nvidia/*/lib where the dynamic loader does not look by itself; the app does
+# not call onnxruntime.preload_dlls(). (For the cpu variant the list is empty.)
+RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/imgserve-nvidia.conf \
+    && ldconfig
 COPY --from=model /models/default /models/default
 COPY docker/healthcheck.py /usr/local/bin/imgserve-healthcheck
 COPY app app
