@@ -74,7 +74,8 @@ class SoakReport:
     def text(self) -> str:
         lines = [
             f"model {self.model}: capacity {self.capacity_rps:.1f} req/s, "
-            f"soak at {self.target_rps:.1f} req/s ({self.load_fraction:.0%}) for {self.duration_s:.0f} s after {self.warmup_s:.0f} s warm-up",
+            f"soak at {self.target_rps:.1f} req/s ({self.load_fraction:.0%}) "
+            f"for {self.duration_s:.0f} s after {self.warmup_s:.0f} s warm-up",
             f"requests {self.requests}, errors {self.errors} {self.error_kinds or ''}, not started (client "
             f"saturated) {self.dropped}",
             f"latency ms: p50 {self.p50_ms:.1f}, p90 {self.p90_ms:.1f}, "
