@@ -122,3 +122,35 @@ def test_missing_local_weights_error() -> None:
         "--weights /nonexistent/weights.pth does not exist "
         "(expected a .pt/.pth state dict, 'default' or 'none')"
     )
+
+
+@pytest.mark.parametrize(
+    ("arch", "head_in_features"), [("resnet18", 512), ("mobilenet_v3_large", 1280), ("convnext_tiny", 768)]
+)
+def test_torchvision_model_gets_a_new_head(arch: str, head_in_features: int) -> None:
+    created = create_model(arch, num_classes=3, weights="none", crop_size=64)
+    assert (created.head.in_features, created.head.out_features) == (head_in_features, 3)
+    assert created.model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    assert len(created.blocks) >= 4
+    head_ids = {id(p) for p in created.head.parameters()}
+    assert all(id(p) not in head_ids for block in created.blocks for p in block.parameters())
+    assert (created.preprocessing.crop_size, created.preprocessing.resize_size) == (64, 73)
+
+
+def test_torchvision_weights_unavailable_offline_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    def offline(self: WeightsEnum, *args: object, **kwargs: object) -> None:
+        raise URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: "/cache/torch/hub")
+    with pytest.raises(ModelError) as info:
+        create_model("resnet18", num_classes=2)
+    assert str(info.value) == (
+        "pretrained weights ResNet18_Weights.IMAGENET1K_V1 for 'resnet18' are not in the torch hub cache "
+        "(/cache/torch/hub) and could not be downloaded (URLError: <urlopen error no network>); "
+        "pass --weights PATH to a local state dict, or --weights none to train from scratch"
+    )
