@@ -39,6 +39,27 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def capacity(point: dict[str, Any] | None) -> float | None:
+    """Images/s one fully available server core would give: 1 / server CPU-s per image.
+
+    On a shared machine, other processes take a varying share of the server's core, so
+    measured images/s of two topologies run minutes apart are not comparable; CPU-seconds per
+    image hardly move. On CPU-bound servers this is the contention-free throughput.
+    """
+    cpu = point and point["server_cpu_s_per_image"]
+    return 1.0 / cpu if cpu else None
+
+
+def serial_parts_cpu(report: dict[str, Any], workload: str, batch: int | None) -> float | None:
+    """Preprocessing alone + the model alone at that batch: the strictest ceiling (no interference)."""
+    figures = report["ceiling"]["pipeline"].get(ceiling_set(workload))
+    model = {int(k): v for k, v in report["ceiling"]["model"].items()}
+    if not figures or not model or batch is None:
+        return None
+    size = min(model, key=lambda b: abs(math.log(b) - math.log(max(1, batch))))
+    return float(figures["preprocess_cpu_s_per_image"] + model[size]["cpu_s_per_image"])
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b:
         return None
@@ -56,6 +77,8 @@ def target_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     ceil_cpu, ceil_batch = ceiling_cpu(report, MAIN, on32 and on32["mean_batch_size"])
     overhead = _ratio(on32 and on32["server_cpu_s_per_image"], ceil_cpu)
+    parts = serial_parts_cpu(report, MAIN, ceil_batch)
+    gpu = bool(report["machine"].get("cuda_provider_available"))
     rows.append(
         {
             "target": "Overhead: server CPU-s/image at c=32, 500x375 JPEG ÷ in-process ceiling's",
@@ -65,21 +88,24 @@ def target_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "detail": (
                 f"{_fmt(on32 and 1000 * on32['server_cpu_s_per_image'], 2)} vs "
                 f"{_fmt(ceil_cpu and 1000 * ceil_cpu, 2)} CPU-ms/image (server's mean batch "
-                f"{_fmt(on32 and on32['mean_batch_size'])}, ceiling at batch {ceil_batch})"
+                f"{_fmt(on32 and on32['mean_batch_size'])}, ceiling at batch {ceil_batch}); against "
+                f"preprocess alone + model alone ({_fmt(parts and 1000 * parts, 2)} CPU-ms): "
+                f"{_fmt(_ratio(on32 and on32['server_cpu_s_per_image'], parts), 2)}x"
             ),
         }
     )
-    gpu = bool(report["machine"].get("cuda_provider_available"))
     want_batching = 4.0 if gpu else 1.5
     batching = _ratio(on32 and on32["images_per_s"], off32 and off32["images_per_s"])
+    batching_capacity = _ratio(capacity(on32), capacity(off32))
     rows.append(
         {
             "target": f"Batching: images/s on ÷ off (max_batch_size=1) at c=32 ({'GPU' if gpu else 'CPU'})",
             "measured": batching,
             "want": f"≥ {want_batching:g}",
-            "met": None if batching is None else batching >= want_batching,
+            "met": _verdict_ratio(batching, batching_capacity, want_batching, gpu),
             "detail": (
-                f"{_fmt(on32 and on32['images_per_s'])} vs {_fmt(off32 and off32['images_per_s'])} images/s"
+                f"{_fmt(on32 and on32['images_per_s'])} vs {_fmt(off32 and off32['images_per_s'])} images/s; "
+                f"per-core capacity ratio {_fmt(batching_capacity, 2)}x"
             ),
         }
     )
@@ -88,18 +114,22 @@ def target_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("12-MP JPEG", on12, naive12, 5.0),
     ):
         ratio = _ratio(ours and ours["images_per_s"], naive and naive["images_per_s"])
+        capacity_ratio = _ratio(capacity(ours), capacity(naive))
         p99_ok = None if not (ours and naive) else ours["latency_ms"]["p99"] <= naive["latency_ms"]["p99"]
         rows.append(
             {
                 "target": f"vs naive baseline, {label}, c=32: images/s ratio, and p99 no worse",
                 "measured": ratio,
                 "want": f"≥ {want:g}, p99 ≤ naive's",
-                "met": None if ratio is None else (ratio >= want and bool(p99_ok)),
+                "met": None
+                if ratio is None
+                else bool(_verdict_ratio(ratio, capacity_ratio, want, gpu) and p99_ok),
                 "detail": (
                     f"{_fmt(ours and ours['images_per_s'])} vs "
                     f"{_fmt(naive and naive['images_per_s'])} images/s; "
                     f"p99 {_fmt(ours and ours['latency_ms']['p99'])} vs "
-                    f"{_fmt(naive and naive['latency_ms']['p99'])} ms"
+                    f"{_fmt(naive and naive['latency_ms']['p99'])} ms; "
+                    f"per-core capacity ratio {_fmt(capacity_ratio, 2)}x"
                 ),
             }
         )
@@ -149,6 +179,15 @@ def target_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _verdict_ratio(measured: float | None, per_core: float | None, want: float, gpu: bool) -> bool | None:
+    """Met only if the measured ratio and (on CPU) the contention-free per-core ratio both reach it."""
+    if measured is None:
+        return None
+    if gpu or per_core is None:
+        return measured >= want
+    return min(measured, per_core) >= want
+
+
 def _verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
 
@@ -170,9 +209,10 @@ def points_table(report: dict[str, Any]) -> str:
     header = (
         "| topology | workload | load | images/s | p50 ms | p95 ms | p99 ms | mean batch "
         "| server CPU-ms/image "
-        "| ÷ ceiling (batch) | server cores busy | client CPU-µs/request | errors |"
+        "| ÷ ceiling (batch) | images/s per server core | server cores busy "
+        "| client CPU-µs/request | errors |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 14]
     for r in report["points"].values():
         load = (
             f"c={r['concurrency']}"
@@ -187,8 +227,8 @@ def points_table(report: dict[str, Any]) -> str:
         cells = [
             r["topology"], r["workload"], load, _fmt(r["images_per_s"]), _fmt(lat["p50"]), _fmt(lat["p95"]),
             _fmt(lat["p99"]), _fmt(r["mean_batch_size"]), _fmt(cpu and 1000 * cpu, 2),
-            f"{_fmt(_ratio(cpu, base), 2)} ({base_batch})", _fmt(r["server_cores_busy"], 2),
-            _fmt(client and 1e6 * client, 0), errors,
+            f"{_fmt(_ratio(cpu, base), 2)} ({base_batch})", _fmt(capacity(r)),
+            _fmt(r["server_cores_busy"], 2), _fmt(client and 1e6 * client, 0), errors,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
