@@ -330,34 +330,35 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         p
         for p in points.values()
         if p["mode"] == "closed"
-        and p["concurrency"] in (8, 32)
         and p["server_cpu_s_per_image"]
-        and p["topology"] in ("batching_on", "naive")
+        and (p["concurrency"] == 32 or p["workload"].startswith("multi"))
+        and not p["topology"].startswith("nginx")
     ]
     if rows:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        labels = [f"{p['topology']}\n{p['workload']}\nc={p['concurrency']}" for p in rows]
-        ax.bar(
+        fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
+        labels = [f"{p['topology']} / {p['workload']}" for p in rows]
+        ax.barh(
             range(len(rows)),
             [1000 * p["server_cpu_s_per_image"] for p in rows],
             color="tab:blue",
-            label="server CPU-ms/image",
+            label="server CPU-ms/image (c=32; multi8: c=8)",
         )
         for i, p in enumerate(rows):
             base, _ = ceiling_cpu(report, p["workload"], p["mean_batch_size"])
             if base:
-                ax.hlines(
+                ax.vlines(
                     1000 * base,
                     i - 0.4,
                     i + 0.4,
                     color="black",
-                    label="ceiling (at the server's mean batch)" if i == 0 else None,
+                    label="ceiling at the server's mean batch" if i == 0 else None,
                 )
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_yscale("log")
-        ax.set_ylabel("CPU-ms per image (log)")
-        ax.set_title("Server CPU per image vs the in-process ceiling (black)")
-        ax.legend()
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("CPU-ms per image")
+        ax.set_title("Server CPU per image vs the in-process ceiling")
+        ax.grid(alpha=0.3, axis="x", which="both")
+        ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         path = out / "cpu_per_image.png"
         fig.savefig(path, dpi=90)
