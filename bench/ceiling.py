@@ -153,6 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="extra pipeline batch sizes for the first image set",
     )
+    parser.add_argument(
+        "--other-batch-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra pipeline batch sizes for the other sets",
+    )
     parser.add_argument("--model-batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         sets,
         settings,
         args.duration,
-        {first: tuple(args.batch_sizes)},
+        {name: tuple(args.batch_sizes if name == first else args.other_batch_sizes) for name in sets},
         tuple(args.model_batch_sizes),
     )
     text = json.dumps(result, indent=2)

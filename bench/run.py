@@ -377,6 +377,8 @@ def run_ceiling(
         *map(str, image_dirs),
         "--batch-sizes",
         *map(str, batch_sizes),
+        "--other-batch-sizes",
+        *([] if args.smoke else ["1"]),
         "--model-batch-sizes",
         *map(str, (1,) if args.smoke else (1, 2, 4, 8, 16, 32)),
     ]
