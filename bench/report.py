@@ -374,6 +374,8 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
         f"# Benchmark report ({'SMOKE, not a measurement' if report['settings']['smoke'] else 'full run'})",
         "",
         f"- date: {m['date_utc']}; command: `{report['command']}`; wall time {report['wall_s']:.0f} s",
+        f"- code: commit {m.get('git_commit', '?')}"
+        f"{' with uncommitted changes in app/' if m.get('app_uncommitted_changes') else ''}",
         f"- machine: {m['cpu_model']}, {m['cpu_count']} cpus, {m['memory_gib']} GiB, GPU: {m['gpu']}; "
         f"load average at start {tuple(round(x, 2) for x in m['load_average_at_start'])}",
         f"- ONNX Runtime {m['onnxruntime']}, providers {m['onnxruntime_providers']}; ceiling ran on "

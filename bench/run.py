@@ -125,6 +125,13 @@ def smoke_plan(replicas: bool) -> Plan:
 
 
 # --- the machine ----------------------------------------------------------------------------------
+def _git(*args: str) -> str:
+    with contextlib.suppress(OSError):
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+    return ""
+
+
 def describe_machine() -> dict[str, Any]:
     import numpy
     import onnxruntime
@@ -149,6 +156,8 @@ def describe_machine() -> dict[str, Any]:
             check=False,
         ).stdout.strip()
     return {
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "app_uncommitted_changes": bool(_git("status", "--porcelain", "--", "app")),
         "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "hostname": platform.node(),
         "cpu_model": cpu_model,
