@@ -76,8 +76,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
+    freeze_bn_stats: bool = True
     patience: int = 3
     min_delta: float = 0.0
     amp: bool = True
@@ -224,15 +225,20 @@ def apply_stage(created: CreatedModel, stage: StagePlan) -> list[dict[str, Any]]
     return groups
 
 
-def set_train_mode(created: CreatedModel) -> None:
-    """Train mode, except that fully frozen modules keep their batch-norm statistics (Keras'
-    trainable=False).
+def set_train_mode(created: CreatedModel, freeze_bn_stats: bool = False) -> None:
+    """Train mode, except batch norms whose statistics must not move.
+
+    Frozen modules always keep their statistics (Keras' ``trainable=False``). With
+    ``freeze_bn_stats`` every backbone batch norm stays in inference mode even while its weights
+    learn, as Keras' transfer-learning guide recommends: batch statistics of a small, unlike
+    dataset would otherwise replace ImageNet's and throw away what the head learnt in stage 1.
     """
     created.model.train()
+    head_modules = set(created.head.modules())
     for module in created.model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
-        ):
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module in head_modules:
+            continue
+        if freeze_bn_stats or not any(p.requires_grad for p in module.parameters()):
             module.eval()
 
 
@@ -287,8 +293,9 @@ def train_one_epoch(
     device: torch.device,
     amp: bool,
     description: str,
+    freeze_bn_stats: bool = False,
 ) -> EpochStats:
-    set_train_mode(created)
+    set_train_mode(created, freeze_bn_stats)
     mean, std = mean_std_tensors(created.preprocessing, device)
     total_loss, correct, seen = 0.0, 0, 0
     started_s = time.perf_counter()
@@ -519,6 +526,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
                 device,
                 config.amp,
                 f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+                freeze_bn_stats=created.pretrained and config.freeze_bn_stats,
             )
             speeds.append(stats.images_per_s)
             probabilities, targets = predict(created, val_loader, device, config.amp)
@@ -665,7 +673,7 @@ def run_lr_find(
     lrs: list[float] = []
     losses: list[float] = []
     smoothed, best = 0.0, math.inf
-    set_train_mode(created)
+    set_train_mode(created, created.pretrained and config.freeze_bn_stats)
     batches = iter(train_loader)
     for step in tqdm(range(num_steps), desc="lr sweep", unit="step", dynamic_ncols=True):
         try:
