@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
 """Print a project's requirements (its dependencies plus the named extras), one a line.
 
-The images install the serving dependencies from pyproject.toml in their own cached layer,
-before the application code is copied, so that editing app/ does not reinstall them. The
-export extra is complete by itself and is printed without the serving dependencies.
+The images install the dependencies from pyproject.toml in their own cached layer, before
+the application code is copied, so that editing app/ does not reinstall them. The export
+stage gets the project's dependencies too: model_export writes the model card with
+app.inference.card (pydantic).
 
     requirements-from-pyproject pyproject.toml cpu > requirements.txt
 """
 
 import sys
 import tomllib
-
-STANDALONE_EXTRAS = {"export"}
 
 
 def main(argv: list[str]) -> int:
@@ -26,7 +25,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown extra(s) {unknown}; {argv[1]} defines {sorted(extras)}", file=sys.stderr)
         return 2
-    requirements = [] if set(names) <= STANDALONE_EXTRAS and names else list(project["dependencies"])
+    requirements = list(project["dependencies"])
     for name in names:
         requirements += extras[name]
     print("\n".join(requirements))
