@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     )
     app.state.imgserve = state
     _add_routes(app, settings)
+    _state_limits_in_openapi(app, settings)
     _add_exception_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -95,6 +97,24 @@ def _add_protected_docs(app: FastAPI, dependencies: list[Any]) -> None:
     @app.get("/redoc", include_in_schema=False, dependencies=dependencies)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+
+def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
+    """The schema says how many files one request may carry (a setting, so known only here)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            predict_body = schema["paths"]["/predict"]["post"]["requestBody"]
+            # FastAPI merges openapi_extra by reference: copy before changing it for this app.
+            predict_body["content"] = copy.deepcopy(predict_body["content"])
+            files = predict_body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
+            files["maxItems"] = settings.max_images_per_request
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_exception_handlers(app: FastAPI) -> None:

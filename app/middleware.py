@@ -29,6 +29,7 @@ class RequestContext:
 
     request_id: str
     images: int = 0
+    body_pending: bool = False  # the request has a body that has not been read to its end
 
 
 def get_request_context(scope: Scope) -> RequestContext | None:
@@ -50,10 +51,16 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        context = RequestContext(request_id=_request_id(scope))
+        context = RequestContext(request_id=_request_id(scope), body_pending=_has_body(scope))
         scope[CONTEXT_KEY] = context
         status = 500
         request_id = context.request_id.encode("latin-1")
+
+        async def receive_tracking_body() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                context.body_pending = False
+            return message
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -61,14 +68,17 @@ class RequestMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id))
-                if self.lifecycle.draining:
+                # Draining: keep-alive clients should move to another replica. An unread body
+                # (refused by its headers, or past a limit): closing is the only way not to
+                # read the rest of it, and the connection could not carry another request.
+                if self.lifecycle.draining or context.body_pending:
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive_tracking_body, send_with_headers)
         finally:
             self._record(scope, context, status, time.perf_counter() - start)
 
@@ -92,6 +102,15 @@ class RequestMiddleware:
                 "client": client[0] if client else None,
             },
         )
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 def _request_id(scope: Scope) -> str:

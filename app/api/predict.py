@@ -38,6 +38,7 @@ REQUEST_BODY: dict[str, Any] = {
                 "properties": {
                     FILE_FIELD: {
                         "type": "array",
+                        "minItems": 1,
                         "items": {**_BINARY, "contentMediaType": "application/octet-stream"},
                         "description": "Images (JPEG, PNG, WebP, BMP or GIF), one per part.",
                     }
@@ -58,6 +59,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     415: error_response("Unsupported content type or image format."),
     422: error_response("Undecodable image, malformed multipart body or bad parameter."),
     **NOT_READY,
+    500: error_response("The model failed on the batch that held this request's images."),
     504: error_response("Not finished within the request deadline."),
 }
 

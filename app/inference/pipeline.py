@@ -43,13 +43,13 @@ class Pipeline:
         limits: ImageLimits,
         decode_threads: int,
         observer: PipelineObserver | None = None,
-        draft: bool = True,
+        exact: bool = False,
     ) -> None:
         self.engine = engine
         self.limits = limits
         self._decode_threads = decode_threads
         self._observer = observer
-        self._draft = draft
+        self._exact = exact
         on_batch = observer.observe_batch if observer is not None else None
         self.batcher = Batcher(engine.run, batcher_config, on_batch=on_batch)
         self._decode_pool: ThreadPoolExecutor | None = None
@@ -86,7 +86,7 @@ class Pipeline:
     def _decode(self, image: NamedImage) -> np.ndarray:
         start = time.perf_counter()
         array = preprocess(
-            image.data, self.engine.card.preprocessing, self.limits, image.name, draft=self._draft
+            image.data, self.engine.card.preprocessing, self.limits, image.name, exact=self._exact
         )
         if self._observer is not None:
             self._observer.observe_preprocess(time.perf_counter() - start)

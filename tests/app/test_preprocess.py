@@ -153,7 +153,7 @@ def test_too_many_pixels_is_413_before_decoding() -> None:
     small_limit = ImageLimits(allowed_formats=LIMITS.allowed_formats, max_image_pixels=100)
     with pytest.raises(PayloadTooLargeError) as excinfo:
         preprocess(encode(gradient(11, 10), "PNG"), SPEC, small_limit, "img")
-    assert excinfo.value.detail == "img: image is 11x10 = 110 pixels; the limit is 100"
+    assert excinfo.value.detail == "img: image is 11x10 = 110 pixels, over the limit of 100 pixels"
 
 
 def test_a_decompression_bomb_is_413_from_the_header_alone() -> None:
@@ -171,8 +171,8 @@ def test_draft_mode_decodes_large_jpegs_smaller_but_not_below_the_resize_size() 
     drafted = decode_rgb(data, LIMITS, "img", draft_size=spec.resize_size)
     assert drafted.size == (200, 125)  # scale 1/8: the short side stays >= 100
     assert decode_rgb(data, LIMITS, "img").size == (1600, 1000)
-    with_draft = preprocess(data, spec, LIMITS, "img", draft=True).astype(int)
-    without = preprocess(data, spec, LIMITS, "img", draft=False).astype(int)
+    with_draft = preprocess(data, spec, LIMITS, "img").astype(int)
+    without = preprocess(data, spec, LIMITS, "img", exact=True).astype(int)
     assert with_draft.shape == without.shape == (90, 90, 3)
     assert np.abs(with_draft - without).mean() < 3
 
@@ -180,3 +180,21 @@ def test_draft_mode_decodes_large_jpegs_smaller_but_not_below_the_resize_size() 
 def test_draft_mode_leaves_images_under_twice_the_resize_size_alone() -> None:
     data = encode(gradient(190, 150), "JPEG", quality=90)
     assert decode_rgb(data, LIMITS, "img", draft_size=100).size == (190, 150)
+
+
+def test_the_box_path_resamples_only_the_crop_and_stays_within_one_level() -> None:
+    image = gradient(300, 200)
+    spec = Preprocessing(resize_size=64, crop_size=56, mean=(0.5,) * 3, std=(0.5,) * 3)
+    exact = resize_and_crop(image, spec, exact=True).astype(int)
+    boxed = resize_and_crop(image, spec, exact=False).astype(int)
+    assert exact.shape == boxed.shape == (56, 56, 3)
+    assert np.abs(exact - boxed).max() <= 1
+
+
+def test_an_extreme_aspect_ratio_is_classified_without_a_huge_intermediate() -> None:
+    # 1 x 200,000: resizing the short side to 256 first would make 256 x 51,200,000 pixels.
+    strip = Image.fromarray(np.full((200_000, 1, 3), 90, dtype=np.uint8))
+    spec = Preprocessing(resize_size=256, crop_size=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    for exact in (True, False):
+        out = preprocess(encode(strip, "PNG"), spec, LIMITS, "strip", exact=exact)
+        assert out.shape == (224, 224, 3) and int(out.min()) == int(out.max()) == 90

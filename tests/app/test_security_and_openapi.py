@@ -116,6 +116,8 @@ def test_openapi_describes_both_bodies_and_every_error(make_client: Callable[...
     content = operation["requestBody"]["content"]
     assert content["multipart/form-data"]["schema"]["properties"]["file"] == {
         "type": "array",
+        "minItems": 1,
+        "maxItems": 32,
         "items": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"},
         "description": "Images (JPEG, PNG, WebP, BMP or GIF), one per part.",
     }
@@ -130,7 +132,7 @@ def test_openapi_describes_both_bodies_and_every_error(make_client: Callable[...
         assert content[media_type]["schema"]["format"] == "binary"
     assert operation["parameters"][0]["name"] == "top_k"
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
-    for status in ("400", "413", "415", "422", "503", "504"):
+    for status in ("400", "413", "415", "422", "500", "503", "504"):
         assert operation["responses"][status]["content"]["application/json"]["schema"] == error_ref, status
     assert "Retry-After" in operation["responses"]["503"]["headers"]
     assert "401" not in operation["responses"] and "security" not in operation
@@ -140,6 +142,15 @@ def test_openapi_describes_both_bodies_and_every_error(make_client: Callable[...
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     assert "401" not in schema["paths"]["/healthz"]["get"]["responses"]
     assert "503" in schema["paths"]["/readyz"]["get"]["responses"]
+
+
+def test_openapi_states_max_images_per_request_of_each_app(make_client: Callable[..., Any]) -> None:
+    def max_items(client: TestClient) -> int:
+        body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+        return int(body["content"]["multipart/form-data"]["schema"]["properties"]["file"]["maxItems"])
+
+    with make_client(max_images_per_request=3) as three, make_client(max_images_per_request=7) as seven:
+        assert (max_items(three), max_items(seven)) == (3, 7)
 
 
 def test_openapi_declares_401_and_both_key_schemes_when_keys_are_on(make_client: Callable[..., Any]) -> None:

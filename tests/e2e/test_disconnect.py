@@ -37,3 +37,40 @@ def test_a_disconnected_client_has_its_queued_images_dropped(tiny_model_path: Pa
         assert metric_value(metrics, "imgserve_batch_size_count") == 0  # nothing ran for it
         logged = [line for line in server.log_lines() if line.get("request_id") == "gone-client"]
         assert [(line["status"], line["images"]) for line in logged] == [(499, 1)]
+
+
+def test_a_body_refused_part_way_is_not_read_further(tiny_model_path: Path, tmp_path: Path) -> None:
+    """413 on a chunked body past max_upload_bytes: the response says Connection: close and the
+    server closes the socket instead of reading the rest."""
+    with run_server(tiny_model_path, tmp_path, max_upload_bytes=100_000, warmup_batch_sizes="1") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
+            sent, received = 0, b""
+            try:
+                while sent < 50_000_000 and b"\r\n\r\n" not in received:
+                    sock.sendall(chunk)
+                    sent += 65536
+                    sock.setblocking(False)
+                    try:
+                        received += sock.recv(65536)
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sock.setblocking(True)
+                sock.settimeout(5)
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    received += data
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        head = received.partition(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 413"), received[:200]
+        assert b"connection: close" in head
+        # Loopback socket buffers absorb a few MB; a server that read on would take all 50 MB.
+        assert sent < 16_000_000, f"the server kept reading: {sent} bytes sent"
