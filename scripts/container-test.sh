@@ -206,7 +206,10 @@ failover() {
     local addr
     addr=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$victim")
     echo "stopping $victim ($addr) under load"
-    probe --requests 60 --concurrency 4 --stop-container "$victim" --expect-gone "$addr"
+    probe --requests 60 --concurrency 4 --stop-container "$victim" --expect-gone "$addr" || {
+        compose logs --no-color nginx 2>/dev/null | grep -E '\[(error|warn)\]' | tail -5
+        die "requests failed while $victim was stopped (see the nginx errors above)"
+    }
     local code
     code=$(podman inspect --format '{{.State.ExitCode}}' "$victim")
     [[ $code == 0 ]] || { podman logs "$victim" | tail -30; die "$victim exited $code after SIGTERM, expected 0"; }
