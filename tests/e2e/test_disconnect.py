@@ -41,7 +41,9 @@ def test_a_disconnected_client_has_its_queued_images_dropped(tiny_model_path: Pa
 
 def test_a_body_refused_part_way_is_not_read_further(tiny_model_path: Path, tmp_path: Path) -> None:
     """413 on a chunked body past max_upload_bytes: the response says Connection: close and the
-    server closes the socket instead of reading the rest."""
+    server closes the socket instead of reading the rest. (Closing with unread bytes pending
+    makes the kernel send a reset, which can discard the 413 before the client reads it: so
+    the response is checked when it arrives, and what must hold is that the sending stops.)"""
     with run_server(tiny_model_path, tmp_path, max_upload_bytes=100_000, warmup_batch_sizes="1") as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(
@@ -70,7 +72,8 @@ def test_a_body_refused_part_way_is_not_read_further(tiny_model_path: Path, tmp_
             except (BrokenPipeError, ConnectionResetError):
                 pass
         head = received.partition(b"\r\n\r\n")[0].lower()
-        assert head.startswith(b"http/1.1 413"), received[:200]
-        assert b"connection: close" in head
+        if head:
+            assert head.startswith(b"http/1.1 413"), received[:200]
+            assert b"connection: close" in head
         # Loopback socket buffers absorb a few MB; a server that read on would take all 50 MB.
         assert sent < 16_000_000, f"the server kept reading: {sent} bytes sent"
