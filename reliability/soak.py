@@ -7,7 +7,8 @@ errors, latency percentiles over time and the server's memory at the start and t
 
 It starts its own server (``python -m app`` on 127.0.0.1, settings from IMGSERVE_* in the
 environment or ``--set NAME=VALUE``) so that it can read the process's RSS from /proc. Steps:
-measure capacity (closed loop), warm up at the target rate, take RSS, soak at the target
+measure capacity (closed loop), a 5 s burst that fills the queue (so the largest batches
+have run), warm up at the target rate, take RSS, soak at the target
 rate (open loop: requests start on schedule whatever the server does), take RSS again.
 Exit status 0 only with no errors and RSS growth under ``--max-rss-growth`` (default 5%).
 """
@@ -178,6 +179,7 @@ def soak(
     concurrency: int,
     window_s: float,
     model: str,
+    burst_clients: int = 48,
     log: bool = True,
 ) -> SoakReport:
     say = print if log else (lambda *a, **k: None)
@@ -186,8 +188,12 @@ def soak(
     if capacity <= 0:
         raise RuntimeError("the server answered no request with 200 while measuring capacity")
     rate = capacity * load_fraction
-    max_in_flight = max(8, concurrency * 4)
-    say(f"capacity {capacity:.1f} req/s; warm-up at {rate:.1f} req/s for {warmup_s:.0f} s ...", flush=True)
+    max_in_flight = max(64, concurrency * 8)  # room for stalls of a second or two at the target rate
+    say(f"capacity {capacity:.1f} req/s; burst of {burst_clients} clients for 5 s, then warm-up at "
+        f"{rate:.1f} req/s for {warmup_s:.0f} s ...", flush=True)  # fmt: skip
+    # The burst fills the queue so that the largest batches run (and the model runtime's
+    # memory arena reaches its size) before the RSS that growth is measured from.
+    closed_loop(target, burst_clients, 5.0)
     open_loop(target, rate, warmup_s, max_in_flight)
     time.sleep(1.0)
     rss_start = server.rss()

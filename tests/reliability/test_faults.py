@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -251,36 +250,6 @@ def test_sigterm_under_load_loses_no_accepted_request(start_server: StartServer,
 
 # --- a replica SIGKILLed behind nginx ------------------------------------------------------
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    client_max_body_size 20m;
-    upstream replicas {{
-        server 127.0.0.1:{a} max_fails=1 fail_timeout=30s;
-        server 127.0.0.1:{b} max_fails=1 fail_timeout=30s;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://replicas;
-            proxy_next_upstream error timeout;
-            proxy_connect_timeout 1s;
-            proxy_read_timeout 30s;
-        }}
-    }}
-}}
-"""
-
 
 def _connections_to(port: int) -> int:
     """Established TCP connections whose local port is ``port`` (the replica's side of each
@@ -294,55 +263,26 @@ def _connections_to(port: int) -> int:
     return count
 
 
-@pytest.fixture
-def nginx_front(tmp_path: Path) -> object:
-    nginx = shutil.which("nginx")
-    if nginx is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light)")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(port: int, a: int, b: int) -> subprocess.Popen[bytes]:
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=port, a=a, b=b))
-        proc = subprocess.Popen([nginx, "-c", str(conf), "-e", str(tmp_path / "error.log")])
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError((tmp_path / "error.log").read_text())
-
-    yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (apt-get install nginx-light)")
 def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
-    start_server: StartServer, tmp_path: Path, nginx_front: object
+    start_server: StartServer, tmp_path: Path
 ) -> None:
-    from reliability.server import free_port
+    """Two replicas behind nginx with the shipped docker/nginx/default.conf (rendered by the
+    deployment tests' helper). 8 clients load it; one replica is SIGKILLed. The requests
+    that fail are at most the connections that replica held (idle keep-alive ones included,
+    so this bounds from above), each fails as a 502 from nginx, and every request from half
+    a second after the kill on is answered 200 by the other replica."""
+    from tests.e2e.test_nginx_lb import running_nginx
 
     slow = build_tiny_model(tmp_path / "slow", slow_matmuls=30)
     settings = {"max_batch_size": 4, "max_delay_ms": 2, "max_queue_images": 64}
     a = start_server(model=slow, **settings)
     b = start_server(model=slow, **settings)
-    port = free_port()
-    nginx_front(port, a.port, b.port)  # type: ignore[operator]
-    target = Target(
-        f"http://127.0.0.1:{port}/predict", corpus.solid((250, 0, 0)), {"content-type": "image/png"}
-    )
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
     held: list[int] = []
     counted_at: list[float] = []
     kill_at: list[float] = []
-    t0 = time.monotonic()
 
     def killer() -> None:
         time.sleep(2.0)
@@ -353,10 +293,13 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
         a.proc.wait(5)  # until the process is gone, its sockets still take connections
         kill_at.append(time.monotonic() - t0)
 
-    thread = threading.Thread(target=killer)
-    thread.start()
-    results = closed_loop(target, concurrency=8, duration_s=6.0)
-    thread.join()
+    with running_nginx(nginx_dir, [a.port, b.port]) as nginx:
+        target = Target(f"{nginx.url}/predict", corpus.solid((250, 0, 0)), {"content-type": "image/png"})
+        thread = threading.Thread(target=killer)
+        t0 = time.monotonic()  # the load's clock starts within microseconds of this one
+        thread.start()
+        results = closed_loop(target, concurrency=8, duration_s=6.0)
+        thread.join()
     assert a.proc is not None and a.proc.wait(5) == -signal.SIGKILL
     failed = [r for r in results if r.status != 200]
     # What the replica held at the kill: its connections counted just before, plus any request

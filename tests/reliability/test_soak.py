@@ -1,0 +1,38 @@
+"""The soak command in short (CI): the tiny model at 70% of its measured capacity for 15 s
+after a 5 s burst and a 5 s warm-up: no errors, no request the client could not start, bounded latency and
+RSS growth under 5%. The record run is ``python -m reliability.soak`` (10 minutes, default model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reliability.load import Target
+from reliability.soak import photo_jpeg, soak
+
+from .conftest import StartServer
+
+
+def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(max_batch_size=8, max_delay_ms=2)
+    target = Target(f"{server.base_url}/predict", photo_jpeg(), {"content-type": "image/jpeg"})
+    report = soak(
+        server,
+        target,
+        duration_s=15,
+        warmup_s=5,
+        load_fraction=0.7,
+        capacity_s=5,
+        concurrency=4,
+        window_s=5,
+        model="tiny",
+        burst_clients=16,
+        log=False,
+    )
+    print("\n" + report.text())
+    assert report.capacity_rps > 20, report.capacity_rps
+    assert (report.errors, report.dropped, report.error_kinds) == (0, 0, {})
+    assert report.requests >= 0.9 * report.target_rps * report.duration_s
+    assert report.p99_ms < 1000, report.p99_ms
+    assert report.rss_growth_pct < 5.0, report.rss_growth_pct
+    assert len(report.windows) == 3 and all(w.errors == 0 for w in report.windows)
+    assert report.gpu_memory == "no GPU" or "MiB" in report.gpu_memory
