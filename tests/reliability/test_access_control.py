@@ -7,6 +7,7 @@ import hmac
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from app import security
 from reliability.server import ServerProcess
 
 from . import corpus
-from .conftest import StartServer
+from .conftest import StartServer, make_server
 
 KEY_A = "k-alpha-8b1f0c2e9d"
 KEY_B = "k-bravo-5e7a3d91c4"
@@ -25,9 +26,7 @@ MISSING = "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> ServerProcess:
-    from .conftest import make_server
-
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
     with make_server(tmp_path_factory.mktemp("keyed"), tiny_model, api_keys=f"{KEY_A},{KEY_B}") as server:
         yield server
 
