@@ -507,7 +507,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
             stage.name,
             stage.epochs,
             trainable,
-            {g["name"]: g["lr"] for g in groups},
+            {g["name"]: g.get("initial_lr", g["lr"]) for g in optimizer.param_groups},
         )
         epochs = tqdm(
             range(first_epoch, stage.epochs), desc=f"stage {stage.name}", unit="epoch", dynamic_ncols=True
