@@ -9,6 +9,6 @@ test:             ## install what the tests need, run the whole test suite
 
 lint:             ## ruff and mypy
 	scripts/bootstrap.sh export,cpu,dev
-	.venv/bin/ruff check app model_export tests bench
-	.venv/bin/ruff format --check app model_export tests bench
+	.venv/bin/ruff check app model_export tests bench reliability
+	.venv/bin/ruff format --check app model_export tests bench reliability
 	.venv/bin/mypy
