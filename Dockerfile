@@ -1,20 +1,16 @@
 # Image-classification inference service: an export stage (PyTorch) and a serving stage
 # (ONNX Runtime, no PyTorch). See README.md "Deployment".
 #
-#   docker build -t imgserve .                                   # GPU runtime, model from ./models/default
-#   docker build --build-arg ORT_VARIANT=cpu -t imgserve:cpu .   # CPU-only runtime
-#   docker build --build-arg MODEL_SOURCE=export -t imgserve .   # export the default model in the build
-#   docker build --target export -t imgserve-export .            # the export/fine-tune tool alone
+#   docker build -t imgserve:gpu .                                # GPU runtime, model from ./models/default
+#   docker build --build-arg ORT_VARIANT=cpu -t imgserve:cpu .    # CPU-only runtime
+#   docker build --target runtime-exported -t imgserve:gpu .      # model exported during the build
+#   docker build --target export -t imgserve-export .             # the export/fine-tune tool alone
 #
 # Base images are build arguments so that a mirror (or a locally built stand-in) can replace
 # them. The serving stage never installs PyTorch: its dependencies come from pyproject.toml's
 # [project.dependencies] plus the `cpu` or `gpu` extra.
 
 ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
-# Where the baked-in model comes from: `context` copies ${MODEL_DIR} from the build context
-# (export it first with `python -m model_export default --output-dir models/default`),
-# `export` runs the export stage (PyTorch, a few hundred MB of downloads).
-ARG MODEL_SOURCE=context
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -47,17 +43,6 @@ ENTRYPOINT ["python", "-m", "model_export"]
 CMD ["--help"]
 
 
-# ---- the model baked into the runtime image -----------------------------------------------
-FROM scratch AS model-context
-ARG MODEL_DIR=models/default
-COPY ${MODEL_DIR}/ /models/default/
-
-FROM export AS model-export
-
-# hadolint ignore=DL3006
-FROM model-${MODEL_SOURCE} AS model
-
-
 # ---- venv: the serving dependencies, with one ONNX Runtime build ---------------------------
 FROM base AS venv
 # gpu: onnxruntime-gpu with CUDA and cuDNN from their PyPI packages; cpu: onnxruntime.
@@ -70,8 +55,8 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
     && pip uninstall -y pip setuptools
 
 
-# ---- runtime: the server ------------------------------------------------------------------
-FROM base AS runtime
+# ---- server: the runtime image but for the model -----------------------------------------
+FROM base AS server
 ARG ORT_VARIANT=gpu
 RUN groupadd --system --gid 10001 imgserve \
     && useradd --system --uid 10001 --gid imgserve --no-create-home --home-dir /nonexistent \
@@ -82,7 +67,6 @@ COPY --from=venv /opt/venv /opt/venv
 # not call onnxruntime.preload_dlls(). (For the cpu variant the list is empty.)
 RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/imgserve-nvidia.conf \
     && ldconfig
-COPY --from=model /models/default /models/default
 COPY docker/healthcheck.py /usr/local/bin/imgserve-healthcheck
 COPY app app
 LABEL org.opencontainers.image.title="imgserve" \
@@ -102,3 +86,15 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
 # One server process per container: batching works per process, scale with replicas.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app"]
+
+
+# ---- runtime-exported: the server with the model the export stage made --------------------
+FROM server AS runtime-exported
+COPY --from=export /models/default /models/default/
+
+
+# ---- runtime (the default target): the server with a model from the build context ----------
+# Export it first: python -m model_export default --output-dir models/default
+FROM server AS runtime
+ARG MODEL_DIR=models/default
+COPY ${MODEL_DIR}/ /models/default/

@@ -75,12 +75,16 @@ def dockerfile_stage(name: str) -> str:
 
 
 def test_runtime_stage_runs_one_server_as_a_non_root_user_with_a_readiness_healthcheck() -> None:
-    runtime = dockerfile_stage("runtime")
+    runtime = dockerfile_stage("server")
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert re.search(r'^CMD \["python", "-m", "app"\]$', runtime, re.MULTILINE)
     assert re.search(r'HEALTHCHECK .*\n\s+CMD \["python", "/usr/local/bin/imgserve-healthcheck"\]', runtime)
     assert "/readyz" in (REPO_ROOT / "docker" / "healthcheck.py").read_text()
     assert "torch" not in runtime.lower()
+    # The default target (the last stage) is the server with a model from the build context.
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert re.findall(r"^FROM .*$", text, re.MULTILINE)[-1] == "FROM server AS runtime"
+    assert "FROM server AS runtime-exported" in text
 
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
