@@ -196,6 +196,18 @@ up() {
     die "nginx does not answer on 127.0.0.1:$HTTP_PORT"
 }
 
+# The replicas run as the image's non-root user on a read-only root filesystem.
+check_hardening() {
+    local name uid
+    for name in $(app_containers); do
+        uid=$(podman exec "$name" id -u)
+        [[ $uid == 10001 ]] || die "$name runs as uid $uid, expected 10001"
+        podman exec "$name" sh -c 'touch /probe-ro 2>/dev/null' && die "$name: the root filesystem is writable"
+        podman exec "$name" sh -c 'touch /tmp/probe-rw' || die "$name: /tmp is not writable"
+    done
+    echo "replicas run as uid 10001 on a read-only root filesystem, /tmp writable"
+}
+
 probe() {  # probe MODE: `both` until two replicas answered, or `after-stop` N requests
     "$PYTHON" "$ROOT/scripts/probe_lb.py" --url "http://127.0.0.1:$HTTP_PORT" "$@"
 }
@@ -207,7 +219,7 @@ failover() {
     addr=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$victim")
     echo "stopping $victim ($addr) under load"
     probe --requests 60 --concurrency 4 --stop-container "$victim" --expect-gone "$addr" || {
-        compose logs --no-color nginx 2>/dev/null | grep -E '\[(error|warn)\]' | tail -5
+        podman logs "$PROJECT-nginx-1" 2>&1 | grep -E '\[(error|warn)\]' | tail -5
         die "requests failed while $victim was stopped (see the nginx errors above)"
     }
     local code
@@ -245,6 +257,7 @@ main() {
     log model;    timed model export_model
     log build;    timed build build
     log up;       timed up up
+    check_hardening
     log balance;  timed balance probe --requests 40 --concurrency 2 --expect-replicas 2
     log failover; timed failover failover
     if [[ -n ${KEEP:-} ]]; then
