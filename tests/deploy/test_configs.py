@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from app.config import Settings
 from tests.deploy.conftest import REPO_ROOT
+
+yaml = pytest.importorskip("yaml", reason="pyyaml not installed (pip install kubernetes-validate brings it)")
 
 NGINX_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
 K8S_DIR = REPO_ROOT / "k8s"
