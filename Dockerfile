@@ -38,7 +38,7 @@ COPY model_export model_export
 # Arguments of `python -m model_export` for the model baked into the runtime image.
 ARG EXPORT_ARGS="default"
 RUN python -m model_export ${EXPORT_ARGS} --output-dir /models/default
-# `docker compose --profile export run export finetune --data /data ...` and the like.
+# `docker compose --profile export run --rm export train --data /data ...` and the like.
 ENTRYPOINT ["python", "-m", "model_export"]
 CMD ["--help"]
 
