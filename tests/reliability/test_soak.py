@@ -1,4 +1,6 @@
-"""The soak command in short (CI): the tiny model at 70% of its measured capacity for 15 s
+"""The soak command in short (CI): a tiny model with a fixed ~30 ms cost per batch of at most 2
+images (so the server, not the Python load generator, sets the capacity: ~60 req/s on these
+machines) at 70% of its measured capacity for 15 s
 after a 5 s burst and a 5 s warm-up: no errors, no request the client could not start, bounded latency and
 RSS growth under 5%. The record run is ``python -m reliability.soak`` (10 minutes, default model)."""
 
@@ -8,12 +10,14 @@ from pathlib import Path
 
 from reliability.load import Target
 from reliability.soak import photo_jpeg, soak
+from reliability.tiny_model import build_tiny_model
 
 from .conftest import StartServer
 
 
-def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tiny_model: Path) -> None:
-    server = start_server(max_batch_size=8, max_delay_ms=2)
+def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "model", slow_matmuls=20)
+    server = start_server(model=model, max_batch_size=2, max_delay_ms=2, warmup_batch_sizes="1,2")
     target = Target(f"{server.base_url}/predict", photo_jpeg(), {"content-type": "image/jpeg"})
     report = soak(
         server,
@@ -29,7 +33,7 @@ def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tin
         log=False,
     )
     print("\n" + report.text())
-    assert report.capacity_rps > 20, report.capacity_rps
+    assert report.capacity_rps > 10, report.capacity_rps
     assert (report.errors, report.dropped, report.error_kinds) == (0, 0, {})
     assert report.requests >= 0.9 * report.target_rps * report.duration_s
     assert report.p99_ms < 1000, report.p99_ms
