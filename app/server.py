@@ -1,16 +1,26 @@
 """uvicorn with a drain-correct shutdown.
 
-On the first SIGTERM/SIGINT: readiness turns 503 at once and every response carries
-``Connection: close``; for ``shutdown_delay_s`` the server keeps accepting (load balancers need
-that window to stop sending); then uvicorn's own graceful shutdown runs: it stops listening,
+On the first SIGTERM/SIGINT: readiness turns 503 and the listening socket closes at once, so
+a new connection is refused, which a load balancer retries on another replica (safe: nothing
+was sent). Connections already open are still served for ``shutdown_delay_s``, every response
+carrying ``Connection: close``, so keep-alive clients (nginx's upstream pool) retire them after
+a complete exchange instead of racing a close. Then uvicorn's own graceful shutdown runs: it
 lets in-flight requests finish (their queued images run) for up to the rest of
 ``drain_timeout_s``, and the lifespan stops the batcher. A second signal skips the delay.
+
+Why not keep accepting during the delay: with ``Connection: close`` on every response, a
+load balancer opens a new connection per request, and the ones still in the kernel's accept
+queue when the socket finally closes are reset after the request was sent: a POST that
+must not be retried fails (seen as nginx 502s, about one stop in five). Kubernetes' preStop
+pause, which runs before SIGTERM, is the window for endpoint removal to propagate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import time
 from types import FrameType
 
@@ -33,31 +43,39 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.shutdown_delay_s = shutdown_delay_s
-        self._stop_listening_at: float | None = None
-        self._drain_logged = False
-        self._signal_name = ""
+        self._exit_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # A signal handler: only set flags here; on_tick (on the loop) acts on them.
-        if self._stop_listening_at is None:
-            self.lifecycle.start_draining()
-            self._stop_listening_at = time.monotonic() + self.shutdown_delay_s
-            self._signal_name = signal.Signals(sig).name
+        if self._exit_at is None:
+            self._exit_at = time.monotonic() + self.shutdown_delay_s
+            if self._loop is None:  # a signal before startup: nothing to drain
+                self.should_exit = True
+            else:
+                # Not at the next on_tick (up to 0.1 s away): every response from then on says
+                # Connection: close, and the reconnections it causes must find no listener.
+                self._loop.call_soon_threadsafe(self._begin_draining, signal.Signals(sig).name)
         elif self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         else:
             self.should_exit = True
 
+    def _begin_draining(self, signal_name: str) -> None:
+        for server in self.servers:
+            server.close()  # stop listening first; uvicorn's shutdown() closes again harmlessly
+        self.lifecycle.start_draining()
+        logger.info(
+            "draining: not ready, not listening, closing connections after each response",
+            extra={"signal": signal_name, "shutdown_delay_s": self.shutdown_delay_s},
+        )
+
     async def on_tick(self, counter: int) -> bool:
-        if self._stop_listening_at is not None:
-            if not self._drain_logged:
-                self._drain_logged = True
-                logger.info(
-                    "draining: not ready, closing connections after each response",
-                    extra={"signal": self._signal_name, "shutdown_delay_s": self.shutdown_delay_s},
-                )
-            if time.monotonic() >= self._stop_listening_at:
-                self.should_exit = True
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
         return await super().on_tick(counter)
 
 
