@@ -85,6 +85,8 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
     def rss(self) -> int:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log()}")
         return rss_bytes(self.pid)
 
     def stop(self, timeout_s: float = 40.0) -> int | None:
