@@ -92,11 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-container", help="podman-stop this container after a few requests")
     parser.add_argument("--stop-timeout-s", type=int, default=30)
     parser.add_argument("--expect-gone", help="replica address that must not answer once stopped")
-    parser.add_argument(
-        "--tolerate-during-stop",
-        action="store_true",
-        help="report, but do not fail on, requests that failed while the replica was shutting down",
-    )
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per request")
     parser.add_argument("--deadline-s", type=float, default=180.0, help="for the whole probe")
     args = parser.parse_args(argv)
@@ -145,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems: list[str] = []
     for phase, why in tally.failures[:10]:
-        if phase == "during" and args.tolerate_during_stop:
-            print(f"WARN: failed while the replica was shutting down: {why.splitlines()[0]}")
-        else:
-            problems.append(f"{why} ({phase} the stop)" if args.stop_container else why)
+        problems.append(f"{why} ({phase} the stop)" if args.stop_container else why)
     if len(tally.by_replica) < args.expect_replicas:
         problems.append(
             f"expected answers from {args.expect_replicas} replicas, got {dict(tally.by_replica)}"
