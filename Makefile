@@ -16,3 +16,11 @@ lint:             ## ruff and mypy
 container-test:   ## build the image with podman, compose up 2 replicas + nginx, fail one over, compose down
 	scripts/bootstrap.sh export,cpu,dev
 	scripts/container-test.sh
+
+bench:            ## the full CPU benchmark (~8 min on 2 cores): bench/results/DATE/report.md, results.json, plots
+	scripts/bootstrap.sh export,cpu,dev
+	.venv/bin/python -m bench run --out bench/results/$$(date +%F)
+
+bench-smoke:      ## seconds of each benchmark piece, as CI runs it
+	scripts/bootstrap.sh export,cpu,dev
+	.venv/bin/python -m bench run --smoke --out bench/results/smoke

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (Python packages into .venv; nginx and
-# wrk from Debian's packages when running as root), then runs the whole pytest suite.
+# The test command: installs what the tests need (Python packages into .venv; nginx from
+# Debian's packages when running as root), then runs the whole pytest suite.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/app -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ scripts/bootstrap.sh export,cpu,dev
 
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx-light)
-command -v wrk >/dev/null || need_apt+=(wrk)
+command -v taskset >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "Installing ${need_apt[*]} from Debian's packages ..."
