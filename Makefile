@@ -1,5 +1,5 @@
 # The two commands of the README, and a few more.
-.PHONY: serve test lint container-test bench bench-smoke
+.PHONY: serve test lint container-test bench bench-smoke soak fuzz audit
 
 serve:            ## install, export the default ImageNet model (once), run the server on :8000
 	scripts/serve.sh
@@ -24,3 +24,15 @@ bench:            ## the full CPU benchmark (~8 min on 2 cores): bench/results/D
 bench-smoke:      ## seconds of each benchmark piece, as CI runs it
 	scripts/bootstrap.sh export,cpu,dev
 	.venv/bin/python -m bench run --smoke --out bench/results/smoke
+
+soak:             ## 10 minutes at 70% of measured capacity: errors, latency over time, RSS start/end
+	scripts/bootstrap.sh export,cpu,dev
+	.venv/bin/python -m reliability.soak
+
+fuzz:             ## schemathesis against the live OpenAPI schema, open and with API keys (>1,000 cases each)
+	scripts/bootstrap.sh export,cpu,dev
+	.venv/bin/python -m reliability.fuzz_api
+
+audit:            ## pip-audit of the serving dependencies (base + cpu extra)
+	scripts/bootstrap.sh export,cpu,dev
+	.venv/bin/python -m reliability.audit_deps
