@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -200,13 +200,33 @@ def choose_cpus(pin: str) -> tuple[str | None, str | None, int]:
 
 
 # --- models ---------------------------------------------------------------------------------------
+def create_tiny_model(out_dir: Path, *, layout: Literal["NHWC", "NCHW"] = "NHWC") -> Path:
+    """The smoke stand-in: the real artifact format and ImageNet sizes (resize 256, crop 224),
+    so the smoke run exercises the real decode/preprocess/HTTP path, with almost no compute.
+    The NCHW float twin (same weights) is what the naive baseline runs."""
+    import numpy as np
+
+    from model_export.tiny import tiny_card, write_model
+
+    classes = 10
+    card = tiny_card(
+        labels=[f"class_{index}" for index in range(classes)],
+        layout=layout,
+        resize_size=256,
+        crop_size=224,
+        name="bench-tiny",
+        version="0.0.1",
+        weights_source="random, seed 0",
+    )
+    weights = np.random.default_rng(0).normal(size=(3, classes)).astype(np.float32)
+    return write_model(out_dir, card, weights, np.zeros(classes, np.float32))
+
+
 def prepare_models(args: Any, out: Path) -> tuple[Path, Path]:
     """(the server's model, the naive baseline's model: the float twin when it can be made)."""
     if args.smoke and args.model is None:
-        from bench.tinymodel import create_tiny_model
-
         return create_tiny_model(out / "models" / "tiny"), create_tiny_model(
-            out / "models" / "tiny-float", float_input=True
+            out / "models" / "tiny-float", layout="NCHW"
         )
     model = args.model or DEFAULT_MODEL
     if not model.exists():

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from model_export.tiny import write_model
 from reliability.server import REPO_ROOT, ServerProcess
-from reliability.tiny_model import build_tiny_model
 
 CONFIG = REPO_ROOT / "reliability" / "schemathesis.toml"
 KEY = "k-fuzz-7d3e5a90b1"
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_schemathesis(args.url, args.report_dir, args.max_examples, args.seed, args.header)
     codes = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_model(Path(tmp) / "model")
+        model = write_model(Path(tmp) / "model")
         for name, extra, headers in (
             ("open", {}, []),
             ("api-keys", {"IMGSERVE_API_KEYS": KEY}, [f"Authorization: Bearer {KEY}"]),

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from app.inference.engine import CPU_PROVIDER, CUDA_PROVIDER, EngineError, EngineOptions, create_engine
-from tests.app.tiny_models import expected_probabilities, make_card, write_model
+from model_export.tiny import expected_probabilities, tiny_card, write_model
 
 COLOURS = np.array([[200, 30, 30], [20, 220, 40], [10, 20, 250], [128, 128, 128]], dtype=np.uint8)
 
@@ -32,7 +32,7 @@ def test_layouts_and_output_dtypes_give_the_same_probabilities(
     tmp_path: Path, layout: str, output_dtype: str, tolerance: float
 ) -> None:
     engine = create_engine(
-        write_model(tmp_path, make_card(layout=layout, output_dtype=output_dtype)), EngineOptions()
+        write_model(tmp_path, tiny_card(layout=layout, output_dtype=output_dtype)), EngineOptions()
     )
     probabilities = engine.run(flat_batch())
     assert probabilities.dtype == np.float32 and probabilities.shape == (4, 4)
@@ -69,7 +69,7 @@ def test_a_card_that_does_not_belong_to_the_file_fails(tmp_path: Path) -> None:
 
 
 def test_a_card_that_disagrees_with_the_graph_fails(tmp_path: Path) -> None:
-    path = write_model(tmp_path, make_card(crop_size=32))
+    path = write_model(tmp_path, tiny_card(crop_size=32))
     card = json.loads((tmp_path / "model.json").read_text())
     card["preprocessing"]["crop_size"] = 24
     card["sha256"] = None

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from model_export.tiny import tiny_card, write_model
 from tests.app.default_model import default_model_path  # noqa: F401  (a fixture)
-from tests.app.tiny_models import make_card, write_model
 from tests.e2e.server import ServerProcess, run_server
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_model(tmp_path_factory.mktemp("tiny"), make_card())
+    return write_model(tmp_path_factory.mktemp("tiny"), tiny_card())
 
 
 @pytest.fixture(scope="module")

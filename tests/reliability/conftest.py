@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from app.inference.card import ModelCard
+from model_export.tiny import tiny_card, write_model
 from reliability.server import ServerProcess
-from reliability.tiny_model import build_tiny_model
 
 StartServer = Callable[..., ServerProcess]
+
+# Six labels (top_k defaults to 5), the first three scored 10 x the mean red, green, blue.
+LABELS = ["red", "green", "blue", "black", "white", "grey"]
+WEIGHTS = 10 * np.eye(3, len(LABELS), dtype=np.float32)
+BIAS = np.zeros(len(LABELS), np.float32)
 
 # Limits small enough that the tests can hit each of them quickly.
 LIMITS: dict[str, object] = {
@@ -31,14 +38,33 @@ def make_server(log_dir: Path, model: Path, **settings: object) -> ServerProcess
     return ServerProcess(env, log_dir / "server.log")
 
 
+def reliability_card(crop_size: int = 32, resize_size: int | None = None, name: str = "tiny") -> ModelCard:
+    return tiny_card(
+        labels=LABELS,
+        resize_size=resize_size or crop_size + 8,
+        crop_size=crop_size,
+        name=name,
+        version="0.0.1",
+        weights_source="none: softmax of 10 x the mean colour",
+    )
+
+
+def write_tiny_model(
+    directory: Path, *, crop_size: int = 32, poison: bool = False, slow_matmuls: int = 0
+) -> Path:
+    """The reliability tests' model; ``poison`` and ``slow_matmuls`` inject faults (model_export/tiny.py)."""
+    card = reliability_card(crop_size, name="tiny-poison" if poison else "tiny")
+    return write_model(directory, card, WEIGHTS, BIAS, poison=poison, slow_matmuls=slow_matmuls)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")
 def poison_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("poison"), poison=True)
+    return write_tiny_model(tmp_path_factory.mktemp("poison"), poison=True)
 
 
 @pytest.fixture

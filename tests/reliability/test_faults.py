@@ -17,10 +17,9 @@ import pytest
 
 from app.inference.card import write_card
 from reliability.load import Target, closed_loop
-from reliability.tiny_model import build_tiny_model, tiny_card
 
 from . import corpus
-from .conftest import StartServer
+from .conftest import StartServer, reliability_card, write_tiny_model
 from .helpers import read_response
 
 MB = 1024 * 1024
@@ -38,8 +37,8 @@ def _truncated(src: Path, dst_dir: Path) -> Path:
 
 def _wrong_shape(dst_dir: Path) -> Path:
     """A graph taking 48x48 images with a card (sha256 correct) that says 32x32."""
-    path = build_tiny_model(dst_dir, crop_size=48)
-    write_card(tiny_card(resize_size=40, crop_size=32), path)
+    path = write_tiny_model(dst_dir, crop_size=48)
+    write_card(reliability_card(crop_size=32, resize_size=40), path)
     return path
 
 
@@ -147,7 +146,7 @@ def test_clients_that_disconnect_while_queued_leave_no_work_behind(
     leave. Their images are dropped, not run: at most the batch running at that moment (and
     the one just taken) still runs, the queue empties, and the next request is served. 100
     more abandoned requests do not grow RSS."""
-    slow = build_tiny_model(tmp_path / "slow", slow_matmuls=600)
+    slow = write_tiny_model(tmp_path / "slow", slow_matmuls=600)
     server = start_server(
         model=slow,
         max_batch_size=1,
@@ -210,7 +209,7 @@ def test_sigterm_under_load_loses_no_accepted_request(start_server: StartServer,
     the server stops listening at once, keeps answering on open connections through its 1 s
     shutdown delay, finishes its queue and exits 0. The clients see 200, or connection
     refused; a reset is allowed only to a request that raced the closing listener."""
-    slow = build_tiny_model(tmp_path / "slow", slow_matmuls=30)
+    slow = write_tiny_model(tmp_path / "slow", slow_matmuls=30)
     delay_s = 1.0
     server = start_server(
         model=slow,
@@ -286,7 +285,7 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
     a second after the kill on is answered 200 by the other replica."""
     from tests.e2e.test_nginx_lb import running_nginx
 
-    slow = build_tiny_model(tmp_path / "slow", slow_matmuls=30)
+    slow = write_tiny_model(tmp_path / "slow", slow_matmuls=30)
     settings = {"max_batch_size": 4, "max_delay_ms": 2, "max_queue_images": 64}
     a = start_server(model=slow, **settings)
     b = start_server(model=slow, **settings)

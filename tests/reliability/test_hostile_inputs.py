@@ -18,10 +18,9 @@ import httpx
 import pytest
 
 from reliability.server import ServerProcess
-from reliability.tiny_model import LABELS
 
 from . import corpus
-from .conftest import LIMITS
+from .conftest import LABELS, LIMITS
 from .helpers import assert_error, raw_request, read_response, response_json
 
 # (id, file bytes, expected status, words the message must contain)

@@ -17,10 +17,9 @@ import httpx
 import pytest
 
 from reliability.load import Target, closed_loop, percentile
-from reliability.tiny_model import build_tiny_model
 
 from . import corpus
-from .conftest import StartServer
+from .conftest import StartServer, write_tiny_model
 from .helpers import assert_error
 
 QUEUE = 8
@@ -36,7 +35,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("slow"), slow_matmuls=30)
+    return write_tiny_model(tmp_path_factory.mktemp("slow"), slow_matmuls=30)
 
 
 def metric(base_url: str, name: str) -> float:

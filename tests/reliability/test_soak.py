@@ -10,13 +10,12 @@ from pathlib import Path
 
 from reliability.load import Target
 from reliability.soak import photo_jpeg, soak
-from reliability.tiny_model import build_tiny_model
 
-from .conftest import StartServer
+from .conftest import StartServer, write_tiny_model
 
 
 def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tmp_path: Path) -> None:
-    model = build_tiny_model(tmp_path / "model", slow_matmuls=20)
+    model = write_tiny_model(tmp_path / "model", slow_matmuls=20)
     server = start_server(model=model, max_batch_size=2, max_delay_ms=2, warmup_batch_sizes="1,2")
     target = Target(f"{server.base_url}/predict", photo_jpeg(), {"content-type": "image/jpeg"})
     report = soak(
