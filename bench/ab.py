@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,9 @@ from bench.workloads import build_image_sets, build_workloads
 def start_variant(
     name: str, app_dir: Path, model: Path, settings: dict[str, str], out: Path, cpus: str | None
 ) -> servers.Topology:
-    port = servers.free_port()
-    env = servers.server_env(model, port, settings)
-    proc = servers.spawn(name, [sys.executable, "-m", "app"], env, out / "logs", port, cpus, cwd=app_dir)
-    try:
-        servers.wait_ready(proc)
-    except BaseException:
-        proc.stop()
-        raise
-    return servers.Topology(name, port, [proc])
+    env = servers.server_env(model, settings)
+    proc = servers.start_proc(name, list(servers.APP_ARGV), env, out / "logs", cpus, cwd=app_dir)
+    return servers.Topology(name, proc.port, [proc])
 
 
 def run_ab(args: Any) -> dict[str, Any]:

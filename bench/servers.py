@@ -12,26 +12,19 @@ import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from reliability.server import APP_ARGV, REPO_ROOT, ServerProcess, free_port
+
+READY_TIMEOUT_S = 180.0  # a cold start on a GPU (CUDA init, warm-up) takes minutes, not seconds
+STOP_TIMEOUT_S = 15.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NGINX_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def process_cpu_s(pid: int) -> float:
@@ -59,14 +52,22 @@ def taskset_prefix(cpus: str | None) -> list[str]:
 
 @dataclass
 class Proc:
+    """One process of a topology: the shared ``ServerProcess`` plus what a benchmark adds.
+
+    The CPU accounting covers the child processes too (nginx's workers), and ``metrics`` says
+    whether the process serves ``/metrics`` (ours does; nginx and the naive server do not).
+    """
+
     name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    metrics: bool = True  # serves /metrics
+    server: ServerProcess
+    metrics: bool = True
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     def pids(self) -> list[int]:
-        return [self.popen.pid, *children(self.popen.pid)]
+        return [self.server.pid, *children(self.server.pid)]
 
     def cpu_s(self) -> float:
         total = 0.0
@@ -76,53 +77,25 @@ class Proc:
         return total
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        self.server.stop(STOP_TIMEOUT_S)
 
 
-def spawn(
+def start_proc(
     name: str,
     argv: list[str],
     env: dict[str, str],
     log_dir: Path,
-    port: int,
     cpus: str | None,
     metrics: bool = True,
     cwd: Path = REPO_ROOT,
+    port: int | None = None,
 ) -> Proc:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    log = log_path.open("wb")
-    popen = subprocess.Popen(
-        [*taskset_prefix(cpus), *argv],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=cwd,
+    """Start ``argv`` pinned to ``cpus`` and wait (up to 180 s: a cold GPU start) for ``/readyz``."""
+    server = ServerProcess(
+        env, log_dir / f"{name}.log", port, argv=argv, argv_prefix=taskset_prefix(cpus), cwd=cwd
     )
-    return Proc(name, popen, port, log_path, metrics)
-
-
-def wait_ready(proc: Proc, path: str = "/readyz", timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{proc.port}{path}", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{proc.name} not ready after {timeout_s:.0f} s:\n{proc.log_tail()}")
+    server.start(READY_TIMEOUT_S, poll_s=0.2)
+    return Proc(name, server, metrics)
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -198,8 +171,15 @@ class Topology:
         return [scrape(proc.port) for proc in self.procs if proc.metrics]
 
     def stop(self) -> None:
+        """Stop every process, last started first; one that ignored SIGTERM is reported after."""
+        errors: list[RuntimeError] = []
         for proc in reversed(self.procs):
-            proc.stop()
+            try:
+                proc.stop()
+            except RuntimeError as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def server_pids(self) -> list[int]:
         return [pid for proc in self.procs for pid in proc.pids()]
@@ -216,40 +196,23 @@ def sum_deltas(before: list[dict[str, float]], after: list[dict[str, float]]) ->
     return total
 
 
-def server_env(model_path: Path, port: int, settings: dict[str, str]) -> dict[str, str]:
-    env = {
-        "IMGSERVE_MODEL_PATH": str(model_path),
-        "IMGSERVE_PORT": str(port),
-        "IMGSERVE_HOST": "127.0.0.1",
-        "IMGSERVE_LOG_LEVEL": "warning",
-    }
+def server_env(model_path: Path, settings: dict[str, str]) -> dict[str, str]:
+    """The model and settings as ``IMGSERVE_*``; ``ServerProcess`` adds host, port, log level."""
+    env = {"IMGSERVE_MODEL_PATH": str(model_path)}
     return env | {f"IMGSERVE_{k.upper()}": str(v) for k, v in settings.items()}
 
 
 def start_ours(
     name: str, model_path: Path, settings: dict[str, str], log_dir: Path, cpus: str | None
 ) -> Topology:
-    port = free_port()
-    proc = spawn(
-        name, [sys.executable, "-m", "app"], server_env(model_path, port, settings), log_dir, port, cpus
-    )
-    try:
-        wait_ready(proc)
-    except BaseException:
-        proc.stop()
-        raise
-    return Topology(name, port, [proc])
+    proc = start_proc(name, list(APP_ARGV), server_env(model_path, settings), log_dir, cpus)
+    return Topology(name, proc.port, [proc])
 
 
 def start_naive(model_path: Path, log_dir: Path, cpus: str | None) -> Topology:
     port = free_port()
     argv = [sys.executable, "-m", "bench.naive_server", "--model", str(model_path), "--port", str(port)]
-    proc = spawn("naive", argv, {}, log_dir, port, cpus, metrics=False)
-    try:
-        wait_ready(proc)
-    except BaseException:
-        proc.stop()
-        raise
+    proc = start_proc("naive", argv, {}, log_dir, cpus, metrics=False, port=port)
     return Topology("naive", port, [proc])
 
 
@@ -312,10 +275,8 @@ def start_replicas(
             "-g",
             "daemon off;",
         ]
-        proc = spawn("nginx", argv, {}, log_dir, port, cpus, metrics=False)
-        topo.procs.append(proc)
+        topo.procs.append(start_proc("nginx", argv, {}, log_dir, cpus, metrics=False, port=port))
         topo.port = port
-        wait_ready(proc, "/readyz")
     except BaseException:
         topo.stop()
         raise

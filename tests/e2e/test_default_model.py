@@ -7,14 +7,15 @@ import concurrent.futures
 import httpx
 import pytest
 
+from reliability.server import ServerProcess
 from tests.app.photos import PHOTOS
-from tests.e2e.server import ServerProcess, metric_value
+from tests.e2e.server import metric_value
 
 
 def test_real_photos_get_their_imagenet_classes_in_the_top_5(default_server: ServerProcess) -> None:
     names = sorted(PHOTOS)
     files = [("file", (f"{name}{PHOTOS[name][0].suffix}", PHOTOS[name][0].read_bytes())) for name in names]
-    response = httpx.post(f"{default_server.url}/predict", files=files, timeout=60)
+    response = httpx.post(f"{default_server.base_url}/predict", files=files, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "efficientnet_lite0-imagenet1k"
@@ -29,7 +30,7 @@ def test_real_photos_get_their_imagenet_classes_in_the_top_5(default_server: Ser
 def test_raw_body_upload_like_the_readme_curl(default_server: ServerProcess) -> None:
     path, _ = PHOTOS["coffee"]
     response = httpx.post(
-        f"{default_server.url}/predict?top_k=3",
+        f"{default_server.base_url}/predict?top_k=3",
         content=path.read_bytes(),
         headers={"Content-Type": "image/png"},
         timeout=60,
@@ -39,7 +40,7 @@ def test_raw_body_upload_like_the_readme_curl(default_server: ServerProcess) -> 
 
 
 def test_concurrent_requests_form_batches_larger_than_one(default_server: ServerProcess) -> None:
-    url = default_server.url
+    url = default_server.base_url
     before = httpx.get(f"{url}/metrics").text
     photos = [path.read_bytes() for path, _ in PHOTOS.values()]
 
@@ -66,7 +67,7 @@ def test_concurrent_requests_form_batches_larger_than_one(default_server: Server
 
 
 def test_models_health_and_request_logs(default_server: ServerProcess) -> None:
-    url = default_server.url
+    url = default_server.base_url
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     model = httpx.get(f"{url}/v1/models").json()["models"][0]
     assert (model["num_classes"], model["input"]["shape"], model["execution_provider"]) == (
@@ -82,7 +83,7 @@ def test_models_health_and_request_logs(default_server: ServerProcess) -> None:
 
 
 def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> None:
-    url = default_server.url
+    url = default_server.base_url
     bad = [
         httpx.post(
             f"{url}/predict", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}
@@ -95,7 +96,7 @@ def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> Non
         ),
     ]
     assert [r.status_code for r in bad] == [422, 422, 422]
-    assert default_server.process.poll() is None
+    assert default_server.proc.poll() is None
     assert httpx.get(f"{url}/readyz").status_code == 200
 
 
@@ -113,7 +114,7 @@ def test_bad_configuration_stops_the_process_with_a_clear_message(
     import subprocess
     import sys
 
-    from tests.e2e.server import REPO_ROOT, free_port
+    from reliability.server import REPO_ROOT, free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSERVE_")}
     env.update({"IMGSERVE_PORT": str(free_port()), "IMGSERVE_HOST": "127.0.0.1"})

@@ -25,15 +25,15 @@ def test_a_disconnected_client_has_its_queued_images_dropped(tiny_model_path: Pa
             )
             sock.sendall(head.encode() + body)
             deadline = time.monotonic() + 5
-            while metric_value(httpx.get(f"{server.url}/metrics").text, "imgserve_queue_images") < 1:
+            while metric_value(httpx.get(f"{server.base_url}/metrics").text, "imgserve_queue_images") < 1:
                 assert time.monotonic() < deadline, "the image never reached the queue"
                 time.sleep(0.02)
         # The client is gone long before max_delay_ms would have run its batch.
         deadline = time.monotonic() + 3
-        while metric_value(httpx.get(f"{server.url}/metrics").text, "imgserve_queue_images") != 0:
+        while metric_value(httpx.get(f"{server.base_url}/metrics").text, "imgserve_queue_images") != 0:
             assert time.monotonic() < deadline, "the gone client's image is still queued"
             time.sleep(0.02)
-        metrics = httpx.get(f"{server.url}/metrics").text
+        metrics = httpx.get(f"{server.base_url}/metrics").text
         assert metric_value(metrics, "imgserve_batch_size_count") == 0  # nothing ran for it
         logged = [line for line in server.log_lines() if line.get("request_id") == "gone-client"]
         assert [(line["status"], line["images"]) for line in logged] == [(499, 1)]

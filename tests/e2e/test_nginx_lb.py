@@ -29,7 +29,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from tests.e2e.server import ServerProcess, free_port, run_server
+from reliability.server import ServerProcess, free_port
+from tests.e2e.server import run_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
@@ -362,7 +363,7 @@ def test_sigterm_one_replica_under_steady_load_fails_no_request(
                 time.sleep(0.05)
             signalled = time.monotonic()
             victim.signal(signal.SIGTERM)
-            exit_code = victim.process.wait(timeout=DRAIN_TIMEOUT_S + 10)
+            exit_code = victim.proc.wait(timeout=DRAIN_TIMEOUT_S + 10)
             exited = time.monotonic()
             sent_at_exit = load.sent()
             while load.sent() < sent_at_exit + 30:

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.server import ServerProcess, metric_value, run_server
+from reliability.server import ServerProcess
+from tests.e2e.server import metric_value, run_server
 
 
 def png(colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -35,7 +36,7 @@ def post_image(url: str) -> int:
 def wait_for_queue(server: ServerProcess, images: int, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if metric_value(httpx.get(f"{server.url}/metrics").text, "imgserve_queue_images") >= images:
+        if metric_value(httpx.get(f"{server.base_url}/metrics").text, "imgserve_queue_images") >= images:
             return
         time.sleep(0.02)
     raise TimeoutError(f"fewer than {images} images queued after {timeout_s} s")
@@ -46,16 +47,16 @@ def test_sigterm_finishes_queued_requests_then_exits(tiny_model_path: Path, tmp_
         tiny_model_path, tmp_path, max_delay_ms=1500, max_batch_size=64, warmup_batch_sizes="1"
     ) as server:
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            pending = [pool.submit(post_image, server.url) for _ in range(12)]
+            pending = [pool.submit(post_image, server.base_url) for _ in range(12)]
             wait_for_queue(server, 12)
             signalled = time.monotonic()
             server.signal(signal.SIGTERM)
             statuses = [future.result(timeout=30) for future in pending]
         assert statuses == [200] * 12
-        assert server.process.wait(timeout=30) == 0
+        assert server.proc.wait(timeout=30) == 0
         assert time.monotonic() - signalled < 30
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{server.url}/healthz", timeout=2)
+            httpx.get(f"{server.base_url}/healthz", timeout=2)
         messages = [line.get("message") for line in server.log_lines()]
         assert "draining: not ready, not listening, closing connections after each response" in messages
         assert "pipeline stopped" in messages
@@ -68,15 +69,15 @@ def test_during_shutdown_delay_open_connections_are_served_with_connection_close
     connections already open get their answers, each with Connection: close."""
     with run_server(tiny_model_path, tmp_path, shutdown_delay_s=2, warmup_batch_sizes="1") as server:
         with (
-            httpx.Client(base_url=server.url, timeout=10) as prober,
-            httpx.Client(base_url=server.url, timeout=10) as client,
+            httpx.Client(base_url=server.base_url, timeout=10) as prober,
+            httpx.Client(base_url=server.base_url, timeout=10) as client,
         ):
             assert prober.get("/readyz").status_code == 200  # opens a keep-alive connection each
             assert client.get("/healthz").status_code == 200
             server.signal(signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises(httpx.ConnectError):
-                httpx.get(f"{server.url}/healthz", timeout=2)
+                httpx.get(f"{server.base_url}/healthz", timeout=2)
             ready = prober.get("/readyz")
             assert (ready.status_code, ready.json()) == (
                 503,
@@ -86,7 +87,7 @@ def test_during_shutdown_delay_open_connections_are_served_with_connection_close
             served = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
             assert served.status_code == 200 and served.headers["connection"] == "close"
             assert served.json()["predictions"][0]["top_k"][0]["label"] == "red"
-        assert server.process.wait(timeout=30) == 0
+        assert server.proc.wait(timeout=30) == 0
 
 
 def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp
         routing.set()
 
         def load_balancer() -> None:
-            with httpx.Client(base_url=server.url, timeout=5) as probe:
+            with httpx.Client(base_url=server.base_url, timeout=5) as probe:
                 try:
                     while probe.get("/readyz").status_code == 200:
                         time.sleep(0.1)
@@ -112,7 +113,7 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp
             routing.clear()
 
         def client_loop() -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
+            with httpx.Client(base_url=server.base_url, timeout=30) as client:
                 while routing.is_set():
                     try:
                         response = client.post(
@@ -133,7 +134,7 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_path: Path, tmp
         time.sleep(1.0)
         signalled = time.monotonic()
         server.signal(signal.SIGTERM)
-        assert server.process.wait(timeout=30) == 0
+        assert server.proc.wait(timeout=30) == 0
         assert time.monotonic() - signalled < 30
         for thread in [balancer, *threads]:
             thread.join(30)
