@@ -122,6 +122,8 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
             f"require_cuda is set but this ONNX Runtime build offers only {available}; "
             "install onnxruntime-gpu (the `gpu` extra)"
         )
+    if CUDA_PROVIDER in available:
+        preload_cuda_libraries()
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = 1
@@ -151,6 +153,19 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
         },
     )
     return Engine(session, card, str(model_path))
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the pip packages the `gpu` extra installs.
+
+    They live under site-packages/nvidia/*/lib, where the dynamic loader does not look, so
+    without this the CUDA provider fails to load and ONNX Runtime quietly runs on the CPU
+    (the container image adds those folders to ld.so.conf instead; loading twice is harmless).
+    """
+    try:
+        ort.preload_dlls()
+    except Exception:  # a missing library is reported when the session falls back or fails
+        logger.warning("could not preload the CUDA/cuDNN libraries", exc_info=True)
 
 
 def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, source: str) -> None:

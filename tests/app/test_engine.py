@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from app.inference import engine as engine_module
 from app.inference.engine import CPU_PROVIDER, CUDA_PROVIDER, EngineError, EngineOptions, create_engine
 from model_export.tiny import expected_probabilities, tiny_card, write_model
 
@@ -105,3 +106,37 @@ def test_cuda_provider_is_active_on_a_gpu(tiny_model_path: Path) -> None:
     engine = create_engine(tiny_model_path, EngineOptions(require_cuda=True))
     assert engine.execution_provider == CUDA_PROVIDER
     np.testing.assert_allclose(engine.run(flat_batch()), expected_probabilities(COLOURS / 255), atol=1e-4)
+
+
+def _offer_cuda(monkeypatch: pytest.MonkeyPatch, preload: object) -> None:
+    """Make this CPU build look like onnxruntime-gpu up to the session (which it cannot open)."""
+    cpu_only = ort.get_available_providers()
+    cpu_choice = engine_module.choose_providers(cpu_only)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, *cpu_only])
+    monkeypatch.setattr(ort, "preload_dlls", preload)
+    monkeypatch.setattr(engine_module, "choose_providers", lambda available: cpu_choice)
+
+
+def test_cuda_libraries_are_preloaded_only_when_the_cuda_provider_is_offered(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append("cpu build"))
+    create_engine(tiny_model_path, EngineOptions())
+    assert calls == []
+    _offer_cuda(monkeypatch, lambda: calls.append("gpu build"))
+    create_engine(tiny_model_path, EngineOptions())
+    assert calls == ["gpu build"]
+
+
+def test_a_failed_preload_is_logged_and_the_session_still_loads(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def missing_libraries() -> None:
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    _offer_cuda(monkeypatch, missing_libraries)
+    engine = create_engine(tiny_model_path, EngineOptions())
+    assert engine.execution_provider == CPU_PROVIDER
+    assert "could not preload the CUDA/cuDNN libraries" in caplog.text
+    assert "libcudnn.so.9" in caplog.text
