@@ -30,6 +30,7 @@ from tqdm import tqdm
 from bench import servers
 from bench.servers import Topology
 from bench.workloads import build_image_sets, build_workloads
+from reliability.nginx import find_nginx
 
 REPO_ROOT = servers.REPO_ROOT
 DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
@@ -443,7 +444,7 @@ def execute(args: Any) -> Path:
 
     model, naive_model = prepare_models(args, out)
     sets = build_image_sets(out / "images", smoke=args.smoke)
-    replicas = servers.shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+    replicas = find_nginx() is not None
     plan = smoke_plan(replicas) if args.smoke else full_plan(replicas, machine["cuda_provider_available"])
     if args.only:
         plan.points = [p for p in plan.points if any(part in p.key for part in args.only)]

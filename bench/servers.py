@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from reliability.nginx import find_nginx, write_local_config
 from reliability.server import APP_ARGV, REPO_ROOT, ServerProcess, free_port
 
 READY_TIMEOUT_S = 180.0  # a cold start on a GPU (CUDA init, warm-up) takes minutes, not seconds
@@ -216,43 +217,11 @@ def start_naive(model_path: Path, log_dir: Path, cpus: str | None) -> Topology:
     return Topology("naive", port, [proc])
 
 
-def nginx_config(listen_port: int, upstream_ports: list[int], run_dir: Path) -> str:
-    """The deployment's own docker/nginx/default.conf, pointed at local replicas.
-
-    Like tests/e2e/test_nginx_lb.py, only the ``server app:8000`` and ``listen 80`` lines (and
-    the access log path) change, so the benchmark measures the configuration we ship.
-    """
-    if NGINX_CONF.exists():
-        site = NGINX_CONF.read_text()
-        servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in upstream_ports)
-        site = re.sub(r"^\s*server app:8000[^\n]*$", servers, site, flags=re.M)
-        site = re.sub(r"listen 80;", f"listen 127.0.0.1:{listen_port};", site)
-        site = site.replace("/var/log/nginx/access.log", str(run_dir / "access.log"))
-    else:  # minimal stand-in until the deployment's file exists
-        servers = "\n".join(f"server 127.0.0.1:{p};" for p in upstream_ports)
-        site = (
-            f"upstream imgserve {{ {servers} keepalive 32; }}\n"
-            f"server {{ listen 127.0.0.1:{listen_port}; client_max_body_size 20m; access_log off;\n"
-            "  location / { proxy_pass http://imgserve; proxy_http_version 1.1;\n"
-            '    proxy_set_header Connection ""; proxy_read_timeout 60s; } }\n'
-        )
-    return (
-        "worker_processes 1;\n"
-        f"pid {run_dir / 'nginx.pid'};\n"
-        f"error_log {run_dir / 'error.log'} warn;\n"
-        "events { worker_connections 4096; }\n"
-        "http {\n"
-        f"  client_body_temp_path {run_dir / 'body'};\n"
-        f"  proxy_temp_path {run_dir / 'proxy'};\n"
-        "  default_type application/octet-stream;\n" + site + "\n}\n"
-    )
-
-
 def start_replicas(
     model_path: Path, settings: dict[str, str], replicas: int, log_dir: Path, cpus: str | None
 ) -> Topology:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
+    nginx = find_nginx()
+    if nginx is None:
         raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
     topo = Topology(f"nginx+{replicas}", 0)
     try:
@@ -262,19 +231,8 @@ def start_replicas(
         run_dir = log_dir / "nginx"
         run_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        conf = run_dir / "nginx.conf"
-        conf.write_text(nginx_config(port, [p.port for p in topo.procs], run_dir))
-        argv = [
-            nginx,
-            "-e",
-            str(run_dir / "error.log"),
-            "-p",
-            str(run_dir),
-            "-c",
-            str(conf),
-            "-g",
-            "daemon off;",
-        ]
+        conf = write_local_config(run_dir, port, [p.port for p in topo.procs])
+        argv = [nginx, "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf)]
         topo.procs.append(start_proc("nginx", argv, {}, log_dir, cpus, metrics=False, port=port))
         topo.port = port
     except BaseException:

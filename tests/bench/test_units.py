@@ -11,8 +11,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from bench.loadgen import build_request, percentile_ms
 from bench.run import parse_cpus
-from bench.servers import metrics_delta, nginx_config, parse_prometheus
+from bench.servers import metrics_delta, parse_prometheus
 from bench.workloads import multipart_body, resize_crop
+from reliability.nginx import write_local_config
 
 METRICS_BEFORE = """\
 # HELP imgserve_batch_size Images per model run.
@@ -93,9 +94,12 @@ def test_parse_cpus_reads_taskset_lists() -> None:
     assert parse_cpus("0,2-4") == [0, 2, 3, 4]
 
 
-def test_nginx_config_points_the_shipped_site_at_local_replicas() -> None:
-    conf = nginx_config(18080, [18081, 18082], Path("/tmp/run"))
-    assert "server 127.0.0.1:18081" in conf and "server 127.0.0.1:18082" in conf
+def test_nginx_config_points_the_shipped_site_at_local_replicas(tmp_path: Path) -> None:
+    conf = write_local_config(tmp_path, 18080, [18081, 18082]).read_text()
+    for port in (18081, 18082):  # the shipped upstream parameters are kept
+        assert f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;" in conf
     assert "listen 127.0.0.1:18080;" in conf
+    assert f"access_log {tmp_path}/access.log" in conf and f"error_log {tmp_path}/error.log" in conf
     directives = [line.split("#")[0] for line in conf.splitlines()]
     assert not any("app:8000" in line or "listen 80;" in line for line in directives)
+    assert "proxy_next_upstream error timeout;" in conf  # the rest is what ships

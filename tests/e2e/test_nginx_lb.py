@@ -10,9 +10,7 @@ Skipped when there is no nginx binary (CI installs it: apt-get install nginx-lig
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,14 +27,11 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from reliability.nginx import find_nginx, write_local_config
 from reliability.server import ServerProcess, free_port
 from tests.e2e.server import run_server
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-)
+NGINX = find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (apt-get install nginx-light)")
 
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
@@ -66,44 +61,13 @@ class Nginx:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.upstreams = [f"127.0.0.1:{port}" for port in upstream_ports]
+        self.upstream_ports = upstream_ports
         self.error_log = workdir / "error.log"
         self.access_log = workdir / "access.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def render(self) -> Path:
-        shipped = SHIPPED_CONF.read_text()
-        server_line = re.search(r"^(\s*)server app:8000( [^;]*);$", shipped, re.MULTILINE)
-        assert server_line, "the shipped config has no `server app:8000 ...;` line"
-        indent, params = server_line.groups()
-        servers = "\n".join(f"{indent}server {address}{params};" for address in self.upstreams)
-        body = shipped.replace(server_line.group(0), servers)
-        body, listens = re.subn(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{self.port};", body, flags=re.M)
-        assert listens == 1
-        body = body.replace("/var/log/nginx/access.log", str(self.access_log))
-        temp = self.workdir / "temp"
-        temp.mkdir(parents=True, exist_ok=True)
-        # As root, nginx's workers would run as `nobody`, who cannot use pytest's temp dirs.
-        user = "user root root;" if os.geteuid() == 0 else ""
-        conf = f"""
-{user}
-worker_processes 1;
-daemon off;
-pid {self.workdir}/nginx.pid;
-error_log {self.error_log} info;
-events {{ worker_connections 512; }}
-http {{
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-{body}
-}}
-"""
-        path = self.workdir / "nginx.conf"
-        path.write_text(conf)
-        return path
+        return write_local_config(self.workdir, self.port, self.upstream_ports)
 
     def check(self) -> subprocess.CompletedProcess[str]:
         assert NGINX is not None
