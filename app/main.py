@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from app.api import health, metrics, models, predict
 from app.api.deps import UNAUTHORIZED
@@ -30,6 +32,11 @@ from app.security import create_key_checker
 from app.state import AppState
 
 logger = logging.getLogger(__name__)
+
+# Swagger UI's JS/CSS, served from the swagger-ui-bundle-v2 wheel rather than FastAPI's default
+# CDN (cdn.jsdelivr.net), so /docs works offline and behind egress filters. Always public:
+# a browser's <script>/<link> requests carry no API key, and the files hold no secrets.
+SWAGGER_UI_ASSETS = "/docs-assets"
 
 EngineLoader = Callable[[Path, EngineOptions], Engine]
 
@@ -49,7 +56,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=_create_lifespan(state, load_engine),
-        docs_url="/docs" if docs_open else None,
+        docs_url=None,  # served by _add_swagger_ui, with local Swagger UI assets
         redoc_url="/redoc" if docs_open else None,
         openapi_url="/openapi.json" if docs_open else None,
     )
@@ -79,8 +86,25 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(health.router)
     for module in (predict, models, metrics):
         app.include_router(module.router, **protected)
-    if not settings.docs_public and settings.auth_enabled:
+    if settings.docs_public:
+        _add_swagger_ui(app, [])
+    elif settings.auth_enabled:
         _add_protected_docs(app, protected["dependencies"])
+
+
+def _add_swagger_ui(app: FastAPI, dependencies: list[Any]) -> None:
+    """/docs, with Swagger UI's files served by this app (see SWAGGER_UI_ASSETS)."""
+    app.mount(SWAGGER_UI_ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{SWAGGER_UI_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_UI_ASSETS}/favicon-32x32.png",
+        )
 
 
 def _add_protected_docs(app: FastAPI, dependencies: list[Any]) -> None:
@@ -90,9 +114,7 @@ def _add_protected_docs(app: FastAPI, dependencies: list[Any]) -> None:
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+    _add_swagger_ui(app, dependencies)
 
     @app.get("/redoc", include_in_schema=False, dependencies=dependencies)
     async def redoc() -> HTMLResponse:

@@ -168,6 +168,11 @@ def test_docs_page_uploads_files(make_client: Callable[..., Any]) -> None:
     with make_client() as client:
         html = client.get("/docs").text
         assert "swagger-ui" in html and "/openapi.json" in html
+        # Swagger UI's files come from this app, not a CDN: /docs works offline.
+        assert "https://" not in html and "http://" not in html
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            assert f'"/docs-assets/{asset}"' in html
+            assert client.get(f"/docs-assets/{asset}").status_code == 200
         # What Swagger UI's "Try it out" sends: multipart parts named file.
         response = client.post("/predict", files=[("file", ("x.png", png(), "image/png"))])
         assert response.status_code == 200
