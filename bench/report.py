@@ -256,6 +256,16 @@ def ceiling_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write one plot and free it (matplotlib keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -291,11 +301,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.tight_layout()
-    path = out / "throughput_vs_concurrency.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    made.append(path)
+    made.append(_save(fig, out / "throughput_vs_concurrency.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, label in (
@@ -320,11 +326,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.tight_layout()
-    path = out / "latency_cdf_c32.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    made.append(path)
+    made.append(_save(fig, out / "latency_cdf_c32.png"))
 
     rows = [
         p
@@ -359,11 +361,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title("Server CPU per image vs the in-process ceiling")
         ax.grid(alpha=0.3, axis="x", which="both")
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        path = out / "cpu_per_image.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        made.append(path)
+        made.append(_save(fig, out / "cpu_per_image.png"))
     return made
 
 
