@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +143,46 @@ def test_a_failed_preload_is_logged_and_the_session_still_loads(
     assert engine.execution_provider == CPU_PROVIDER
     assert "could not preload the CUDA/cuDNN libraries" in caplog.text
     assert "libcudnn.so.9" in caplog.text
+
+
+# ONNX Runtime skips telemetry on CI systems it recognises; these would hide what users get.
+CI_VARIABLES = (
+    "CI",
+    "TF_BUILD",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "CIRCLECI",
+    "TRAVIS",
+    "JENKINS_URL",
+    "CODEBUILD_BUILD_ID",
+    "BUILDKITE",
+    "TEAMCITY_VERSION",
+    "APPVEYOR",
+)
+
+
+@pytest.mark.parametrize(("setting", "telemetry_on"), [(None, False), ("0", True)])
+def test_onnx_runtime_telemetry_is_off_unless_the_operator_opts_in(
+    tiny_model_path: Path, setting: str | None, telemetry_on: bool
+) -> None:
+    # With nowhere to keep its device id (a read-only home, as in the container), ONNX Runtime
+    # warns as it starts telemetry; with telemetry off it never gets that far.
+    env = {key: value for key, value in os.environ.items() if key not in CI_VARIABLES}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    env |= {"HOME": "/dev/null/home", "XDG_CACHE_HOME": "/dev/null/cache"}
+    if setting is not None:
+        env["ORT_DISABLE_TELEMETRY"] = setting
+    code = (
+        "import sys, pathlib; from app.inference.engine import EngineOptions, create_engine; "
+        "print(create_engine(pathlib.Path(sys.argv[1]), EngineOptions()).execution_provider)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_model_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in (CPU_PROVIDER, CUDA_PROVIDER)
+    assert ("telemetry" in result.stderr) is telemetry_on, result.stderr
