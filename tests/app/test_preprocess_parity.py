@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.inference.card import Preprocessing
+from app.inference.card import Interpolation, Preprocessing
 from app.inference.engine import EngineOptions, create_engine
 from app.inference.preprocess import ImageLimits, decode_rgb, preprocess
 from tests.app.photos import PHOTOS
@@ -28,6 +28,13 @@ LIMITS = ImageLimits(
 )
 
 
+def imagenet_spec(interpolation: Interpolation) -> Preprocessing:
+    """Resize 256, centre-crop 224: the ImageNet eval transform, with the given interpolation."""
+    return Preprocessing(
+        resize_size=256, crop_size=224, interpolation=interpolation, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+
+
 def torchvision_pixels(path_or_image: Path | Image.Image, spec: Preprocessing) -> np.ndarray:
     image = data_module.load_rgb(path_or_image) if isinstance(path_or_image, Path) else path_or_image
     tensor = data_module.create_eval_transform(spec)(image)  # uint8 CHW
@@ -36,22 +43,20 @@ def torchvision_pixels(path_or_image: Path | Image.Image, spec: Preprocessing) -
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("photo", sorted(PHOTOS))
-def test_exact_path_is_bit_identical_to_the_eval_transform(photo: str, interpolation: str) -> None:
+def test_exact_path_is_bit_identical_to_the_eval_transform(photo: str, interpolation: Interpolation) -> None:
     path, _ = PHOTOS[photo]
-    spec = Preprocessing(
-        resize_size=256, crop_size=224, interpolation=interpolation, mean=(0.5,) * 3, std=(0.5,) * 3
-    )
+    spec = imagenet_spec(interpolation)
     ours = preprocess(path.read_bytes(), spec, LIMITS, photo, exact=True)
     np.testing.assert_array_equal(ours, torchvision_pixels(path, spec))
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("photo", sorted(PHOTOS))
-def test_serving_path_is_within_one_level_of_the_eval_transform(photo: str, interpolation: str) -> None:
+def test_serving_path_is_within_one_level_of_the_eval_transform(
+    photo: str, interpolation: Interpolation
+) -> None:
     path, _ = PHOTOS[photo]
-    spec = Preprocessing(
-        resize_size=256, crop_size=224, interpolation=interpolation, mean=(0.5,) * 3, std=(0.5,) * 3
-    )
+    spec = imagenet_spec(interpolation)
     ours = preprocess(path.read_bytes(), spec, LIMITS, photo).astype(int)  # no draft: all < 1024 px
     difference = np.abs(ours - torchvision_pixels(path, spec).astype(int))
     assert difference.max() <= 1
