@@ -34,8 +34,7 @@ COPY pyproject.toml ./
 RUN python3 -m venv "$VIRTUAL_ENV" \
     && requirements-from-pyproject pyproject.toml export > /tmp/requirements.txt \
     && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
-COPY app/__init__.py app/
-COPY app/inference app/inference
+COPY model_card model_card
 COPY model_export model_export
 # Arguments of `python -m model_export` for the model baked into the runtime image.
 ARG EXPORT_ARGS="default"
@@ -65,11 +64,13 @@ RUN groupadd --system --gid 10001 imgserve \
        --shell /usr/sbin/nologin imgserve
 COPY --from=venv /opt/venv /opt/venv
 # onnxruntime-gpu dlopens CUDA and cuDNN, which the pip packages put under
-# site-packages/nvidia/*/lib where the dynamic loader does not look by itself; the app does
-# not call onnxruntime.preload_dlls(). (For the cpu variant the list is empty.)
+# site-packages/nvidia/*/lib where the dynamic loader does not look by itself. The engine also
+# calls onnxruntime.preload_dlls() when the CUDA provider is offered; the loader path makes the
+# libraries findable for anything else that dlopens them. (For the cpu variant the list is empty.)
 RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/imgserve-nvidia.conf \
     && ldconfig
 COPY docker/healthcheck.py /usr/local/bin/imgserve-healthcheck
+COPY model_card model_card
 COPY app app
 LABEL org.opencontainers.image.title="imgserve" \
       org.opencontainers.image.description="Image classification over REST: FastAPI + ONNX Runtime (${ORT_VARIANT})" \

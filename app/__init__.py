@@ -6,6 +6,6 @@ import os
 # ORT_DISABLE_TELEMETRY is set when it is imported. A self-hosted server should not call out of
 # its network, and the uploader is known to deadlock at process exit (onnxruntime-genai#2363;
 # a replica once hung after its drain until SIGKILL). Every ``app`` import runs this before
-# ``onnxruntime`` is imported (the export stage imports ``app.inference.card`` too); set
-# ORT_DISABLE_TELEMETRY=0 to opt back in.
+# ``onnxruntime`` is imported (``model_export/__init__.py`` does the same for the export stage);
+# set ORT_DISABLE_TELEMETRY=0 to opt back in.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 
 
 class ErrorResponse(BaseModel):

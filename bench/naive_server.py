@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -32,7 +33,7 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from app.inference.card import card_from_metadata
+from model_card import load_card
 
 
 def create_naive_app(model_path: str) -> FastAPI:
@@ -41,7 +42,7 @@ def create_naive_app(model_path: str) -> FastAPI:
     providers = [p for p in wanted if p in ort.get_available_providers()]
     session = ort.InferenceSession(model_path, providers=providers)
     print(f"naive baseline: session providers {session.get_providers()}", file=sys.stderr, flush=True)
-    card = card_from_metadata(session.get_modelmeta().custom_metadata_map, model_path)
+    card = load_card(Path(model_path))
     prep = card.preprocessing
     mean = np.array(prep.mean, dtype=np.float32)
     std = np.array(prep.std, dtype=np.float32)

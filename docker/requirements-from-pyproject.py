@@ -4,7 +4,7 @@
 The images install the dependencies from pyproject.toml in their own cached layer, before
 the application code is copied, so that editing app/ does not reinstall them. The export
 stage gets the project's dependencies too: model_export writes the model card with
-app.inference.card (pydantic).
+model_card (pydantic).
 
     requirements-from-pyproject pyproject.toml cpu > requirements.txt
 """

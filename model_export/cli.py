@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model_card import CardError
+
 if TYPE_CHECKING:
     from .train import TrainConfig
 
@@ -457,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return int(args.run(args))
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (ValueError, RuntimeError, OSError, CardError) as exc:
         # Our typed errors carry the whole story; a traceback would bury it.
         print(f"model-export {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 
 log = logging.getLogger(__name__)
 

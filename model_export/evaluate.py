@@ -1,6 +1,6 @@
 """Evaluate an exported ONNX file with ONNX Runtime: what ships is what is measured.
 
-Preprocessing comes from the model card inside the file, exactly as the server reads it.
+Preprocessing comes from the model card, read by ``model_card.load_card`` exactly as the server reads it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from app.inference.card import CARD_FILENAME, ModelCard, card_from_metadata, load_card_file, verify_sha256
+from model_card import ModelCard, load_card
 
 from .data import (
     DatasetError,
@@ -39,18 +38,6 @@ class EvaluationResult:
     metrics_path: Path
     card: ModelCard
     skipped_files: int
-
-
-def load_model_card(model_path: Path) -> ModelCard:
-    """The card inside the ONNX file; ``model.json`` beside it, if present, must match the file's sha256."""
-    if not model_path.is_file():
-        raise FileNotFoundError(f"ONNX model {model_path} does not exist")
-    metadata = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-    card = card_from_metadata(metadata, str(model_path))
-    beside = model_path.parent / CARD_FILENAME
-    if beside.is_file():
-        verify_sha256(load_card_file(beside), model_path)
-    return card
 
 
 def _samples(
@@ -88,7 +75,7 @@ def evaluate_onnx(
     """Run ``model_path`` over the images; write metrics.json and a confusion-matrix PNG."""
     import onnxruntime as ort
 
-    card = load_model_card(model_path)
+    card = load_card(model_path)
     samples, skipped = _samples(card, data_dir, split_path, subset)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from app.inference.card import CARD_METADATA_KEY, ModelCard, Preprocessing, TensorSpec, write_card
+from model_card import CARD_METADATA_KEY, ModelCard, Preprocessing, TensorSpec, write_card
 
 from .data import create_eval_transform, load_rgb, mean_std_tensors, normalize_uint8
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 
 log = logging.getLogger(__name__)
 

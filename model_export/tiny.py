@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from app.inference.card import (
+from model_card import (
     CARD_METADATA_KEY,
     Interpolation,
     ModelCard,

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 
 from .data import (
     SPLIT_FILENAME,

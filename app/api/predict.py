@@ -13,11 +13,11 @@ from app.api.deps import NOT_READY, error_response, get_state
 from app.api.uploads import FILE_FIELD, FORMAT_MEDIA_TYPES, OCTET_STREAM, UploadLimits, read_uploads
 from app.config import SUPPORTED_FORMATS
 from app.errors import DeadlineExceededError, ServiceError, UnprocessableError
-from app.inference.card import ModelCard
 from app.inference.postprocess import top_k as select_top_k
 from app.middleware import get_request_context
 from app.schemas import ClassScore, ImagePrediction, PredictResponse
 from app.state import AppState
+from model_card import ModelCard
 
 router = APIRouter(tags=["inference"])
 

@@ -11,14 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.inference.card import (
-    CARD_FILENAME,
-    CardError,
-    ModelCard,
-    card_from_metadata,
-    load_card_file,
-    verify_sha256,
-)
+from model_card import CardError, ModelCard, load_card
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +88,6 @@ class Engine:
         return timings
 
 
-def load_card(model_path: Path, metadata: dict[str, str]) -> ModelCard:
-    """``model.json`` beside the file (checked against the file's sha256), else the ONNX metadata."""
-    card_path = model_path.parent / CARD_FILENAME
-    if card_path.exists():
-        card = load_card_file(card_path)
-        verify_sha256(card, model_path)
-        return card
-    return card_from_metadata(metadata, str(model_path))
-
-
 def choose_providers(available: Sequence[str]) -> list[str]:
     return [p for p in (CUDA_PROVIDER, CPU_PROVIDER) if p in available]
 
@@ -136,7 +119,7 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
     except Exception as exc:  # ORT raises its own exception types for bad files
         raise EngineError(f"ONNX Runtime cannot load {str(model_path)!r}: {exc}") from exc
     try:
-        card = load_card(model_path, session.get_modelmeta().custom_metadata_map)
+        card = load_card(model_path)
     except CardError as exc:
         raise EngineError(str(exc)) from exc
     check_graph_matches_card(session, card, str(model_path))

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -14,6 +14,7 @@ import pytest
 
 from app.inference import engine as engine_module
 from app.inference.engine import CPU_PROVIDER, CUDA_PROVIDER, EngineError, EngineOptions, create_engine
+from model_card import CARD_METADATA_KEY, load_card, sha256_file
 from model_export.tiny import expected_probabilities, tiny_card, write_model
 
 COLOURS = np.array([[200, 30, 30], [20, 220, 40], [10, 20, 250], [128, 128, 128]], dtype=np.uint8)
@@ -43,11 +44,11 @@ def test_layouts_and_output_dtypes_give_the_same_probabilities(
     np.testing.assert_allclose(probabilities, expected_probabilities(COLOURS / 255), atol=tolerance)
 
 
-def test_the_card_comes_from_model_json_or_else_the_onnx_metadata(tmp_path: Path) -> None:
+def test_the_card_is_the_embedded_one_with_or_without_model_json(tmp_path: Path) -> None:
     with_file = create_engine(write_model(tmp_path / "a"), EngineOptions())
     from_metadata = create_engine(write_model(tmp_path / "b", with_card_file=False), EngineOptions())
-    assert with_file.card.sha256 is not None and from_metadata.card.sha256 is None
-    assert with_file.card.model_copy(update={"sha256": None}) == from_metadata.card
+    assert with_file.card == from_metadata.card == load_card(tmp_path / "a" / "model.onnx")
+    assert with_file.card.sha256 == sha256_file(tmp_path / "b" / "model.onnx")
 
 
 def test_cpu_is_the_provider_without_cuda(tiny_model_path: Path) -> None:
@@ -73,11 +74,12 @@ def test_a_card_that_does_not_belong_to_the_file_fails(tmp_path: Path) -> None:
 
 
 def test_a_card_that_disagrees_with_the_graph_fails(tmp_path: Path) -> None:
-    path = write_model(tmp_path, tiny_card(crop_size=32))
-    card = json.loads((tmp_path / "model.json").read_text())
-    card["preprocessing"]["crop_size"] = 24
-    card["sha256"] = None
-    (tmp_path / "model.json").write_text(json.dumps(card))
+    import onnx
+
+    path = write_model(tmp_path, tiny_card(crop_size=32), with_card_file=False)
+    model = onnx.load(path)
+    onnx.helper.set_model_props(model, {CARD_METADATA_KEY: tiny_card(crop_size=24).to_metadata_json()})
+    onnx.save(model, path)
     with pytest.raises(
         EngineError, match=r"input shape \['N', 32, 32, 3\] does not match the card's \(24, 24, 3\)"
     ):
@@ -91,7 +93,7 @@ def test_no_card_at_all_fails(tmp_path: Path) -> None:
     model = onnx.load(path)
     del model.metadata_props[:]
     onnx.save(model, path)
-    with pytest.raises(EngineError, match="has no 'model_card' metadata; export it with model_export"):
+    with pytest.raises(EngineError, match="has no 'model_card' in its metadata; export it with model_export"):
         create_engine(path, EngineOptions())
 
 

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from app.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
-from app.inference.card import Preprocessing
 from app.inference.preprocess import (
     ImageLimits,
     configure_pillow,
@@ -18,6 +17,7 @@ from app.inference.preprocess import (
     resize_and_crop,
     resized_size,
 )
+from model_card import Preprocessing
 
 LIMITS = ImageLimits(
     allowed_formats=frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"}), max_image_pixels=4_000_000

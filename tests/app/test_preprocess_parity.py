@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.inference.card import Interpolation, Preprocessing
 from app.inference.engine import EngineOptions, create_engine
 from app.inference.preprocess import ImageLimits, decode_rgb, preprocess
+from model_card import Interpolation, Preprocessing
 from tests.app.photos import PHOTOS
 
 data_module = pytest.importorskip("model_export.data", reason="the export stage (torch) is not installed")

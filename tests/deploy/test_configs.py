@@ -114,7 +114,7 @@ def test_the_export_requirements_have_pytorch() -> None:
     assert result.returncode == 0, result.stderr
     requirements = result.stdout.split()
     assert any(r.startswith("torch==") for r in requirements)
-    # model_export writes the card with app.inference.card, which needs pydantic.
+    # model_export writes the card with model_card, which needs pydantic.
     assert any(r.startswith("pydantic>=") for r in requirements)
 
 
@@ -132,7 +132,14 @@ def test_requirements_from_pyproject_names_an_unknown_extra() -> None:
 def test_dockerignore_keeps_the_context_to_what_the_images_use() -> None:
     lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert lines[lines.index("*")] == "*"  # deny by default
-    for needed in ["!pyproject.toml", "!app/", "!model_export/", "!models/", "!docker/healthcheck.py"]:
+    for needed in [
+        "!pyproject.toml",
+        "!app/",
+        "!model_card/",
+        "!model_export/",
+        "!models/",
+        "!docker/healthcheck.py",
+    ]:
         assert needed in lines
 
 

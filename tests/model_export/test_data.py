@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 from model_export.cli import main
 from model_export.data import (
     DatasetError,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.inference.card import CARD_METADATA_KEY, ModelCard, card_from_metadata, load_card_file, verify_sha256
+from model_card import CARD_METADATA_KEY, ModelCard, load_card, sha256_file
 from model_export.cli import main
 from model_export.data import create_eval_transform
 from model_export.export import (
@@ -44,7 +44,7 @@ def default_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(model_dir: Path, images: list[Image.Image]) -> tuple[np.ndarray, ModelCard]:
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    card = card_from_metadata(session.get_modelmeta().custom_metadata_map, "model.onnx")
+    card = load_card(model_dir / "model.onnx")
     transform = create_eval_transform(card.preprocessing)
     pixels = np.stack([transform(image).permute(1, 2, 0).numpy() for image in images])
     return session.run(None, {card.input.name: pixels})[0], card
@@ -68,11 +68,11 @@ def test_graph_contract(default_fp32: Path) -> None:
 def test_card_round_trip(default_fp32: Path) -> None:
     model = onnx.load(str(default_fp32 / "model.onnx"))
     metadata = {p.key: p.value for p in model.metadata_props}
-    inside = card_from_metadata(metadata, "model.onnx")
-    beside = load_card_file(default_fp32 / "model.json")
-    verify_sha256(beside, default_fp32 / "model.onnx")
-    assert beside.sha256 is not None and inside.sha256 is None
-    assert beside.model_copy(update={"sha256": None}) == inside
+    inside = load_card(default_fp32 / "model.onnx")
+    beside = json.loads((default_fp32 / "model.json").read_text())
+    assert inside.sha256 == beside["sha256"] == sha256_file(default_fp32 / "model.onnx")
+    assert ModelCard.model_validate(beside) == inside
+    assert "sha256" not in json.loads(metadata[CARD_METADATA_KEY])
     assert json.loads(metadata[CARD_METADATA_KEY]) == json.loads(inside.to_metadata_json())
     assert inside.preprocessing == lite0_preprocessing()
     assert (inside.preprocessing.resize_size, inside.preprocessing.crop_size) == (256, 224)

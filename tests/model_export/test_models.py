@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.inference.card import Preprocessing
+from model_card import Preprocessing
 from model_export.data import create_eval_transform, mean_std_tensors, normalize_uint8
 from model_export.models import (
     IMAGENET_MEAN,

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from app.inference.card import load_card_file
+from model_card import load_card
 from model_export import train as train_module
 from model_export.cli import main
 from model_export.models import create_lite0_imagenet
@@ -101,7 +101,7 @@ def test_export_then_evaluate_agrees_with_pytorch(cnn_run: Path, tmp_path: Path,
         assert onnx_metrics["top1"] == torch_metrics["top1"]
         assert onnx_metrics["confusion_matrix"] == torch_metrics["confusion_matrix"]
         assert onnx_metrics["log_loss"] == pytest.approx(torch_metrics["log_loss"], abs=1e-5)
-    card = load_card_file(tmp_path / "m" / "model.json")
+    card = load_card(tmp_path / "m" / "model.onnx")
     assert card.metrics["validation"]["top1"] == torch_metrics["top1"]
     assert card.dataset["val_images"] == 359 and card.labels == [str(d) for d in range(10)]
     graph_input = onnx.load(str(tmp_path / "m" / "model.onnx")).graph.input[0]
@@ -137,7 +137,7 @@ def test_fine_tuning_lite0_end_to_end(lite0_run: Path, tmp_path: Path) -> None:
     onnx_metrics = _json(tmp_path / "m" / "evaluation" / "metrics.json")
     assert onnx_metrics["top1"] == metrics["top1"]
     assert onnx_metrics["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-4)
-    card = load_card_file(tmp_path / "m" / "model.json")
+    card = load_card(tmp_path / "m" / "model.onnx")
     assert card.weights.startswith("fine-tuned from ImageNet-1k")
     assert card.preprocessing.mean == pytest.approx((127 / 255,) * 3)
 

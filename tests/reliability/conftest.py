@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.inference.card import ModelCard
+from model_card import ModelCard
 from model_export.tiny import tiny_card, write_model
 from reliability.server import ServerProcess
 

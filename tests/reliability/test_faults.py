@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
 
-from app.inference.card import write_card
+from model_card import CARD_METADATA_KEY, write_card
 from reliability.load import Target, closed_loop
 
 from . import corpus
@@ -36,10 +37,22 @@ def _truncated(src: Path, dst_dir: Path) -> Path:
 
 
 def _wrong_shape(dst_dir: Path) -> Path:
-    """A graph taking 48x48 images with a card (sha256 correct) that says 32x32."""
+    """A graph taking 48x48 images whose card (embedded, and model.json) says 32x32."""
     path = write_tiny_model(dst_dir, crop_size=48)
-    write_card(reliability_card(crop_size=32, resize_size=40), path)
+    card = reliability_card(crop_size=32, resize_size=40)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {CARD_METADATA_KEY: card.to_metadata_json()})
+    onnx.save(model, str(path))
+    write_card(card, path)
     return path
+
+
+def _edited_card_file(tiny_model: Path, dst_dir: Path) -> Path:
+    """model.json with a label changed by hand: its sha256 still matches the ONNX file."""
+    shutil.copytree(tiny_model.parent, dst_dir)
+    card = dst_dir / "model.json"
+    card.write_text(card.read_text().replace('"red"', '"cat"', 1))
+    return dst_dir / "model.onnx"
 
 
 def _not_onnx(dst_dir: Path) -> Path:
@@ -64,9 +77,10 @@ def _card_mismatch(tiny_model: Path, dst_dir: Path) -> Path:
         (lambda tiny, tmp: _not_onnx(tmp / "n"), "ONNX Runtime cannot load"),
         (lambda tiny, tmp: _wrong_shape(tmp / "w"), "does not match the card"),
         (lambda tiny, tmp: _card_mismatch(tiny, tmp / "c"), "do not belong together"),
+        (lambda tiny, tmp: _edited_card_file(tiny, tmp / "e"), "disagrees with the card embedded in"),
         (lambda tiny, tmp: tiny.parent, "does not exist"),  # a directory, not a file
     ],
-    ids=["missing", "truncated", "not-onnx", "wrong-shape", "sha256-mismatch", "directory"],
+    ids=["missing", "truncated", "not-onnx", "wrong-shape", "sha256-mismatch", "edited-card", "directory"],
 )
 def test_bad_model_exits_non_zero_with_a_clear_error_and_is_never_ready(
     start_server: StartServer, tiny_model: Path, tmp_path: Path, make: object, message: str

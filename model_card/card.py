@@ -3,9 +3,16 @@
 The export stage (``model_export``) writes it; the server reads it and nothing else for
 labels and preprocessing. It travels with the ONNX file twice: inside the file's
 ``metadata_props`` under :data:`CARD_METADATA_KEY` (without ``sha256``, which a file cannot
-hold of itself), and as ``model.json`` beside the file (with ``sha256``).
+hold of itself), and as ``model.json`` beside the file (with ``sha256``), a copy for people.
 
-This module must not import PyTorch: the serving image never installs it.
+One rule decides which is the truth (:func:`load_card`): the card inside the ONNX file. The
+sha256 in ``model.json`` covers the ONNX file, card included, so the embedded card cannot be
+changed without the mismatch showing; ``model.json`` can be edited freely, so it is checked
+against the embedded card field by field and refused, naming both files and the first
+difference, when they disagree.
+
+pydantic only: both stages import this package and it imports neither (no PyTorch, no onnx,
+no ONNX Runtime; :mod:`model_card.onnx_metadata` reads the file's metadata by itself).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model_card.onnx_metadata import MetadataError, read_onnx_metadata
 
 CARD_METADATA_KEY = "model_card"
 CARD_FILENAME = "model.json"
@@ -110,42 +119,98 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def card_path_for(model_path: Path) -> Path:
+    """Where the readable copy of ``model_path``'s card lives: ``model.json`` beside it."""
+    return model_path.parent / CARD_FILENAME
+
+
 def write_card(card: ModelCard, model_path: Path) -> Path:
     """Write ``model.json`` beside ``model_path`` with the file's sha256 filled in."""
     card = card.model_copy(update={"sha256": sha256_file(model_path)})
-    card_path = model_path.parent / CARD_FILENAME
+    card_path = card_path_for(model_path)
     card_path.write_text(card.model_dump_json(indent=2) + "\n")
     return card_path
 
 
-def card_from_metadata(metadata: dict[str, str], source: str) -> ModelCard:
-    """Parse the card from an ONNX file's metadata_props (as ONNX Runtime returns them)."""
+def load_card(model_path: Path) -> ModelCard:
+    """The card of ``model_path``: the one embedded in the ONNX file, with the file's sha256.
+
+    If ``model.json`` is beside the file it must be a faithful copy: its sha256 must be the
+    file's, and every other field must equal the embedded card's. Raises :class:`CardError`
+    naming the file(s) and what is wrong.
+    """
+    if not model_path.is_file():
+        raise CardError(f"model file {str(model_path)!r} does not exist")
+    card = _embedded_card(model_path).model_copy(update={"sha256": sha256_file(model_path)})
+    copy_path = card_path_for(model_path)
+    if copy_path.exists():
+        _check_copy(card, _read_card_file(copy_path), model_path, copy_path)
+    return card
+
+
+def _embedded_card(model_path: Path) -> ModelCard:
+    try:
+        metadata = read_onnx_metadata(model_path)
+    except (OSError, MetadataError) as exc:
+        raise CardError(f"{model_path}: cannot read the ONNX file's metadata: {exc}") from exc
     raw = metadata.get(CARD_METADATA_KEY)
     if raw is None:
-        raise CardError(f"{source} has no {CARD_METADATA_KEY!r} metadata; export it with model_export")
+        raise CardError(
+            f"{model_path} has no {CARD_METADATA_KEY!r} in its metadata; export it with model_export"
+        )
     try:
         return ModelCard.model_validate_json(raw)
     except ValueError as exc:
-        raise CardError(f"{source}: invalid model card in metadata: {exc}") from exc
+        raise CardError(f"{model_path}: invalid model card in its metadata: {exc}") from exc
 
 
-def load_card_file(card_path: Path) -> ModelCard:
-    """Read ``model.json``; raise :class:`CardError` with the path if it is unusable."""
+def _read_card_file(card_path: Path) -> ModelCard:
     try:
         return ModelCard.model_validate(json.loads(card_path.read_text()))
-    except FileNotFoundError as exc:
-        raise CardError(f"model card {card_path} does not exist") from exc
+    except OSError as exc:
+        raise CardError(f"model card {card_path} cannot be read: {exc}") from exc
     except ValueError as exc:
         raise CardError(f"model card {card_path} is invalid: {exc}") from exc
 
 
-def verify_sha256(card: ModelCard, model_path: Path) -> None:
-    """Fail if the card names a sha256 and the file does not match it."""
-    if card.sha256 is None:
-        return
-    actual = sha256_file(model_path)
-    if actual != card.sha256:
+def _check_copy(card: ModelCard, copy: ModelCard, model_path: Path, copy_path: Path) -> None:
+    if copy.sha256 is not None and copy.sha256 != card.sha256:
         raise CardError(
-            f"{model_path} has sha256 {actual}, but its card says {card.sha256}: "
+            f"{model_path} has sha256 {card.sha256}, but {copy_path} says {copy.sha256}: "
             "the model and its model.json do not belong together"
         )
+    difference = first_difference(
+        card.model_dump(mode="json", exclude={"sha256"}), copy.model_dump(mode="json", exclude={"sha256"})
+    )
+    if difference is not None:
+        where, embedded, copied = difference
+        raise CardError(
+            f"{copy_path} disagrees with the card embedded in {model_path} at {where!r}: "
+            f"{_shorten(copied)} in model.json, {_shorten(embedded)} in the ONNX file. The embedded "
+            "card is the one that was exported and evaluated; re-export the model, or delete "
+            "model.json to serve the embedded card"
+        )
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first place (``labels[3]``, ``preprocessing.crop_size``) where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            found = first_difference(x, y, f"{path}[{i}]")
+            if found is not None:
+                return found
+        if len(a) != len(b):
+            return f"{path} (length)", len(a), len(b)
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
