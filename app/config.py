@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     # Batching
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    batch_policy: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description=(
+            "adaptive: run at once when no admitted image is still decoding, else wait for those "
+            "(at most max_delay_ms); fixed: always wait max_delay_ms for a batch to fill."
+        ),
+    )
     max_queue_images: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     decode_threads: int = Field(default_factory=default_cpu_count, ge=1)

@@ -1,14 +1,33 @@
-"""Errors that know their HTTP status.
+"""The REST front end's errors: statuses, headers and the one body shape, ``{"detail": message}``.
 
-Inference code raises these without importing FastAPI; one handler in ``app.main`` renders
-every one of them as ``{"detail": message}`` with its status and headers.
+Two kinds of errors reach a REST client. The HTTP layer's own (a malformed body, a missing
+API key, too many bytes) are :class:`ServiceError` subclasses that carry their status. The
+inference core's (``app.inference.errors``) know no protocol; :data:`REST_STATUS` maps them
+here, in one place, and the handlers below render both.
 """
 
 from __future__ import annotations
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.inference.errors import (
+    DeadlineExceededError,
+    ImageError,
+    ImageTooLargeError,
+    InferenceError,
+    InvalidRequestError,
+    ModelFailedError,
+    ModelNotFoundError,
+    UnavailableError,
+    UndecodableImageError,
+    UnsupportedFormatError,
+)
+
 
 class ServiceError(Exception):
-    """Base class: an error a client should see, with its status and extra headers."""
+    """An HTTP-layer error a client should see, with its status and extra headers."""
 
     status_code: int = 500
 
@@ -34,43 +53,86 @@ class UnauthorizedError(ServiceError):
 
 
 class PayloadTooLargeError(ServiceError):
-    """Too many bytes, too many pixels or too many images."""
+    """Too many bytes or too many images in one request."""
 
     status_code = 413
 
 
 class UnsupportedMediaTypeError(ServiceError):
-    """A content type or an image format outside the allowlist."""
+    """A content type the route does not take."""
 
     status_code = 415
 
 
 class UnprocessableError(ServiceError):
-    """An undecodable image or a bad parameter."""
+    """A malformed multipart body or a bad parameter."""
 
     status_code = 422
 
 
-class UnavailableError(ServiceError):
-    """Overloaded, not ready or shutting down: try again later (``Retry-After``)."""
-
-    status_code = 503
-
-    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
-
-
-class QueueFullError(UnavailableError):
-    """The batcher's queue has no room for the request's images."""
-
-
-class DeadlineExceededError(ServiceError):
-    """The request did not finish within its deadline."""
-
-    status_code = 504
+# The inference core's errors as REST statuses; the most specific class listed wins.
+REST_STATUS: dict[type[InferenceError], int] = {
+    InvalidRequestError: 422,
+    ImageError: 422,
+    UnsupportedFormatError: 415,
+    UndecodableImageError: 422,
+    ImageTooLargeError: 413,
+    ModelNotFoundError: 404,
+    UnavailableError: 503,
+    DeadlineExceededError: 504,
+    ModelFailedError: 500,
+}
 
 
-class InferenceError(ServiceError):
-    """The model failed on a batch; every request in that batch gets this."""
+def rest_status(error: InferenceError) -> int:
+    for cls in type(error).__mro__:
+        if cls in REST_STATUS:
+            return REST_STATUS[cls]
+    return 500
 
-    status_code = 500
+
+def rest_headers(error: InferenceError) -> dict[str, str]:
+    if isinstance(error, UnavailableError):
+        return {"Retry-After": str(error.retry_after_s)}
+    return {}
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Every error as ``{"detail": message}`` with its status and headers."""
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, ServiceError):  # registered for ServiceError only
+            raise exc
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def inference_error(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, InferenceError):  # registered for InferenceError only
+            raise exc
+        return JSONResponse({"detail": exc.message}, status_code=rest_status(exc), headers=rest_headers(exc))
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, RequestValidationError):  # registered for RequestValidationError only
+            raise exc
+        return JSONResponse({"detail": describe_validation_errors(exc)}, status_code=422)
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware re-raises after this, so the traceback is logged.
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(InferenceError, inference_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def describe_validation_errors(exc: RequestValidationError) -> str:
+    """FastAPI's error list as one sentence: 'query parameter top_k: Input should be ... (got 'x')'."""
+    parts = []
+    for error in exc.errors():
+        location = [str(item) for item in error.get("loc", ())]
+        where = (
+            f"{location[0]} parameter {'.'.join(location[1:])}" if len(location) > 1 else ".".join(location)
+        )
+        got = f" (got {error['input']!r})" if "input" in error and error["input"] is not None else ""
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
+    return "; ".join(parts)

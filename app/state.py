@@ -1,4 +1,4 @@
-"""What the routes share: settings, metrics, the pipeline and the process lifecycle."""
+"""What the front ends share: settings, metrics, the served models and the process lifecycle."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass, field
 
 from app.config import Settings
-from app.errors import UnavailableError
-from app.inference.pipeline import Pipeline
+from app.inference.errors import NotReadyError
+from app.inference.model import ServedModel
+from app.inference.registry import ModelRegistry
 from app.metrics import Metrics
 
 
@@ -39,9 +40,15 @@ class AppState:
     settings: Settings
     metrics: Metrics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    pipeline: Pipeline | None = None
+    registry: ModelRegistry = field(default_factory=ModelRegistry)
 
-    def get_pipeline(self) -> Pipeline:
-        if self.pipeline is None or not self.lifecycle.ready:
-            raise UnavailableError("not ready: the model is loading")
-        return self.pipeline
+    def get_model(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The named model (or the default one); ``NotReadyError`` until the models are warm."""
+        if not self.lifecycle.ready:
+            raise NotReadyError("not ready: the model is loading")
+        return self.registry.resolve(name, version)
+
+    def served_models(self) -> list[ServedModel]:
+        if not self.lifecycle.ready:
+            raise NotReadyError("not ready: the model is loading")
+        return self.registry.models()

@@ -1,10 +1,10 @@
-"""Dependencies shared by the routes."""
+"""Dependencies and OpenAPI fragments shared by the REST routes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from app.schemas import ErrorResponse
 from app.state import AppState
@@ -13,6 +13,9 @@ from app.state import AppState
 def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.imgserve
     return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def error_response(description: str, retry_after: bool = False) -> dict[str, Any]:

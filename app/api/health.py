@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from app.api.deps import NOT_READY, get_state
-from app.errors import UnavailableError
+from app.api.deps import NOT_READY, StateDep
+from app.inference.errors import NotReadyError
 from app.schemas import HealthResponse
-from app.state import AppState
 
 router = APIRouter(tags=["health"])
 
@@ -21,10 +18,10 @@ async def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", response_model=HealthResponse, responses=NOT_READY)
-async def readyz(state: Annotated[AppState, Depends(get_state)]) -> HealthResponse:
+async def readyz(state: StateDep) -> HealthResponse:
     """The model is loaded and warmed up and the server is not draining; 503 otherwise."""
     if state.lifecycle.draining:
-        raise UnavailableError("not ready: draining, the server is shutting down")
+        raise NotReadyError("not ready: draining, the server is shutting down")
     if not state.lifecycle.ready:
-        raise UnavailableError("not ready: the model is loading")
+        raise NotReadyError("not ready: the model is loading")
     return HealthResponse(status="ready")

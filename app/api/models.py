@@ -1,27 +1,21 @@
-"""The served model: its card, the execution provider and the batching settings."""
+"""The served models: each card, the execution provider and the batching settings."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from app.api.deps import NOT_READY, error_response, get_state
-from app.errors import ServiceError
+from app.api.deps import NOT_READY, StateDep, error_response
+from app.config import Settings
+from app.inference.model import ServedModel
 from app.schemas import BatchingInfo, LimitsInfo, ModelInfo, ModelList, TensorInfo
-from app.state import AppState
 
 router = APIRouter(tags=["models"])
 
 
-class ModelNotFoundError(ServiceError):
-    status_code = 404
-
-
 @router.get("/v1/models", response_model=ModelList, responses=NOT_READY)
-async def list_models(state: Annotated[AppState, Depends(get_state)]) -> ModelList:
-    """Every model this server serves (one today), with its card and how it is run."""
-    return ModelList(models=[describe_model(state)])
+async def list_models(state: StateDep) -> ModelList:
+    """Every model this server serves, with its card and how it is run."""
+    return ModelList(models=[describe_model(model, state.settings) for model in state.served_models()])
 
 
 @router.get(
@@ -33,18 +27,13 @@ async def list_models(state: Annotated[AppState, Depends(get_state)]) -> ModelLi
         422: error_response("Invalid path parameter."),
     },
 )
-async def get_model(name: str, state: Annotated[AppState, Depends(get_state)]) -> ModelInfo:
+async def get_model(name: str, state: StateDep) -> ModelInfo:
     """One model by the name in its card."""
-    info = describe_model(state)
-    if name != info.name:
-        raise ModelNotFoundError(f"no model named {name!r}; this server serves {info.name!r}")
-    return info
+    return describe_model(state.get_model(name), state.settings)
 
 
-def describe_model(state: AppState) -> ModelInfo:
-    pipeline = state.get_pipeline()
-    engine, settings = pipeline.engine, state.settings
-    card = engine.card
+def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
+    card = model.card
     input_shape: list[int | None] = [None, *card.input_shape]
     return ModelInfo(
         name=card.name,
@@ -68,12 +57,12 @@ def describe_model(state: AppState) -> ModelInfo:
         metrics=card.metrics,
         created_at=card.created_at,
         sha256=card.sha256,
-        execution_provider=engine.execution_provider,
-        providers=engine.providers,
+        execution_provider=model.execution_provider,
+        providers=model.providers,
         batching=BatchingInfo(
-            max_batch_size=settings.max_batch_size,
-            max_delay_ms=settings.max_delay_ms,
-            max_queue_images=settings.max_queue_images,
+            max_batch_size=model.batching.max_batch_size,
+            max_delay_ms=model.batching.max_delay_ms,
+            max_queue_images=model.batching.max_queue_images,
             request_timeout_s=settings.request_timeout_s,
             warmup_batch_sizes=settings.warmup_batch_sizes or [],
         ),

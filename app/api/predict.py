@@ -6,18 +6,16 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from app.api.deps import NOT_READY, error_response, get_state
+from app.api.deps import NOT_READY, StateDep, error_response
 from app.api.uploads import FILE_FIELD, FORMAT_MEDIA_TYPES, OCTET_STREAM, UploadLimits, read_uploads
 from app.config import SUPPORTED_FORMATS
-from app.errors import DeadlineExceededError, ServiceError, UnprocessableError
-from app.inference.postprocess import top_k as select_top_k
+from app.errors import ServiceError
+from app.inference.deadline import request_deadline
+from app.inference.postprocess import Classification
 from app.middleware import get_request_context
 from app.schemas import ClassScore, ImagePrediction, PredictResponse
-from app.state import AppState
-from model_card import ModelCard
 
 router = APIRouter(tags=["inference"])
 
@@ -76,7 +74,7 @@ class _ClientGoneError(ServiceError):
 )
 async def predict(
     request: Request,
-    state: Annotated[AppState, Depends(get_state)],
+    state: StateDep,
     top_k: Annotated[
         int,
         Query(
@@ -86,50 +84,35 @@ async def predict(
     ] = 5,
 ) -> PredictResponse:
     """Classify one or more images; the top-k classes with probabilities for each, in request order."""
-    pipeline = state.get_pipeline()
-    card = pipeline.engine.card
+    model = state.get_model()
     if "top_k" not in request.query_params:
-        top_k = min(top_k, card.num_classes)  # the default 5, for a model with fewer classes
-    if top_k > card.num_classes:
-        raise UnprocessableError(
-            f"top_k must be between 1 and {card.num_classes} (the number of classes), got {top_k}"
-        )
+        top_k = model.default_top_k
+    model.check_top_k(top_k)  # before the body is read
     settings = state.settings
     limits = UploadLimits(
         max_upload_bytes=settings.max_upload_bytes,
         max_images_per_request=settings.max_images_per_request,
-        allowed_formats=pipeline.limits.allowed_formats,
+        allowed_formats=frozenset(settings.allowed_formats),
     )
-    try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            uploads = await read_uploads(request, limits)
-            context = get_request_context(request.scope)
-            if context is not None:
-                context.images = len(uploads)
-            rows = await _unless_disconnected(pipeline.classify(uploads), request)
-    except TimeoutError:
-        raise DeadlineExceededError(
-            f"the request did not finish within its deadline of {settings.request_timeout_s} s"
-        ) from None
-    state.metrics.images.inc(len(rows))
+    async with request_deadline(settings.request_timeout_s):
+        uploads = await read_uploads(request, limits)
+        context = get_request_context(request.scope)
+        if context is not None:
+            context.images = len(uploads)
+        results = await _unless_disconnected(model.classify(uploads, top_k), request)
+    state.metrics.images.inc(len(results))
     return PredictResponse(
-        model=card.name,
-        model_version=card.version,
+        model=model.name,
+        model_version=model.version,
         predictions=[
-            ImagePrediction(filename=upload.filename, top_k=_scores(row, top_k, card))
-            for upload, row in zip(uploads, rows, strict=True)
+            ImagePrediction(filename=upload.filename, top_k=_scores(result))
+            for upload, result in zip(uploads, results, strict=True)
         ],
     )
 
 
-def _scores(probabilities: np.ndarray, k: int, card: ModelCard) -> list[ClassScore]:
-    indices, values = select_top_k(probabilities, k)
-    labels = card.labels
-    # float16 models can round a probability a hair past 1
-    return [
-        ClassScore(index=i, label=labels[i], probability=min(max(p, 0.0), 1.0))
-        for i, p in zip(indices.tolist(), values.tolist(), strict=True)
-    ]
+def _scores(result: Classification) -> list[ClassScore]:
+    return [ClassScore(index=s.index, label=s.label, probability=s.probability) for s in result.top_k]
 
 
 async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:

@@ -21,7 +21,7 @@ from app.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
-from app.inference.pipeline import NamedImage
+from app.inference.model import NamedImage
 
 FILE_FIELD = "file"
 RAW_BODY_NAME = "request body"

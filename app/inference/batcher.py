@@ -1,9 +1,16 @@
 """The dynamic batcher: gathers images from concurrent requests into one model run.
 
-Triton's two knobs: a batch runs when it holds ``max_batch_size`` images or when its oldest
-image has waited ``max_delay_ms``, whichever comes first. The queue is bounded in images:
-``reserve`` refuses at once (``QueueFullError``, a 503) rather than letting latency grow
-without bound. A reservation is taken before decoding, so decode work is bounded too.
+Triton's two knobs bound every batch: it runs when it holds ``max_batch_size`` images or when
+its oldest image has waited ``max_delay_ms``, whichever comes first. Within those bounds the
+``adaptive`` policy (the default) never waits for nothing: the batcher knows how many admitted
+images are still being decoded, so when none is on its way it runs at once, and otherwise it
+waits for those images only (never past the bounds). A lone request pays no batching delay,
+and under load batches still fill, because the next batch forms while the model runs. The
+``fixed`` policy is Triton's: always wait out ``max_delay_ms`` for a batch to fill.
+
+The queue is bounded in images: ``reserve`` refuses at once (``QueueFullError``) rather than
+letting latency grow without bound, with a ``retry_after_s`` estimated from the queue and the
+recent time per image. A reservation is taken before decoding, so decode work is bounded too.
 
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
 and runs ``run_batch`` in a dedicated single thread, so the event loop never blocks on the
@@ -19,15 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from app.errors import InferenceError, QueueFullError, UnavailableError
+from app.inference.errors import ModelFailedError, NotReadyError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +44,44 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 BatchObserver = Callable[[int, float], None]
 
 
+BatchPolicy = Literal["adaptive", "fixed"]
+
+# Retry-After bounds, in whole seconds: some clients reject 0 or fractions, and an estimate
+# past a minute says more about a stalled model than about when to come back.
+MIN_RETRY_AFTER_S = 1
+MAX_RETRY_AFTER_S = 60
+
+
 @dataclass(frozen=True)
 class BatcherConfig:
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
     max_queue_images: int = 256
+    policy: BatchPolicy = "adaptive"
+
+
+def seconds_to_wait(
+    config: BatcherConfig, *, now: float, oldest_enqueued_at: float, queued: int, decoding: int
+) -> float:
+    """How long to wait for more images before running a batch (0: run now); a pure function.
+
+    ``queued`` images wait in the queue, the oldest since ``oldest_enqueued_at``; ``decoding``
+    admitted images are still being decoded and will join the queue.
+    """
+    if queued >= config.max_batch_size:
+        return 0.0
+    remaining = oldest_enqueued_at + config.max_delay_ms / 1000 - now
+    if remaining <= 0:
+        return 0.0
+    if config.policy == "adaptive" and decoding == 0:
+        return 0.0  # nothing is on its way: waiting could only add latency
+    return remaining
+
+
+def retry_after_s(images_ahead: int, seconds_per_image: float) -> int:
+    """Whole seconds until the queue ahead has likely run, within the documented bounds."""
+    estimate = math.ceil(images_ahead * seconds_per_image)
+    return min(max(estimate, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
 
 
 @dataclass(eq=False)
@@ -61,7 +103,7 @@ class Reservation:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self._batcher._reserved -= self.count
+            self._batcher._release(self.count)
 
     def __enter__(self) -> Reservation:
         return self
@@ -87,6 +129,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
+        self._seconds_per_image = 0.0  # moving average over recent batches
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -97,6 +140,11 @@ class Batcher:
     @property
     def running_images(self) -> int:
         return self._running
+
+    @property
+    def decoding_images(self) -> int:
+        """Images admitted and not yet in the queue (being decoded)."""
+        return self._reserved
 
     @property
     def accepting(self) -> bool:
@@ -123,25 +171,30 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._fail_queued(UnavailableError("the server is shutting down"))
+        self._fail_queued(NotReadyError("the server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._task = None
 
     # -- admission --------------------------------------------------------------------------
     def reserve(self, count: int) -> Reservation:
-        """Admit ``count`` images or raise ``QueueFullError`` (503) at once."""
+        """Admit ``count`` images or raise ``QueueFullError`` at once."""
         if not self.accepting:
-            raise UnavailableError("the server is shutting down")
+            raise NotReadyError("the server is shutting down")
         if count > self.config.max_queue_images:
             raise QueueFullError(f"{count} images can never fit the queue of {self.config.max_queue_images}")
         if self.queued_images + count > self.config.max_queue_images:
             raise QueueFullError(
                 f"overloaded: {self.queued_images} images are queued (limit {self.config.max_queue_images}); "
-                "retry later"
+                "retry later",
+                retry_after_s(self.queued_images + self._running, self._seconds_per_image),
             )
         self._reserved += count
         return Reservation(count, self)
+
+    def _release(self, count: int) -> None:
+        self._reserved -= count
+        self._wakeup.set()  # a batch waiting for these images need not wait any longer
 
     async def infer(
         self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None
@@ -156,7 +209,7 @@ class Batcher:
             if len(arrays) != reservation.count:
                 raise ValueError(f"reserved {reservation.count} images but got {len(arrays)}")
             if self._stopping:
-                raise UnavailableError("the server is shutting down")
+                raise NotReadyError("the server is shutting down")
             items = self._enqueue(arrays)
             reservation.release()
         try:
@@ -198,16 +251,20 @@ class Batcher:
                 return
 
     async def _wait_for_batch(self) -> None:
-        """Return when a batch is full, its oldest image has waited max_delay_ms, or on stop."""
+        """Return when the policy says run (see :func:`seconds_to_wait`), or on stop."""
         while not self._stopping:
             self._discard_dropped_head()
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self._queued >= self.config.max_batch_size:
-                return
-            remaining = self._queue[0].enqueued_at + self.config.max_delay_ms / 1000 - time.monotonic()
+            remaining = seconds_to_wait(
+                self.config,
+                now=time.monotonic(),
+                oldest_enqueued_at=self._queue[0].enqueued_at,
+                queued=self._queued,
+                decoding=self._reserved,
+            )
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -242,11 +299,11 @@ class Batcher:
             # stop() gave up waiting for a stuck model: these requests must not hang.
             for item in items:
                 if not item.future.done():
-                    item.future.set_exception(UnavailableError("the server is shutting down"))
+                    item.future.set_exception(NotReadyError("the server is shutting down"))
             raise
         except Exception as exc:
             logger.exception("inference failed on a batch of %d images", len(items))
-            error = InferenceError(f"inference failed on a batch of {len(items)} images")
+            error = ModelFailedError(f"inference failed on a batch of {len(items)} images")
             error.__cause__ = exc
             for item in items:
                 if not item.future.done():
@@ -257,8 +314,10 @@ class Batcher:
                     item.future.set_result(row)
         finally:
             self._running = 0
+        seconds = time.perf_counter() - start
+        self._seconds_per_image = _moving_average(self._seconds_per_image, seconds / len(items))
         if self._on_batch is not None:
-            self._on_batch(len(items), time.perf_counter() - start)
+            self._on_batch(len(items), seconds)
 
     def _fail_queued(self, error: Exception) -> None:
         while self._queue:
@@ -267,3 +326,7 @@ class Batcher:
                 item.future.set_exception(error)
             item.in_queue = False
         self._queued = 0
+
+
+def _moving_average(average: float, sample: float, weight: float = 0.2) -> float:
+    return sample if average == 0.0 else average + weight * (sample - average)

@@ -1,8 +1,28 @@
-"""Probabilities -> top-k (index, probability) pairs."""
+"""Probabilities -> the labelled top-k of one image."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of the model's output: its index, its label and its probability."""
+
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer for one image: the top-k, most probable first, and the whole float32 vector."""
+
+    top_k: list[ClassScore]
+    probabilities: np.ndarray
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -17,3 +37,14 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((candidates, -probabilities[candidates]))
     indices = candidates[order]
     return indices, probabilities[indices]
+
+
+def classify(probabilities: np.ndarray, labels: Sequence[str], k: int) -> Classification:
+    """The labelled top-k of one image's probabilities."""
+    indices, values = top_k(probabilities, k)
+    # float16 models can round a probability a hair past 1
+    scores = [
+        ClassScore(index=i, label=labels[i], probability=min(max(p, 0.0), 1.0))
+        for i, p in zip(indices.tolist(), values.tolist(), strict=True)
+    ]
+    return Classification(top_k=scores, probabilities=probabilities)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
+from app.inference.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
 from model_card import Preprocessing
 
 _RESAMPLE = {
@@ -67,14 +67,14 @@ def open_image(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise _not_allowed_or_undecodable(data, limits, name) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLargeError(
+        raise ImageTooLargeError(
             f"{name}: image exceeds the limit of {limits.max_image_pixels} pixels"
         ) from exc
     except Exception as exc:  # Pillow raises many types on corrupt headers
-        raise UnprocessableError(f"{name}: cannot read image header: {exc}") from exc
+        raise UndecodableImageError(f"{name}: cannot read image header: {exc}") from exc
     width, height = image.size
     if width * height > limits.max_image_pixels:
-        raise PayloadTooLargeError(
+        raise ImageTooLargeError(
             f"{name}: image is {width}x{height} = {width * height} pixels, "
             f"over the limit of {limits.max_image_pixels} pixels"
         )
@@ -92,8 +92,8 @@ def _not_allowed_or_undecodable(data: bytes, limits: ImageLimits, name: str) -> 
         found = None
     allowed = describe_formats(limits.allowed_formats)
     if found is not None:
-        return UnsupportedMediaTypeError(f"{name}: image format {found} is not accepted; allowed: {allowed}")
-    return UnprocessableError(f"{name}: not a decodable image (allowed formats: {allowed})")
+        return UnsupportedFormatError(f"{name}: image format {found} is not accepted; allowed: {allowed}")
+    return UndecodableImageError(f"{name}: not a decodable image (allowed formats: {allowed})")
 
 
 def decode_rgb(data: bytes, limits: ImageLimits, name: str, draft_size: int | None = None) -> Image.Image:
@@ -110,11 +110,11 @@ def decode_rgb(data: bytes, limits: ImageLimits, name: str, draft_size: int | No
         ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLargeError(
+        raise ImageTooLargeError(
             f"{name}: image exceeds the limit of {limits.max_image_pixels} pixels"
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UnprocessableError(f"{name}: cannot decode {image.format} image: {exc}") from exc
+        raise UndecodableImageError(f"{name}: cannot decode {image.format} image: {exc}") from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -292,8 +292,8 @@ def test_format_allowlist_is_configurable(make_client: Callable[..., Any]) -> No
 
 
 def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
-    pipeline = client.app.state.imgserve.pipeline  # type: ignore[attr-defined]
-    reservation = pipeline.batcher.reserve(256)
+    model = client.app.state.imgserve.registry.default()  # type: ignore[attr-defined]
+    reservation = model.batcher.reserve(256)
     try:
         response = client.post("/predict", content=png(RED), headers={"Content-Type": "image/png"})
     finally:
@@ -303,10 +303,10 @@ def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
 
 
 def test_past_the_deadline_is_504_and_the_work_is_dropped(make_client: Callable[..., Any]) -> None:
-    with make_client(request_timeout_s=0.2, max_delay_ms=10_000) as client:
+    with make_client(request_timeout_s=0.2, max_delay_ms=10_000, batch_policy="fixed") as client:
         response = client.post("/predict", content=png(RED), headers={"Content-Type": "image/png"})
         error(response, 504, "the request did not finish within its deadline of 0.2 s")
-        assert client.app.state.imgserve.pipeline.batcher.queued_images == 0  # type: ignore[attr-defined]
+        assert client.app.state.imgserve.registry.default().queued_images == 0  # type: ignore[attr-defined]
 
 
 class PoisonedEngine(Engine):

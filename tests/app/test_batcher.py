@@ -1,16 +1,27 @@
-"""The dynamic batcher, deterministic: a fake model records every batch it is given."""
+"""The dynamic batcher, deterministic: a fake model records every batch it is given.
+
+The tests of the bounds (max_batch_size, max_delay_ms, the queue) run the ``fixed`` policy,
+which waits out the delay; the ``adaptive`` policy's own tests come after them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
-from app.errors import InferenceError, QueueFullError, UnavailableError
-from app.inference.batcher import Batcher, BatcherConfig
+from app.inference.batcher import (
+    MAX_RETRY_AFTER_S,
+    Batcher,
+    BatcherConfig,
+    retry_after_s,
+    seconds_to_wait,
+)
+from app.inference.errors import ModelFailedError, NotReadyError, QueueFullError
 
 pytestmark = pytest.mark.anyio
 
@@ -45,8 +56,8 @@ def images(*values: int) -> list[np.ndarray]:
 async def make_batcher() -> AsyncIterator[object]:
     started: list[Batcher] = []
 
-    def make(model: RecordingModel, **config: float) -> Batcher:
-        batcher = Batcher(model, BatcherConfig(**config))  # type: ignore[arg-type]
+    def make(model: RecordingModel, policy: str = "fixed", **config: float) -> Batcher:
+        batcher = Batcher(model, BatcherConfig(policy=policy, **config))  # type: ignore[arg-type]
         batcher.start()
         started.append(batcher)
         return batcher
@@ -114,8 +125,8 @@ async def test_an_error_fails_exactly_the_requests_in_its_batch(make_batcher) ->
     assert [float(r[0][0]) if isinstance(r, list) else type(r) for r in done] == [
         10.0,
         20.0,
-        InferenceError,
-        InferenceError,
+        ModelFailedError,
+        ModelFailedError,
         50.0,
         60.0,
     ]
@@ -132,7 +143,7 @@ async def test_a_request_spanning_a_failed_batch_fails_and_drops_its_other_image
     batcher = make_batcher(model, max_batch_size=2, max_delay_ms=LONG_DELAY_MS)
     spanning = asyncio.create_task(batcher.submit(images(1, 2, 3)))
     await settle()
-    with pytest.raises(InferenceError):
+    with pytest.raises(ModelFailedError):
         await asyncio.wait_for(spanning, 5)
     assert model.batches == [[1, 2]]
     assert batcher.queued_images == 0  # image 3 was dropped, not left to run
@@ -145,9 +156,8 @@ async def test_overload_gives_503_at_once(make_batcher) -> None:
     await settle()
     with pytest.raises(QueueFullError) as excinfo:
         batcher.reserve(2)
-    assert excinfo.value.status_code == 503
-    assert excinfo.value.headers == {"Retry-After": "1"}
-    assert "3 images are queued (limit 4)" in excinfo.value.detail
+    assert excinfo.value.retry_after_s == 1  # nothing has run yet: the lower bound
+    assert "3 images are queued (limit 4)" in excinfo.value.message
     reservation = batcher.reserve(1)  # exactly fills the queue
     assert batcher.queued_images == 4
     reservation.release()
@@ -193,7 +203,7 @@ async def test_stop_drains_the_queue_then_refuses_new_work(make_batcher) -> None
     await batcher.stop(timeout_s=5)
     assert [float(r[0][0]) for r in await asyncio.gather(*pending)] == [10.0, 20.0, 30.0]
     assert model.batches == [[1, 2, 3]]
-    with pytest.raises(UnavailableError, match="shutting down"):
+    with pytest.raises(NotReadyError, match="shutting down"):
         batcher.reserve(1)
 
 
@@ -207,7 +217,7 @@ async def test_stop_with_a_stuck_model_fails_what_is_left(make_batcher) -> None:
     await batcher.stop(timeout_s=0.1)
     model.gate.set()
     for request in (running, queued):
-        with pytest.raises(UnavailableError, match="shutting down"):
+        with pytest.raises(NotReadyError, match="shutting down"):
             await asyncio.wait_for(request, 5)
 
 
@@ -215,7 +225,7 @@ async def test_batch_observer_sees_every_batch() -> None:
     seen: list[int] = []
     batcher = Batcher(
         RecordingModel(),
-        BatcherConfig(max_batch_size=2, max_delay_ms=LONG_DELAY_MS),
+        BatcherConfig(max_batch_size=2, max_delay_ms=LONG_DELAY_MS, policy="fixed"),
         on_batch=lambda size, seconds: seen.append(size),
     )
     batcher.start()
@@ -224,3 +234,108 @@ async def test_batch_observer_sees_every_batch() -> None:
     finally:
         await batcher.stop()
     assert seen == [2, 2]
+
+
+# -- the adaptive policy: never wait for nothing ------------------------------------------------
+
+ADAPTIVE = BatcherConfig(max_batch_size=4, max_delay_ms=10.0, policy="adaptive")
+FIXED = BatcherConfig(max_batch_size=4, max_delay_ms=10.0, policy="fixed")
+
+
+def wait_at(config: BatcherConfig, now: float, queued: int, decoding: int) -> float:
+    """The policy on a fake clock: the oldest image was enqueued at t = 100.000 s."""
+    return seconds_to_wait(config, now=now, oldest_enqueued_at=100.0, queued=queued, decoding=decoding)
+
+
+def test_a_lone_image_runs_at_once() -> None:
+    assert wait_at(ADAPTIVE, now=100.0, queued=1, decoding=0) == 0.0
+    assert wait_at(FIXED, now=100.0, queued=1, decoding=0) == pytest.approx(0.010)
+
+
+def test_images_still_decoding_are_waited_for_up_to_the_bound() -> None:
+    assert wait_at(ADAPTIVE, now=100.0, queued=1, decoding=2) == pytest.approx(0.010)
+    assert wait_at(ADAPTIVE, now=100.006, queued=1, decoding=2) == pytest.approx(0.004)
+    assert wait_at(ADAPTIVE, now=100.010, queued=1, decoding=2) == 0.0  # never past the bound
+    assert wait_at(ADAPTIVE, now=100.5, queued=1, decoding=2) == 0.0
+
+
+def test_a_full_batch_never_waits() -> None:
+    for config in (ADAPTIVE, FIXED):
+        assert wait_at(config, now=100.0, queued=4, decoding=0) == 0.0
+        assert wait_at(config, now=100.0, queued=5, decoding=10) == 0.0
+
+
+def test_zero_delay_never_waits() -> None:
+    config = BatcherConfig(max_batch_size=4, max_delay_ms=0.0, policy="adaptive")
+    assert wait_at(config, now=100.0, queued=1, decoding=3) == 0.0
+
+
+async def test_adaptive_runs_a_lone_request_without_waiting_for_the_delay(make_batcher) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, policy="adaptive", max_batch_size=8, max_delay_ms=LONG_DELAY_MS)
+    rows = await asyncio.wait_for(batcher.submit(images(1)), 5)
+    assert [float(r[0]) for r in rows] == [10.0]
+    assert model.batches == [[1]]
+
+
+async def test_adaptive_waits_for_an_image_still_decoding(make_batcher) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, policy="adaptive", max_batch_size=8, max_delay_ms=LONG_DELAY_MS)
+    decoding = batcher.reserve(1)  # admitted, not yet decoded
+    first = asyncio.create_task(batcher.submit(images(1)))
+    await asyncio.sleep(0.05)
+    assert model.batches == [] and not first.done()
+    second = asyncio.create_task(batcher.infer(images(2), decoding))  # its decode finished
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert model.batches == [[1, 2]]
+
+
+async def test_adaptive_stops_waiting_when_a_decode_fails(make_batcher) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, policy="adaptive", max_batch_size=8, max_delay_ms=LONG_DELAY_MS)
+    decoding = batcher.reserve(1)
+    first = asyncio.create_task(batcher.submit(images(1)))
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    decoding.release()  # that image turned out undecodable: nothing more is on its way
+    await asyncio.wait_for(first, 5)
+    assert model.batches == [[1]]
+
+
+async def test_adaptive_waits_no_longer_than_max_delay(make_batcher) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, policy="adaptive", max_batch_size=8, max_delay_ms=30)
+    decoding = batcher.reserve(1)  # never arrives within the test
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(batcher.submit(images(1)), 5)
+    assert loop.time() - start >= 0.025
+    assert model.batches == [[1]]
+    decoding.release()
+
+
+class SlowModel(RecordingModel):
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.2 * len(batch))
+        return super().__call__(batch)
+
+
+async def test_retry_after_comes_from_the_queue_and_the_recent_time_per_image(make_batcher) -> None:
+    assert retry_after_s(0, 0.0) == 1
+    assert retry_after_s(256, 0.010) == 3
+    assert retry_after_s(10_000, 1.0) == MAX_RETRY_AFTER_S
+    model = SlowModel()
+    batcher = make_batcher(model, policy="adaptive", max_batch_size=1, max_delay_ms=0, max_queue_images=8)
+    await batcher.submit(images(0))  # teaches the batcher its time per image: 0.2 s
+    model.gate.clear()
+    stuck = [asyncio.create_task(batcher.submit(images(1)))]
+    await settle()
+    assert batcher.running_images == 1
+    stuck += [asyncio.create_task(batcher.submit(images(v))) for v in range(2, 10)]
+    await settle()
+    assert batcher.queued_images == 8
+    with pytest.raises(QueueFullError) as excinfo:
+        batcher.reserve(1)
+    assert excinfo.value.retry_after_s == 2  # ceil(9 images x 0.2 s)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(*stuck), 10)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
+from app.inference.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
 from app.inference.preprocess import (
     ImageLimits,
     configure_pillow,
@@ -123,37 +123,37 @@ def test_exif_orientation_is_applied() -> None:
 
 def test_a_format_outside_the_allowlist_is_415_naming_it() -> None:
     data = encode(gradient(8, 8), "TIFF")
-    with pytest.raises(UnsupportedMediaTypeError) as excinfo:
+    with pytest.raises(UnsupportedFormatError) as excinfo:
         preprocess(data, SPEC, LIMITS, "file #2 'a.tif'")
-    assert excinfo.value.detail == (
+    assert excinfo.value.message == (
         "file #2 'a.tif': image format TIFF is not accepted; allowed: BMP, GIF, JPEG, PNG, WEBP"
     )
 
 
 def test_a_narrower_allowlist_refuses_the_rest() -> None:
     only_png = ImageLimits(allowed_formats=frozenset({"PNG"}), max_image_pixels=1_000_000)
-    with pytest.raises(UnsupportedMediaTypeError, match="image format JPEG is not accepted; allowed: PNG"):
+    with pytest.raises(UnsupportedFormatError, match="image format JPEG is not accepted; allowed: PNG"):
         preprocess(encode(gradient(8, 8), "JPEG"), SPEC, only_png, "img")
 
 
 @pytest.mark.parametrize("data", [b"not an image at all", b"", b"\x89PNG\r\n\x1a\n garbage"])
 def test_bytes_that_are_no_image_are_422(data: bytes) -> None:
-    with pytest.raises(UnprocessableError) as excinfo:
+    with pytest.raises(UndecodableImageError) as excinfo:
         preprocess(data, SPEC, LIMITS, "request body")
-    assert excinfo.value.detail.startswith("request body: ")
+    assert excinfo.value.message.startswith("request body: ")
 
 
 def test_a_truncated_image_is_422() -> None:
     data = encode(gradient(64, 64), "PNG")
-    with pytest.raises(UnprocessableError, match=r"^img: cannot decode PNG image"):
+    with pytest.raises(UndecodableImageError, match=r"^img: cannot decode PNG image"):
         preprocess(data[: len(data) // 2], SPEC, LIMITS, "img")
 
 
 def test_too_many_pixels_is_413_before_decoding() -> None:
     small_limit = ImageLimits(allowed_formats=LIMITS.allowed_formats, max_image_pixels=100)
-    with pytest.raises(PayloadTooLargeError) as excinfo:
+    with pytest.raises(ImageTooLargeError) as excinfo:
         preprocess(encode(gradient(11, 10), "PNG"), SPEC, small_limit, "img")
-    assert excinfo.value.detail == "img: image is 11x10 = 110 pixels, over the limit of 100 pixels"
+    assert excinfo.value.message == "img: image is 11x10 = 110 pixels, over the limit of 100 pixels"
 
 
 def test_a_decompression_bomb_is_413_from_the_header_alone() -> None:
@@ -161,7 +161,7 @@ def test_a_decompression_bomb_is_413_from_the_header_alone() -> None:
     bomb = encode(Image.new("1", (30000, 30000)), "PNG")
     assert len(bomb) < 200_000
     configure_pillow(LIMITS.max_image_pixels)
-    with pytest.raises(PayloadTooLargeError, match="img: image exceeds the limit of 4000000 pixels"):
+    with pytest.raises(ImageTooLargeError, match="img: image exceeds the limit of 4000000 pixels"):
         preprocess(bomb, SPEC, LIMITS, "img")
 
 

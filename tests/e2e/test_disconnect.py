@@ -17,7 +17,9 @@ def test_a_disconnected_client_has_its_queued_images_dropped(tiny_model_path: Pa
     buffer = io.BytesIO()
     Image.new("RGB", (40, 40), (10, 200, 10)).save(buffer, format="PNG")
     body = buffer.getvalue()
-    with run_server(tiny_model_path, tmp_path, max_delay_ms=8000, warmup_batch_sizes="1") as server:
+    with run_server(
+        tiny_model_path, tmp_path, max_delay_ms=8000, batch_policy="fixed", warmup_batch_sizes="1"
+    ) as server:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             head = (
                 f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"

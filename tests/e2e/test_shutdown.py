@@ -1,7 +1,7 @@
 """SIGTERM: readiness turns 503 and the listener closes at once, open connections are served
 through the shutdown delay, accepted requests all finish, the process exits in time.
 
-These use the tiny model with a long max_delay_ms so that requests are provably still queued
+These use the tiny model with a long fixed max_delay_ms so that requests are provably still queued
 in the batcher when the signal arrives.
 """
 
@@ -44,7 +44,12 @@ def wait_for_queue(server: ServerProcess, images: int, timeout_s: float = 10) ->
 
 def test_sigterm_finishes_queued_requests_then_exits(tiny_model_path: Path, tmp_path: Path) -> None:
     with run_server(
-        tiny_model_path, tmp_path, max_delay_ms=1500, max_batch_size=64, warmup_batch_sizes="1"
+        tiny_model_path,
+        tmp_path,
+        max_delay_ms=1500,
+        batch_policy="fixed",
+        max_batch_size=64,
+        warmup_batch_sizes="1",
     ) as server:
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             pending = [pool.submit(post_image, server.base_url) for _ in range(12)]
@@ -59,7 +64,7 @@ def test_sigterm_finishes_queued_requests_then_exits(tiny_model_path: Path, tmp_
             httpx.get(f"{server.base_url}/healthz", timeout=2)
         messages = [line.get("message") for line in server.log_lines()]
         assert "draining: not ready, not listening, closing connections after each response" in messages
-        assert "pipeline stopped" in messages
+        assert "models stopped" in messages
 
 
 def test_during_shutdown_delay_open_connections_are_served_with_connection_close(

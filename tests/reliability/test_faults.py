@@ -115,9 +115,9 @@ def _post(base_url: str, colour: tuple[int, int, int]) -> httpx.Response:
 
 def test_an_error_in_one_batch_fails_only_that_batch(start_server: StartServer, poison_model: Path) -> None:
     """The poison model fails any batch holding an image whose top-left red value is 255.
-    With a 400 ms batching delay, three concurrent requests share one batch: all three get a
+    With a fixed 400 ms batching delay, three concurrent requests share one batch: all three get a
     500 with one plain message; the next batch, of good images only, succeeds."""
-    server = start_server(model=poison_model, max_batch_size=8, max_delay_ms=400)
+    server = start_server(model=poison_model, max_batch_size=8, max_delay_ms=400, batch_policy="fixed")
     good, poison = (0, 200, 0), (255, 0, 0)
     with ThreadPoolExecutor(3) as pool:
         first = list(pool.map(lambda c: _post(server.base_url, c), [good, poison, good]))
