@@ -30,7 +30,7 @@ from tqdm import tqdm
 from bench import servers
 from bench.servers import Topology
 from bench.workloads import build_image_sets, build_workloads
-from reliability.nginx import find_nginx
+from harness.nginx import find_nginx
 
 REPO_ROOT = servers.REPO_ROOT
 DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
@@ -207,7 +207,7 @@ def create_tiny_model(out_dir: Path, *, layout: Literal["NHWC", "NCHW"] = "NHWC"
     The NCHW float twin (same weights) is what the naive baseline runs."""
     import numpy as np
 
-    from model_export.tiny import tiny_card, write_model
+    from harness.tiny_model import tiny_card, write_model
 
     classes = 10
     card = tiny_card(

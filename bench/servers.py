@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from reliability.nginx import find_nginx, write_local_config
-from reliability.server import APP_ARGV, REPO_ROOT, ServerProcess, free_port
+from harness.nginx import find_nginx, write_local_config
+from harness.server import APP_ARGV, REPO_ROOT, ServerProcess, free_port
 
 READY_TIMEOUT_S = 180.0  # a cold start on a GPU (CUDA init, warm-up) takes minutes, not seconds
 STOP_TIMEOUT_S = 15.0

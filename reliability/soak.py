@@ -27,8 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.server import REPO_ROOT, ServerProcess
 from reliability.load import Result, Target, closed_loop, open_loop, percentile, throughput
-from reliability.server import REPO_ROOT, ServerProcess
 
 MB = 1024 * 1024
 

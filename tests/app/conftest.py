@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from model_export.tiny import tiny_card, write_model
+from harness.tiny_model import tiny_card, write_model
 from tests.app.default_model import default_model_path  # noqa: F401  (a fixture)
 
 

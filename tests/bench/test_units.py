@@ -13,7 +13,7 @@ from bench.loadgen import build_request, percentile_ms
 from bench.run import parse_cpus
 from bench.servers import metrics_delta, parse_prometheus
 from bench.workloads import multipart_body, resize_crop
-from reliability.nginx import write_local_config
+from harness.nginx import write_local_config
 
 METRICS_BEFORE = """\
 # HELP imgserve_batch_size Images per model run.

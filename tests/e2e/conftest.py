@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from model_export.tiny import tiny_card, write_model
-from reliability.server import ServerProcess
+from harness.server import ServerProcess
+from harness.tiny_model import tiny_card, write_model
 from tests.app.default_model import default_model_path  # noqa: F401  (a fixture)
 from tests.e2e.server import run_server
 

@@ -1,6 +1,6 @@
 """The e2e tests' way to run the real server: the model and settings as keyword arguments.
 
-Starting, waiting and stopping live in ``reliability.server.ServerProcess``; this only fixes
+Starting, waiting and stopping live in ``harness.server.ServerProcess``; this only fixes
 what the e2e tests want: none of the developer's ``IMGSERVE_*``, info-level request logs (the
 tests read them), two minutes to get ready, and a stop on the way out whatever happens.
 """
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reliability.server import ServerProcess, free_port
+from harness.server import ServerProcess, free_port
 
 
 @contextmanager

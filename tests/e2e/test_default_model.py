@@ -7,7 +7,7 @@ import concurrent.futures
 import httpx
 import pytest
 
-from reliability.server import ServerProcess
+from harness.server import ServerProcess
 from tests.app.photos import PHOTOS
 from tests.e2e.server import metric_value
 
@@ -114,7 +114,7 @@ def test_bad_configuration_stops_the_process_with_a_clear_message(
     import subprocess
     import sys
 
-    from reliability.server import REPO_ROOT, free_port
+    from harness.server import REPO_ROOT, free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSERVE_")}
     env.update({"IMGSERVE_PORT": str(free_port()), "IMGSERVE_HOST": "127.0.0.1"})

@@ -27,8 +27,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from reliability.nginx import find_nginx, write_local_config
-from reliability.server import ServerProcess, free_port
+from harness.nginx import find_nginx, write_local_config
+from harness.server import ServerProcess, free_port
 from tests.e2e.server import run_server
 
 NGINX = find_nginx()

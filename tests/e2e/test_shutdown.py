@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from reliability.server import ServerProcess
+from harness.server import ServerProcess
 from tests.e2e.server import metric_value, run_server
 
 

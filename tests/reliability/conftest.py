@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.server import ServerProcess
+from harness.tiny_model import tiny_card, write_model
 from model_card import ModelCard
-from model_export.tiny import tiny_card, write_model
-from reliability.server import ServerProcess
 
 StartServer = Callable[..., ServerProcess]
 
@@ -52,7 +52,7 @@ def reliability_card(crop_size: int = 32, resize_size: int | None = None, name: 
 def write_tiny_model(
     directory: Path, *, crop_size: int = 32, poison: bool = False, slow_matmuls: int = 0
 ) -> Path:
-    """The reliability tests' model; ``poison`` and ``slow_matmuls`` inject faults (model_export/tiny.py)."""
+    """The reliability tests' model; ``poison`` and ``slow_matmuls`` inject faults (harness/tiny_model.py)."""
     card = reliability_card(crop_size, name="tiny-poison" if poison else "tiny")
     return write_model(directory, card, WEIGHTS, BIAS, poison=poison, slow_matmuls=slow_matmuls)
 

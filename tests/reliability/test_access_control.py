@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app import security
-from reliability.server import ServerProcess
+from harness.server import ServerProcess
 
 from . import corpus
 from .conftest import StartServer, make_server

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from reliability.server import REPO_ROOT, ServerProcess
+from harness.server import REPO_ROOT, ServerProcess
 
 from . import corpus
 from .conftest import LIMITS, StartServer

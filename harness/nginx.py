@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from reliability.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 SHIPPED_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
 
