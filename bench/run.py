@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from bench import servers
 from bench.servers import Topology
 from bench.workloads import build_image_sets, build_workloads
+from harness.loadgen import summarise
 from harness.nginx import find_nginx
 
 REPO_ROOT = servers.REPO_ROOT
@@ -291,7 +293,7 @@ def measure_point(
         argv = [
             sys.executable,
             "-m",
-            "bench.loadgen",
+            "harness.loadgen",
             "--workload",
             str(workload_dir),
             "--port",
@@ -344,19 +346,15 @@ def merge(
     duration_s: float,
     rate: float,
 ) -> dict[str, Any]:
-    from bench.loadgen import percentile_ms
-
     latencies = sorted(lat for c in clients for lat in c["latencies_s"])
     ipr = clients[0]["images_per_request"]
-    requests_ok = len(latencies)
-    images_ok = requests_ok * ipr
-    errors: dict[str, int] = {}
+    errors: Counter[str] = Counter()
     for c in clients:
-        for kind, count in c["errors"].items():
-            errors[kind] = errors.get(kind, 0) + count
+        errors.update(c["errors"])
+    window = summarise(latencies, dict(errors), duration_s, ipr)
     # Images the server finished in the window, by its own count when it keeps one (both sides of
     # the ratio then come from the server); else what the client saw completed.
-    server_images = delta.images_processed if delta.images_processed else images_ok
+    server_images = delta.images_processed if delta.images_processed else window["images_ok"]
     client_cpu = sum(c["client_cpu_s"] for c in clients)
     client_requests = sum(c["requests_sent"] for c in clients)
     return {
@@ -368,13 +366,7 @@ def merge(
         "concurrency": point.concurrency,
         "offered_images_per_s": rate * ipr if rate else None,
         "duration_s": duration_s,
-        "requests_ok": requests_ok,
-        "images_ok": images_ok,
-        "images_per_s": images_ok / duration_s,
-        "latency_ms": {f"p{q:g}": percentile_ms(latencies, q) for q in (50, 90, 95, 99, 99.9)}
-        | {"mean": 1000 * sum(latencies) / requests_ok if requests_ok else float("nan")},
-        "errors": errors,
-        "error_count": sum(errors.values()),
+        **window,
         "sample_error_body": next((c["sample_error_body"] for c in clients if c["sample_error_body"]), ""),
         "server_cpu_s": server_cpu_s,
         "server_images": server_images,

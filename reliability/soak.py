@@ -27,8 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.loadgen import Result, Target, closed_loop, open_loop, percentile, throughput
 from harness.server import REPO_ROOT, ServerProcess
-from reliability.load import Result, Target, closed_loop, open_loop, percentile, throughput
 
 MB = 1024 * 1024
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = item.partition("=")
         env[f"IMGSERVE_{name.upper().removeprefix('IMGSERVE_')}"] = value
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(env, Path(tmp) / "server.log") as server:
-        target = Target(f"{server.base_url}/predict", photo_jpeg(), {"content-type": "image/jpeg"})
+        target = Target(f"{server.base_url}/predict", [(photo_jpeg(), "image/jpeg")])
         report = soak(
             server,
             target,
