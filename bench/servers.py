@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,9 +181,6 @@ class Topology:
         if errors:
             raise errors[0]
 
-    def server_pids(self) -> list[int]:
-        return [pid for proc in self.procs for pid in proc.pids()]
-
 
 def sum_deltas(before: list[dict[str, float]], after: list[dict[str, float]]) -> MetricsDelta:
     total = MetricsDelta()
@@ -239,12 +235,3 @@ def start_replicas(
         topo.stop()
         raise
     return topo
-
-
-@contextlib.contextmanager
-def running(topo_factory: object) -> Iterator[Topology]:
-    topo: Topology = topo_factory()  # type: ignore[operator]
-    try:
-        yield topo
-    finally:
-        topo.stop()
