@@ -10,9 +10,10 @@ from PIL import Image
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from bench.run import parse_cpus
-from bench.servers import metrics_delta, parse_prometheus
+from bench.servers import metrics_delta
 from bench.workloads import multipart_body, resize_crop
 from harness.loadgen import Target, build_requests, header, percentile
+from harness.metrics import parse_prometheus
 from harness.nginx import write_local_config
 
 METRICS_BEFORE = """\
