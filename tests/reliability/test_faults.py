@@ -17,10 +17,13 @@ import onnx
 import pytest
 
 from harness.loadgen import Target, closed_loop
+from harness.metrics import read_metrics
+from harness.nginx import Nginx, find_nginx
 from model_card import CARD_METADATA_KEY, write_card
+from tests.conftest import StartServer
 
 from . import corpus
-from .conftest import StartServer, reliability_card, write_tiny_model
+from .conftest import reliability_card, write_tiny_model
 from .helpers import read_response
 
 MB = 1024 * 1024
@@ -136,13 +139,6 @@ def test_an_error_in_one_batch_fails_only_that_batch(start_server: StartServer, 
 # --- clients that leave while queued ----------------------------------------------------
 
 
-def _metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"(?m)^{re.escape(name)} ([0-9.e+-]+)$", text)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
 def _send_and_hold(port: int, body: bytes) -> socket.socket:
     head = (
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
@@ -170,34 +166,34 @@ def test_clients_that_disconnect_while_queued_leave_no_work_behind(
         intra_op_threads=1,
     )
     body = corpus.solid((0, 0, 250))
-    ran_before = _metric(server.base_url, "imgserve_batch_size_count")
+    ran_before = read_metrics(server.base_url)["imgserve_batch_size_count"]
     rss_before = server.rss()
     socks = [_send_and_hold(server.port, body) for _ in range(20)]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # until all 20 are admitted (queued, running or run)
-        queued = _metric(server.base_url, "imgserve_queue_images")
-        running = _metric(server.base_url, "imgserve_running_images")
-        ran_while_queued = _metric(server.base_url, "imgserve_batch_size_count") - ran_before
+        queued = read_metrics(server.base_url)["imgserve_queue_images"]
+        running = read_metrics(server.base_url)["imgserve_running_images"]
+        ran_while_queued = read_metrics(server.base_url)["imgserve_batch_size_count"] - ran_before
         if queued + running + ran_while_queued >= 20:
             break
         time.sleep(0.05)
     for sock in socks:
         sock.close()
     time.sleep(2.5)  # time for 2 to 6 more batches, had the abandoned images stayed queued
-    ran = _metric(server.base_url, "imgserve_batch_size_count") - ran_before
+    ran = read_metrics(server.base_url)["imgserve_batch_size_count"] - ran_before
     assert queued >= 5, (queued, running, ran_while_queued)  # enough left queued to mean something
     assert ran <= ran_while_queued + 2, (
         f"{ran} of 20 abandoned images ran ({ran_while_queued} before they left)"
     )
-    assert _metric(server.base_url, "imgserve_queue_images") == 0
-    assert _metric(server.base_url, "imgserve_running_images") == 0
+    assert read_metrics(server.base_url)["imgserve_queue_images"] == 0
+    assert read_metrics(server.base_url)["imgserve_running_images"] == 0
     for _ in range(5):
         socks = [_send_and_hold(server.port, body) for _ in range(20)]
         time.sleep(0.2)
         for sock in socks:
             sock.close()
     time.sleep(1.0)
-    assert _metric(server.base_url, "imgserve_queue_images") == 0
+    assert read_metrics(server.base_url)["imgserve_queue_images"] == 0
     assert server.rss() - rss_before < 30 * MB
     response = _post(server.base_url, (0, 0, 250))
     assert response.status_code == 200, response.text
@@ -240,15 +236,15 @@ def test_sigterm_under_load_loses_no_accepted_request(start_server: StartServer,
         background_t0 = time.monotonic()
         background = pool.submit(closed_loop, target, 4, 5.0)
         time.sleep(0.3)
-        done_before = _metric(server.base_url, "imgserve_images_total")
+        done_before = read_metrics(server.base_url)["imgserve_images_total"]
         socks = [_send_and_hold(server.port, body) for _ in range(24)]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until all 24 are admitted
             admitted = sum(
-                _metric(server.base_url, name)
+                read_metrics(server.base_url)[name]
                 for name in ("imgserve_queue_images", "imgserve_running_images")
             )
-            if admitted + _metric(server.base_url, "imgserve_images_total") - done_before >= 24:
+            if admitted + read_metrics(server.base_url)["imgserve_images_total"] - done_before >= 24:
                 break
         sigterm_at = time.monotonic() - background_t0
         server.proc.send_signal(signal.SIGTERM)
@@ -288,17 +284,15 @@ def _connections_to(port: int) -> int:
     return count
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (apt-get install nginx-light)")
+@pytest.mark.skipif(find_nginx() is None, reason="nginx not installed (apt-get install nginx-light)")
 def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    """Two replicas behind nginx with the shipped docker/nginx/default.conf (rendered by the
-    deployment tests' helper). 8 clients load it; one replica is SIGKILLed. The requests
+    """Two replicas behind nginx with the shipped docker/nginx/default.conf (rendered by
+    harness.nginx). 8 clients load it; one replica is SIGKILLed. The requests
     that fail are at most the connections that replica held (idle keep-alive ones included,
     so this bounds from above), each fails as a 502 from nginx, and every request from half
     a second after the kill on is answered 200 by the other replica."""
-    from tests.e2e.test_nginx_lb import running_nginx
-
     slow = write_tiny_model(tmp_path / "slow", slow_matmuls=30)
     settings = {"max_batch_size": 4, "max_delay_ms": 2, "max_queue_images": 64}
     a = start_server(model=slow, **settings)
@@ -318,8 +312,8 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
         a.proc.wait(5)  # until the process is gone, its sockets still take connections
         kill_at.append(time.monotonic() - t0)
 
-    with running_nginx(nginx_dir, [a.port, b.port]) as nginx:
-        target = Target(f"{nginx.url}/predict", [(corpus.solid((250, 0, 0)), "image/png")])
+    with Nginx(nginx_dir, [a.port, b.port]) as nginx:
+        target = Target(f"{nginx.base_url}/predict", [(corpus.solid((250, 0, 0)), "image/png")])
         thread = threading.Thread(target=killer)
         t0 = time.monotonic()  # the load's clock too
         thread.start()

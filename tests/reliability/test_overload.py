@@ -8,7 +8,6 @@ offer several times that.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -17,9 +16,11 @@ import httpx
 import pytest
 
 from harness.loadgen import Target, closed_loop, percentile
+from harness.metrics import read_metrics
+from tests.conftest import StartServer
 
 from . import corpus
-from .conftest import StartServer, write_tiny_model
+from .conftest import write_tiny_model
 from .helpers import assert_error
 
 QUEUE = 8
@@ -36,13 +37,6 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("slow"), slow_matmuls=30)
-
-
-def metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"(?m)^{re.escape(name)} ([0-9.e+-]+)$", text)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
 
 
 def test_overload_gives_fast_503s_bounded_latency_and_full_recovery(
@@ -92,8 +86,8 @@ def test_overload_gives_fast_503s_bounded_latency_and_full_recovery(
             assert response.json()["predictions"][0]["top_k"][0]["label"] == "red"
     assert max(latencies) < 0.5, latencies
     assert httpx.get(f"{server.base_url}/readyz").json() == {"status": "ready"}
-    assert metric(server.base_url, "imgserve_queue_images") == 0
-    assert metric(server.base_url, "imgserve_running_images") == 0
+    assert read_metrics(server.base_url)["imgserve_queue_images"] == 0
+    assert read_metrics(server.base_url)["imgserve_running_images"] == 0
 
 
 def test_503_body_names_the_queue_limit(start_server: StartServer, slow_model: Path) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from harness.loadgen import Target
 from reliability.soak import photo_jpeg, soak
+from tests.conftest import StartServer
 
-from .conftest import StartServer, write_tiny_model
+from .conftest import write_tiny_model
 
 
 def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tmp_path: Path) -> None:
