@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import signal
 import threading
 import time
@@ -104,10 +105,10 @@ def test_sigterm_under_load_loses_no_accepted_request(
     """Eight clients send back to back on keep-alive connections; a load balancer polls
     /readyz every 100 ms and stops routing when it stops answering 200. After SIGTERM a new
     connection is refused (never accepted, so nothing is lost: a balancer sends it elsewhere);
-    every request that reached the server gets its 200, including those on connections that
-    were open when the signal came."""
+    every request that reached the server gets its 200 and the right answer, including those
+    on connections that were open when the signal came."""
     server = start_server(tiny_model_path, shutdown_delay_s=1.5, max_delay_ms=20, warmup_batch_sizes="1")
-    outcomes: list[tuple[str, str]] = []
+    outcomes: list[tuple[str, str, str]] = []  # (status or what happened, Connection, body)
     routing = threading.Event()
     routing.set()
 
@@ -125,12 +126,13 @@ def test_sigterm_under_load_loses_no_accepted_request(
             while routing.is_set():
                 try:
                     response = client.post("/predict", content=png(), headers={"Content-Type": "image/png"})
-                    outcomes.append((str(response.status_code), response.headers.get("connection", "")))
+                    connection = response.headers.get("connection", "")
+                    outcomes.append((str(response.status_code), connection, response.text))
                 except httpx.ConnectError:
-                    outcomes.append(("refused", ""))  # never accepted: nothing lost
+                    outcomes.append(("refused", "", ""))  # never accepted: nothing lost
                     time.sleep(0.05)
                 except httpx.HTTPError as exc:
-                    outcomes.append((f"lost: {type(exc).__name__}: {exc}", ""))
+                    outcomes.append((f"lost: {type(exc).__name__}: {exc}", "", ""))
 
     balancer = threading.Thread(target=load_balancer)
     threads = [threading.Thread(target=client_loop) for _ in range(8)]
@@ -144,7 +146,9 @@ def test_sigterm_under_load_loses_no_accepted_request(
     assert time.monotonic() - signalled < 30
     for thread in [balancer, *threads]:
         thread.join(30)
-    statuses = [status for status, _ in outcomes if status != "refused"]
+    statuses = [status for status, _, _ in outcomes if status != "refused"]
     assert set(statuses) == {"200"}, [s for s in statuses if s != "200"]
     assert len(statuses) > 20
-    assert any(connection == "close" for _, connection in outcomes), "no request was served while draining"
+    answers = [json.loads(body) for status, _, body in outcomes if status == "200"]
+    assert {answer["predictions"][0]["top_k"][0]["label"] for answer in answers} == {"red"}
+    assert any(connection == "close" for _, connection, _ in outcomes), "no request was served while draining"
