@@ -1,10 +1,10 @@
 """Start a real server (``python -m app``) as a child process on 127.0.0.1 and stop it.
 
-The one place that runs a server process for the e2e tests, the reliability tests and
-commands, and the benchmarks: they all want the same thing (a free port, settings as
-``IMGSERVE_*`` environment variables exactly as an operator gives them, ``/readyz`` before
-traffic, a clear error with the log when it never gets there, SIGTERM to stop), so one class
-keeps their start-up and shut-down from drifting apart.
+The one place that runs a server process for the tests, the reliability commands and the
+benchmarks: they all want the same thing (a free port, settings as ``IMGSERVE_*``
+environment variables exactly as an operator gives them, ``/readyz`` before traffic, a clear
+error with the log when it never gets there, SIGTERM to stop), so one class keeps their
+start-up and shut-down from drifting apart. ``harness.nginx.Nginx`` runs nginx with it too.
 """
 
 from __future__ import annotations
