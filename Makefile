@@ -9,8 +9,8 @@ test:             ## install what the tests need, run the whole test suite
 
 lint:             ## ruff and mypy
 	scripts/bootstrap.sh export,cpu,dev
-	.venv/bin/ruff check app model_export tests bench reliability scripts docker
-	.venv/bin/ruff format --check app model_export tests bench reliability scripts docker
+	.venv/bin/ruff check app model_card model_export harness tests bench reliability scripts docker
+	.venv/bin/ruff format --check app model_card model_export harness tests bench reliability scripts docker
 	.venv/bin/mypy
 
 container-test:   ## build the image with podman, compose up 2 replicas + nginx, fail one over, compose down

@@ -22,14 +22,6 @@ from bench.run import Point, choose_cpus, measure_point
 from bench.workloads import build_image_sets, build_workloads
 
 
-def start_variant(
-    name: str, app_dir: Path, model: Path, settings: dict[str, str], out: Path, cpus: str | None
-) -> servers.Topology:
-    env = servers.server_env(model, settings)
-    proc = servers.start_proc(name, list(servers.APP_ARGV), env, out / "logs", cpus, cwd=app_dir)
-    return servers.Topology(name, proc.port, [proc])
-
-
 def run_ab(args: Any) -> dict[str, Any]:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +36,9 @@ def run_ab(args: Any) -> dict[str, Any]:
     for index in range(args.rounds):
         row: dict[str, Any] = {}
         for side, app_dir in sides.items():
-            topo = start_variant(f"{side}{index}", app_dir, model, settings, out, server_cpus)
+            topo = servers.start_ours(
+                f"{side}{index}", model, settings, out / "logs", server_cpus, cwd=app_dir
+            )
             try:
                 point = Point(side, args.workload, args.concurrency)
                 row[side] = measure_point(

@@ -20,17 +20,19 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from tqdm import tqdm
 
 from bench import servers
 from bench.servers import Topology
-from bench.workloads import build_image_sets, build_workloads
-from reliability.nginx import find_nginx
+from bench.workloads import ImageSet, Workload, build_image_sets, build_workloads
+from harness.loadgen import summarise
+from harness.nginx import find_nginx
 
 REPO_ROOT = servers.REPO_ROOT
 DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
@@ -185,19 +187,27 @@ def parse_cpus(spec: str) -> list[int]:
     return cpus
 
 
-def choose_cpus(pin: str) -> tuple[str | None, str | None, int]:
-    """(client cpus, server cpus, client processes) for ``--pin``: auto, none, or 'CLIENT:SERVER'."""
+class Pinning(NamedTuple):
+    """Where the load generator and everything under test run (taskset lists; None: anywhere)."""
+
+    client_cpus: str | None
+    server_cpus: str | None
+    client_procs: int
+
+
+def choose_cpus(pin: str) -> Pinning:
+    """The pinning for ``--pin``: auto, none, or 'CLIENT:SERVER'."""
     if pin == "none":
-        return None, None, max(1, (os.cpu_count() or 1) // 8)
+        return Pinning(None, None, max(1, (os.cpu_count() or 1) // 8))
     if ":" in pin:
         client, server = pin.split(":", 1)
-        return client, server, len(parse_cpus(client))
+        return Pinning(client, server, len(parse_cpus(client)))
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
-        return None, None, 1
+        return Pinning(None, None, 1)
     n_client = max(1, len(cpus) // 4)
     client, server = cpus[:n_client], cpus[n_client:]
-    return ",".join(map(str, client)), ",".join(map(str, server)), n_client
+    return Pinning(",".join(map(str, client)), ",".join(map(str, server)), n_client)
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -207,7 +217,7 @@ def create_tiny_model(out_dir: Path, *, layout: Literal["NHWC", "NCHW"] = "NHWC"
     The NCHW float twin (same weights) is what the naive baseline runs."""
     import numpy as np
 
-    from model_export.tiny import tiny_card, write_model
+    from harness.tiny_model import tiny_card, write_model
 
     classes = 10
     card = tiny_card(
@@ -291,7 +301,7 @@ def measure_point(
         argv = [
             sys.executable,
             "-m",
-            "bench.loadgen",
+            "harness.loadgen",
             "--workload",
             str(workload_dir),
             "--port",
@@ -344,19 +354,15 @@ def merge(
     duration_s: float,
     rate: float,
 ) -> dict[str, Any]:
-    from bench.loadgen import percentile_ms
-
     latencies = sorted(lat for c in clients for lat in c["latencies_s"])
     ipr = clients[0]["images_per_request"]
-    requests_ok = len(latencies)
-    images_ok = requests_ok * ipr
-    errors: dict[str, int] = {}
+    errors: Counter[str] = Counter()
     for c in clients:
-        for kind, count in c["errors"].items():
-            errors[kind] = errors.get(kind, 0) + count
+        errors.update(c["errors"])
+    window = summarise(latencies, dict(errors), duration_s, ipr)
     # Images the server finished in the window, by its own count when it keeps one (both sides of
     # the ratio then come from the server); else what the client saw completed.
-    server_images = delta.images_processed if delta.images_processed else images_ok
+    server_images = delta.images_processed if delta.images_processed else window["images_ok"]
     client_cpu = sum(c["client_cpu_s"] for c in clients)
     client_requests = sum(c["requests_sent"] for c in clients)
     return {
@@ -368,13 +374,7 @@ def merge(
         "concurrency": point.concurrency,
         "offered_images_per_s": rate * ipr if rate else None,
         "duration_s": duration_s,
-        "requests_ok": requests_ok,
-        "images_ok": images_ok,
-        "images_per_s": images_ok / duration_s,
-        "latency_ms": {f"p{q:g}": percentile_ms(latencies, q) for q in (50, 90, 95, 99, 99.9)}
-        | {"mean": 1000 * sum(latencies) / requests_ok if requests_ok else float("nan")},
-        "errors": errors,
-        "error_count": sum(errors.values()),
+        **window,
         "sample_error_body": next((c["sample_error_body"] for c in clients if c["sample_error_body"]), ""),
         "server_cpu_s": server_cpu_s,
         "server_images": server_images,
@@ -419,48 +419,93 @@ def run_ceiling(
     return json.loads(result_path.read_text())
 
 
+@dataclass(frozen=True)
+class Run:
+    """What every stage of one run reads: the arguments, where results go, the pinning, the
+    machine, the models, the images, the plan and its request bodies."""
+
+    args: Any
+    out: Path
+    pinning: Pinning
+    machine: dict[str, Any]
+    model: Path
+    naive_model: Path
+    sets: dict[str, ImageSet]
+    plan: Plan
+    workloads: dict[str, Workload]
+
+
 def execute(args: Any) -> Path:
+    """The run, stage by stage: prepare, the in-process ceiling, every load point, the report."""
     started = time.monotonic()
+    run = prepare_run(args)
+    ceiling = measure_ceiling(run)
+    points = measure_points(run)
+    report = assemble_report(run, ceiling, points, time.monotonic() - started)
+    write_results(report, run.out)
+    return run.out
+
+
+def prepare_run(args: Any) -> Run:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    machine = describe_machine()
-    client_cpus, server_cpus, client_procs = choose_cpus(args.pin)
+    pinning = choose_cpus(args.pin)
     if args.client_procs:
-        client_procs = args.client_procs
-    machine |= {
-        "client_cpus": client_cpus or "any",
-        "server_cpus": server_cpus or "any",
-        "client_processes": client_procs,
+        pinning = pinning._replace(client_procs=args.client_procs)
+    machine = describe_machine() | {
+        "client_cpus": pinning.client_cpus or "any",
+        "server_cpus": pinning.server_cpus or "any",
+        "client_processes": pinning.client_procs,
     }
+    print_machine(machine)
+    model, naive_model = prepare_models(args, out)
+    sets = build_image_sets(out / "images", smoke=args.smoke)
+    plan = choose_plan(args, machine["cuda_provider_available"])
+    workloads = write_workloads(sets, plan, out)
+    return Run(args, out, pinning, machine, model, naive_model, sets, plan, workloads)
+
+
+def print_machine(machine: dict[str, Any]) -> None:
     print(f"machine: {machine['cpu_model']} x{machine['cpu_count']}, GPU: {machine['gpu']}")
     print(
         f"ONNX Runtime {machine['onnxruntime']} providers: {machine['onnxruntime_providers']} "
         f"(CUDA provider {'AVAILABLE' if machine['cuda_provider_available'] else 'not available'})"
     )
     print(
-        f"load generator on cpus {machine['client_cpus']} ({client_procs} process(es)), "
+        f"load generator on cpus {machine['client_cpus']} ({machine['client_processes']} process(es)), "
         f"servers and ceiling on cpus {machine['server_cpus']}"
     )
 
-    model, naive_model = prepare_models(args, out)
-    sets = build_image_sets(out / "images", smoke=args.smoke)
+
+def choose_plan(args: Any, cuda: bool) -> Plan:
+    """The smoke or the full plan (nginx topologies only where nginx is installed), ``--only``."""
     replicas = find_nginx() is not None
-    plan = smoke_plan(replicas) if args.smoke else full_plan(replicas, machine["cuda_provider_available"])
+    plan = smoke_plan(replicas) if args.smoke else full_plan(replicas, cuda)
     if args.only:
         plan.points = [p for p in plan.points if any(part in p.key for part in args.only)]
+    return plan
+
+
+def write_workloads(sets: dict[str, ImageSet], plan: Plan, out: Path) -> dict[str, Workload]:
+    """The request bodies of every workload the plan uses, saved for the load generators."""
     workloads = build_workloads(sets, sorted({p.workload for p in plan.points}))
     for name, workload in workloads.items():
         workload.to_json(out / "workloads" / name)
+    return workloads
 
+
+def measure_ceiling(run: Run) -> dict[str, Any]:
+    """The in-process ceiling on the servers' cores; with --require-cuda, stop unless on CUDA."""
+    args = run.args
     ceiling_sets = [MAIN] if args.smoke else [MAIN, "jpeg_12mp", "png_512"]
     print(f"ceiling: in process, {args.ceiling_duration:g} s per image set ...")
     ceiling = run_ceiling(
-        model,
-        [out / "images" / s for s in ceiling_sets],
+        run.model,
+        [run.out / "images" / s for s in ceiling_sets],
         () if args.smoke else CEILING_BATCH_SIZES,
         args,
-        server_cpus,
-        out,
+        run.pinning.server_cpus,
+        run.out,
     )
     if args.require_cuda and ceiling["provider"] != "CUDAExecutionProvider":
         raise SystemExit(f"--require-cuda: the ceiling's session runs on {ceiling['providers']}, not CUDA")
@@ -470,50 +515,75 @@ def execute(args: Any) -> Path:
             f"CPU-ms/image (preprocess alone {1000 * fig['preprocess_cpu_s_per_image']:.2f})  "
             f"provider {ceiling['provider']}"
         )
+    return ceiling
 
+
+def measure_points(run: Run) -> dict[str, dict[str, Any]]:
+    """Every point of the plan, topology by topology; the figures by point key."""
     results: dict[str, dict[str, Any]] = {}
-    # smoke: the tiny model needs no warm-up at every batch size
-    extra_settings = {"warmup_batch_sizes": "1"} if args.smoke else {}
-    if args.require_cuda:
-        extra_settings["require_cuda"] = "true"
-    used = [t for t in plan.topologies if any(p.topology == t for p in plan.points)]
-    bar = tqdm(total=len(plan.points), desc="load points", unit="point")
-    for topo_name in used:
-        spec = plan.topologies[topo_name]
-        topo = start_topology(topo_name, spec, model, naive_model, out, server_cpus, extra_settings)
-        try:
-            for point in (p for p in plan.points if p.topology == topo_name):
-                rate = point.offered_images_per_s / workloads[point.workload].images_per_request
-                if point.rate_of:
-                    base = results.get(point.rate_of)
-                    if base is None or not base["images_per_s"]:
-                        bar.update()
-                        continue
-                    rate = (
-                        point.rate_fraction
-                        * base["images_per_s"]
-                        / workloads[point.workload].images_per_request
-                    )
-                bar.set_postfix_str(point.key)
-                result = measure_point(
-                    topo,
-                    point,
-                    out / "workloads" / point.workload,
-                    args,
-                    client_cpus,
-                    client_procs,
-                    rate,
-                    out,
-                )
-                results[point.key] = result
-                bar.update()
-                tqdm.write(one_line(result))
-        finally:
-            topo.stop()
-    bar.close()
+    used = [t for t in run.plan.topologies if any(p.topology == t for p in run.plan.points)]
+    with tqdm(total=len(run.plan.points), desc="load points", unit="point") as bar:
+        for topo_name in used:
+            measure_topology(run, topo_name, results, bar)
+    return results
 
-    report = {
-        "machine": machine,
+
+def measure_topology(run: Run, name: str, results: dict[str, dict[str, Any]], bar: tqdm[Any]) -> None:
+    """Start one topology, measure each of its points into ``results``, stop it."""
+    spec = run.plan.topologies[name]
+    topo = start_topology(
+        name, spec, run.model, run.naive_model, run.out, run.pinning.server_cpus, server_settings(run.args)
+    )
+    try:
+        for point in (p for p in run.plan.points if p.topology == name):
+            rate = offered_rate(point, run.workloads[point.workload], results)
+            if rate is None:
+                bar.update()
+                continue
+            bar.set_postfix_str(point.key)
+            results[point.key] = measure_point(
+                topo,
+                point,
+                run.out / "workloads" / point.workload,
+                run.args,
+                run.pinning.client_cpus,
+                run.pinning.client_procs,
+                rate,
+                run.out,
+            )
+            bar.update()
+            tqdm.write(one_line(results[point.key]))
+    finally:
+        topo.stop()
+
+
+def server_settings(args: Any) -> dict[str, str]:
+    """What every server of the run gets besides its topology's settings."""
+    # smoke: the tiny model needs no warm-up at every batch size
+    settings = {"warmup_batch_sizes": "1"} if args.smoke else {}
+    if args.require_cuda:
+        settings["require_cuda"] = "true"
+    return settings
+
+
+def offered_rate(point: Point, workload: Workload, results: dict[str, dict[str, Any]]) -> float | None:
+    """Requests/s for an open-loop point (0: closed loop); None when the point its rate is a
+    fraction of did not run or served nothing."""
+    if not point.rate_of:
+        return point.offered_images_per_s / workload.images_per_request
+    base = results.get(point.rate_of)
+    if base is None or not base["images_per_s"]:
+        return None
+    return point.rate_fraction * base["images_per_s"] / workload.images_per_request
+
+
+def assemble_report(
+    run: Run, ceiling: dict[str, Any], points: dict[str, dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """results.json: the machine, the settings, the inputs, the ceiling and every point."""
+    args = run.args
+    return {
+        "machine": run.machine,
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "settings": {
             "duration_s": args.duration,
@@ -522,8 +592,8 @@ def execute(args: Any) -> Path:
             "smoke": args.smoke,
             "pin": args.pin,
         },
-        "model": str(model),
-        "naive_model": str(naive_model),
+        "model": str(run.model),
+        "naive_model": str(run.naive_model),
         "image_sets": {
             name: {
                 "count": len(s.images),
@@ -531,7 +601,7 @@ def execute(args: Any) -> Path:
                 "mean_bytes": sum(map(len, s.images)) / len(s.images),
                 "note": s.note,
             }
-            for name, s in sets.items()
+            for name, s in run.sets.items()
         },
         "workloads": {
             name: {
@@ -539,13 +609,17 @@ def execute(args: Any) -> Path:
                 "mean_body_bytes": w.mean_body_bytes,
                 "description": w.description,
             }
-            for name, w in workloads.items()
+            for name, w in run.workloads.items()
         },
         "ceiling": ceiling,
-        "points": results,
-        "plan": [asdict(p) for p in plan.points],
-        "wall_s": time.monotonic() - started,
+        "points": points,
+        "plan": [asdict(p) for p in run.plan.points],
+        "wall_s": wall_s,
     }
+
+
+def write_results(report: dict[str, Any], out: Path) -> None:
+    """results.json, report.md and the plots; the report's summary on stdout."""
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     from bench.report import write_report
 
@@ -553,7 +627,6 @@ def execute(args: Any) -> Path:
     print()
     print(md.read_text().split("## Details")[0])
     print(f"results: {out / 'results.json'}, report: {md}, total {report['wall_s']:.0f} s")
-    return out
 
 
 def one_line(r: dict[str, Any]) -> str:

@@ -13,19 +13,18 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from reliability.nginx import find_nginx, write_local_config
-from reliability.server import APP_ARGV, REPO_ROOT, ServerProcess, free_port
+from harness.metrics import read_metrics
+from harness.nginx import Nginx
+from harness.server import REPO_ROOT, ServerProcess, free_port, settings_env
 
 READY_TIMEOUT_S = 180.0  # a cold start on a GPU (CUDA init, warm-up) takes minutes, not seconds
 STOP_TIMEOUT_S = 15.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-NGINX_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
 
 
 def process_cpu_s(pid: int) -> float:
@@ -81,44 +80,20 @@ class Proc:
         self.server.stop(STOP_TIMEOUT_S)
 
 
-def start_proc(
-    name: str,
-    argv: list[str],
-    env: dict[str, str],
-    log_dir: Path,
-    cpus: str | None,
-    metrics: bool = True,
-    cwd: Path = REPO_ROOT,
-    port: int | None = None,
-) -> Proc:
-    """Start ``argv`` pinned to ``cpus`` and wait (up to 180 s: a cold GPU start) for ``/readyz``."""
-    server = ServerProcess(
-        env, log_dir / f"{name}.log", port, argv=argv, argv_prefix=taskset_prefix(cpus), cwd=cwd
-    )
+def start_proc(name: str, server: ServerProcess, metrics: bool = True) -> Proc:
+    """Start ``server`` and wait (up to 180 s: a cold GPU start) until it is ready."""
     server.start(READY_TIMEOUT_S, poll_s=0.2)
     return Proc(name, server, metrics)
 
 
 # --- metrics -----------------------------------------------------------------------------------
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN|[+-]Inf)")
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Flat {name{labels}: value}; enough for counters and histogram _sum/_count."""
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match:
-            samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return samples
-
-
 def scrape(port: int) -> dict[str, float]:
+    """The server's metrics now, or none when it does not answer (the window's figures then
+    say so rather than the whole run failing)."""
     try:
-        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        return read_metrics(f"http://127.0.0.1:{port}")
     except httpx.HTTPError:
         return {}
-    return parse_prometheus(response.text) if response.status_code == 200 else {}
 
 
 def _sum_matching(samples: dict[str, float], pattern: str) -> float | None:
@@ -182,9 +157,6 @@ class Topology:
         if errors:
             raise errors[0]
 
-    def server_pids(self) -> list[int]:
-        return [pid for proc in self.procs for pid in proc.pids()]
-
 
 def sum_deltas(before: list[dict[str, float]], after: list[dict[str, float]]) -> MetricsDelta:
     total = MetricsDelta()
@@ -197,54 +169,42 @@ def sum_deltas(before: list[dict[str, float]], after: list[dict[str, float]]) ->
     return total
 
 
-def server_env(model_path: Path, settings: dict[str, str]) -> dict[str, str]:
-    """The model and settings as ``IMGSERVE_*``; ``ServerProcess`` adds host, port, log level."""
-    env = {"IMGSERVE_MODEL_PATH": str(model_path)}
-    return env | {f"IMGSERVE_{k.upper()}": str(v) for k, v in settings.items()}
-
-
 def start_ours(
-    name: str, model_path: Path, settings: dict[str, str], log_dir: Path, cpus: str | None
+    name: str,
+    model_path: Path,
+    settings: dict[str, str],
+    log_dir: Path,
+    cpus: str | None,
+    cwd: Path = REPO_ROOT,
 ) -> Topology:
-    proc = start_proc(name, list(APP_ARGV), server_env(model_path, settings), log_dir, cpus)
+    """Our server (``cwd``: another checkout of it, for an A/B) with ``settings`` as IMGSERVE_*."""
+    server = ServerProcess(
+        settings_env(model_path, settings), log_dir / f"{name}.log", argv_prefix=taskset_prefix(cpus), cwd=cwd
+    )
+    proc = start_proc(name, server)
     return Topology(name, proc.port, [proc])
 
 
 def start_naive(model_path: Path, log_dir: Path, cpus: str | None) -> Topology:
     port = free_port()
     argv = [sys.executable, "-m", "bench.naive_server", "--model", str(model_path), "--port", str(port)]
-    proc = start_proc("naive", argv, {}, log_dir, cpus, metrics=False, port=port)
+    server = ServerProcess({}, log_dir / "naive.log", port, argv=argv, argv_prefix=taskset_prefix(cpus))
+    proc = start_proc("naive", server, metrics=False)
     return Topology("naive", port, [proc])
 
 
 def start_replicas(
     model_path: Path, settings: dict[str, str], replicas: int, log_dir: Path, cpus: str | None
 ) -> Topology:
-    nginx = find_nginx()
-    if nginx is None:
-        raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
     topo = Topology(f"nginx+{replicas}", 0)
     try:
         for index in range(replicas):
             replica = start_ours(f"replica{index}", model_path, settings, log_dir, cpus)
             topo.procs.extend(replica.procs)
-        run_dir = log_dir / "nginx"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        conf = write_local_config(run_dir, port, [p.port for p in topo.procs])
-        argv = [nginx, "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf)]
-        topo.procs.append(start_proc("nginx", argv, {}, log_dir, cpus, metrics=False, port=port))
-        topo.port = port
+        nginx = Nginx(log_dir / "nginx", [p.port for p in topo.procs], argv_prefix=taskset_prefix(cpus))
+        topo.procs.append(start_proc("nginx", nginx, metrics=False))
+        topo.port = nginx.port
     except BaseException:
         topo.stop()
         raise
     return topo
-
-
-@contextlib.contextmanager
-def running(topo_factory: object) -> Iterator[Topology]:
-    topo: Topology = topo_factory()  # type: ignore[operator]
-    try:
-        yield topo
-    finally:
-        topo.stop()

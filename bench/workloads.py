@@ -17,7 +17,6 @@ no cache (the server's or the CPU's) sees the same bytes twice in a row.
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from harness.loadgen import save_workload
 
 BOUNDARY_PREFIX = "benchboundary"
 
@@ -139,12 +140,7 @@ class Workload:
 
     def to_json(self, path: Path) -> None:
         """Write the bodies to ``path`` (a folder) so the load generator process can read them."""
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"name": self.name, "images_per_request": self.images_per_request, "bodies": []}
-        for index, (body, content_type) in enumerate(self.bodies):
-            (path / f"body{index}.bin").write_bytes(body)
-            meta["bodies"].append({"file": f"body{index}.bin", "content_type": content_type})
-        (path / "workload.json").write_text(json.dumps(meta))
+        save_workload(path, self.name, self.images_per_request, self.bodies)
 
 
 def _single(image_set: ImageSet, multipart: bool) -> Workload:

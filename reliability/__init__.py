@@ -1,3 +1,3 @@
-"""Reliability and security tooling: soak, API fuzzing, dependency audit, and the helpers
-(tiny models, a managed server process, a load generator) that the tests in
-``tests/reliability`` share with those commands."""
+"""Reliability and security commands: soak, API fuzzing, dependency audit. What they share
+with the tests and the benchmarks (the server process, tiny models, the load generator) is in
+``harness``."""

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reliability.server import REPO_ROOT
+from harness.server import REPO_ROOT
 
 
 def resolve(extra: str, workdir: Path) -> list[tuple[str, str]]:

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from model_export.tiny import write_model
-from reliability.server import REPO_ROOT, ServerProcess
+from harness.server import REPO_ROOT, ServerProcess
+from harness.tiny_model import write_model
 
 CONFIG = REPO_ROOT / "reliability" / "schemathesis.toml"
 KEY = "k-fuzz-7d3e5a90b1"

@@ -27,8 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from reliability.load import Result, Target, closed_loop, open_loop, percentile, throughput
-from reliability.server import REPO_ROOT, ServerProcess
+from harness.loadgen import Result, Target, closed_loop, open_loop, percentile, throughput
+from harness.server import REPO_ROOT, ServerProcess, settings_env
 
 MB = 1024 * 1024
 
@@ -257,12 +257,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = {"IMGSERVE_MODEL_PATH": str(args.model)}
+    settings = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        env[f"IMGSERVE_{name.upper().removeprefix('IMGSERVE_')}"] = value
+        settings[name.upper().removeprefix("IMGSERVE_")] = value
+    env = settings_env(args.model, settings)
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(env, Path(tmp) / "server.log") as server:
-        target = Target(f"{server.base_url}/predict", photo_jpeg(), {"content-type": "image/jpeg"})
+        target = Target(f"{server.base_url}/predict", [(photo_jpeg(), "image/jpeg")])
         report = soak(
             server,
             target,

@@ -1,9 +1,11 @@
 """Loaded by every Python process of a GPU benchmark run (``PYTHONPATH=bench/gpu:...``).
 
 onnxruntime-gpu finds the CUDA and cuDNN libraries that come with PyTorch's wheels only after
-``onnxruntime.preload_dlls()`` (../shared/GPU.md). The server does not call it, so each process
-(servers, ceiling) calls it here, before anything creates a session. It prints nothing: the
-benchmark prints the providers each session really got.
+``onnxruntime.preload_dlls()`` (../shared/GPU.md). Our server and the ceiling call it
+themselves (``app.inference.engine.create_engine`` does whenever the CUDA provider is offered);
+the naive baseline (``bench/naive_server.py``) builds its session directly, as tutorials do,
+and gets them only here. It prints nothing: the benchmark prints the providers each session
+really got.
 """
 
 import contextlib

@@ -17,8 +17,8 @@ from PIL import Image
 from app.config import Settings
 from app.inference.engine import Engine, EngineOptions, create_engine
 from app.main import create_app
-from model_export.tiny import COLOUR_LABELS as LABELS
-from model_export.tiny import expected_probabilities
+from harness.tiny_model import COLOUR_LABELS as LABELS
+from harness.tiny_model import expected_probabilities
 
 ALLOWED_RAW = (
     "image/bmp, image/x-ms-bmp, image/gif, image/jpeg, image/jpg, image/pjpeg, image/png, image/webp, "

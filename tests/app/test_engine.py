@@ -14,8 +14,8 @@ import pytest
 
 from app.inference import engine as engine_module
 from app.inference.engine import CPU_PROVIDER, CUDA_PROVIDER, EngineError, EngineOptions, create_engine
+from harness.tiny_model import expected_probabilities, tiny_card, write_model
 from model_card import CARD_METADATA_KEY, load_card, sha256_file
-from model_export.tiny import expected_probabilities, tiny_card, write_model
 
 COLOURS = np.array([[200, 30, 30], [20, 220, 40], [10, 20, 250], [128, 128, 128]], dtype=np.uint8)
 

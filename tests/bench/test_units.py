@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from bench.loadgen import build_request, percentile_ms
 from bench.run import parse_cpus
-from bench.servers import metrics_delta, parse_prometheus
+from bench.servers import metrics_delta
 from bench.workloads import multipart_body, resize_crop
-from reliability.nginx import write_local_config
+from harness.loadgen import Target, build_requests, header, percentile
+from harness.metrics import parse_prometheus
+from harness.nginx import write_local_config
 
 METRICS_BEFORE = """\
 # HELP imgserve_batch_size Images per model run.
@@ -52,10 +53,16 @@ def test_parse_prometheus_keeps_labels_apart() -> None:
 
 def test_percentile_is_nearest_rank() -> None:
     latencies = [i / 1000 for i in range(1, 101)]  # 1..100 ms
-    assert percentile_ms(latencies, 50) == pytest.approx(50.0)
-    assert percentile_ms(latencies, 99) == pytest.approx(99.0)
-    assert percentile_ms(latencies, 100) == pytest.approx(100.0)
-    assert percentile_ms([0.007], 99) == pytest.approx(7.0)
+    assert percentile(latencies, 50) == pytest.approx(0.050)
+    assert percentile(latencies, 99) == pytest.approx(0.099)
+    assert percentile(latencies, 100) == pytest.approx(0.100)
+    assert percentile(latencies, 0) == pytest.approx(0.001)
+    assert percentile([0.007], 99) == pytest.approx(0.007)
+    ten = list(range(1, 11))
+    assert percentile(ten, 91) == 10  # rank ceil(9.1): the smallest value with 91% at or below
+    assert percentile(ten, 90) == 9  # exactly 90% of the values are at or below 9
+    assert percentile(list(range(1, 1001)), 99.9) == 999  # 99.9% of 1000 is 999.0000000000001 in floats
+    assert percentile(ten[::-1], 50) == 5  # unsorted input
 
 
 def test_multipart_body_parses_back_to_the_same_images() -> None:
@@ -74,10 +81,20 @@ def test_multipart_body_parses_back_to_the_same_images() -> None:
 
 
 def test_request_bytes_have_the_exact_content_length() -> None:
-    request = build_request("127.0.0.1", 8000, "/predict", b"abc\r\n\r\nxyz", "image/jpeg")
-    head, body = request.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"POST /predict HTTP/1.1\r\n")
-    assert b"Content-Length: 10" in head and body == b"abc\r\n\r\nxyz"
+    target = Target(
+        "http://127.0.0.1:8000/predict?top_k=1", [(b"abc\r\n\r\nxyz", "image/jpeg"), (b"", "image/png")]
+    )
+    first, second = build_requests(target)
+    head, body = first.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /predict?top_k=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n")
+    assert b"Content-Type: image/jpeg" in head and b"Content-Length: 10" in head and body == b"abc\r\n\r\nxyz"
+    assert second.endswith(b"Content-Type: image/png\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_header_reads_a_response_header_whatever_its_case() -> None:
+    head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nRetry-After:  1\r\n\r\n"
+    assert header(head, "retry-after") == "1"
+    assert header(head, "x-missing") is None
 
 
 def test_resize_crop_gives_the_exact_size() -> None:

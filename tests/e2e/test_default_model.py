@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
-from reliability.server import ServerProcess
+from harness.metrics import read_metrics
+from harness.server import APP_ARGV, REPO_ROOT, ServerProcess, child_env, free_port, settings_env
 from tests.app.photos import PHOTOS
-from tests.e2e.server import metric_value
 
 
 def test_real_photos_get_their_imagenet_classes_in_the_top_5(default_server: ServerProcess) -> None:
@@ -41,7 +43,7 @@ def test_raw_body_upload_like_the_readme_curl(default_server: ServerProcess) -> 
 
 def test_concurrent_requests_form_batches_larger_than_one(default_server: ServerProcess) -> None:
     url = default_server.base_url
-    before = httpx.get(f"{url}/metrics").text
+    before = read_metrics(url)
     photos = [path.read_bytes() for path, _ in PHOTOS.values()]
 
     def send(i: int) -> int:
@@ -53,17 +55,13 @@ def test_concurrent_requests_form_batches_larger_than_one(default_server: Server
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(send, range(48)))
     assert statuses == [200] * 48
-    after = httpx.get(f"{url}/metrics").text
-    batches = metric_value(after, "imgserve_batch_size_count") - metric_value(
-        before, "imgserve_batch_size_count"
-    )
-    singles = metric_value(after, 'imgserve_batch_size_bucket{le="1.0"}') - metric_value(
-        before, 'imgserve_batch_size_bucket{le="1.0"}'
-    )
-    images = metric_value(after, "imgserve_batch_size_sum") - metric_value(before, "imgserve_batch_size_sum")
+    after = read_metrics(url)
+    batches = after["imgserve_batch_size_count"] - before["imgserve_batch_size_count"]
+    singles = after['imgserve_batch_size_bucket{le="1.0"}'] - before['imgserve_batch_size_bucket{le="1.0"}']
+    images = after["imgserve_batch_size_sum"] - before["imgserve_batch_size_sum"]
     assert images == 48
     assert batches < 48 and batches - singles >= 1, f"{batches} batches, {singles} of size 1"
-    assert metric_value(after, "imgserve_queue_images") == 0
+    assert after["imgserve_queue_images"] == 0
 
 
 def test_models_health_and_request_logs(default_server: ServerProcess) -> None:
@@ -108,19 +106,11 @@ def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> Non
     ],
 )
 def test_bad_configuration_stops_the_process_with_a_clear_message(
-    settings: dict[str, str], message: str, code: int, tmp_path
+    tiny_model_path: Path, settings: dict[str, str], message: str, code: int
 ) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from reliability.server import REPO_ROOT, free_port
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSERVE_")}
-    env.update({"IMGSERVE_PORT": str(free_port()), "IMGSERVE_HOST": "127.0.0.1"})
-    env.update({f"IMGSERVE_{k.upper()}": v for k, v in settings.items()})
+    env = child_env(free_port(), settings_env(tiny_model_path, settings), inherit_settings=False)
     result = subprocess.run(
-        [sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+        [*APP_ARGV], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == code
     assert message in result.stderr

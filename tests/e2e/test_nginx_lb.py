@@ -13,12 +13,11 @@ import io
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +26,13 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from reliability.nginx import find_nginx, write_local_config
-from reliability.server import ServerProcess, free_port
-from tests.e2e.server import run_server
+from harness.nginx import Nginx, find_nginx
+from harness.server import ServerProcess, free_port
+from tests.conftest import StartServer
 
-NGINX = find_nginx()
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (apt-get install nginx-light)")
+pytestmark = pytest.mark.skipif(
+    find_nginx() is None, reason="nginx not installed (apt-get install nginx-light)"
+)
 
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 # Longer than nginx's upstream keepalive_timeout (4 s): see docker-compose.yml.
@@ -54,81 +54,10 @@ def chelsea_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-class Nginx:
-    """nginx in the foreground with the shipped server block, upstreams on 127.0.0.1."""
-
-    def __init__(self, workdir: Path, upstream_ports: list[int]) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.upstream_ports = upstream_ports
-        self.error_log = workdir / "error.log"
-        self.access_log = workdir / "access.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def render(self) -> Path:
-        return write_local_config(self.workdir, self.port, self.upstream_ports)
-
-    def check(self) -> subprocess.CompletedProcess[str]:
-        assert NGINX is not None
-        return subprocess.run(
-            [NGINX, "-t", "-p", str(self.workdir), "-c", str(self.render())],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-
-    def start(self) -> None:
-        assert NGINX is not None
-        conf = self.render()
-        with (self.workdir / "stderr.log").open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [NGINX, "-p", str(self.workdir), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"nginx exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{self.url}/lb-healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise TimeoutError("nginx did not answer in 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def errors(self) -> str:
-        return self.error_log.read_text() if self.error_log.exists() else ""
-
-
-@contextmanager
-def running_nginx(workdir: Path, upstream_ports: list[int]) -> Iterator[Nginx]:
-    nginx = Nginx(workdir, upstream_ports)
-    nginx.start()
-    try:
-        yield nginx
-    finally:
-        nginx.stop()
-
-
 @pytest.fixture(scope="module")
-def replicas(
-    default_model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[ServerProcess]]:
+def replicas(start_module_server: StartServer, default_model_path: Path) -> list[ServerProcess]:
     """Two real servers with the default model, started (and warmed up) before nginx."""
-    log_dir = tmp_path_factory.mktemp("replicas")
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(run_server(default_model_path, log_dir, **REPLICA_SETTINGS)) for _ in range(2)
-        ]
+    return [start_module_server(default_model_path, **REPLICA_SETTINGS) for _ in range(2)]
 
 
 def predict(client: httpx.Client, url: str, image: bytes, **headers: str) -> httpx.Response:
@@ -152,9 +81,9 @@ def test_round_robin_over_both_replicas_with_request_ids(
     replicas: list[ServerProcess], tmp_path: Path
 ) -> None:
     image = chelsea_jpeg()
-    with running_nginx(tmp_path, [r.port for r in replicas]) as nginx, httpx.Client(timeout=30) as client:
-        responses = [predict(client, nginx.url, image) for _ in range(10)]
-        tagged = predict(client, nginx.url, image, **{"X-Request-ID": "deploy-test-0001"})
+    with Nginx(tmp_path, [r.port for r in replicas]) as nginx, httpx.Client(timeout=30) as client:
+        responses = [predict(client, nginx.base_url, image) for _ in range(10)]
+        tagged = predict(client, nginx.base_url, image, **{"X-Request-ID": "deploy-test-0001"})
 
     assert [r.status_code for r in responses] == [200] * 10
     served = Counter(answered_by(r) for r in responses)
@@ -173,10 +102,10 @@ def test_body_limit_is_enforced_by_nginx_at_the_apps_limit(
     replicas: list[ServerProcess], tmp_path: Path
 ) -> None:
     limit = 20 * 1024 * 1024
-    with running_nginx(tmp_path, [r.port for r in replicas]) as nginx, httpx.Client(timeout=60) as client:
+    with Nginx(tmp_path, [r.port for r in replicas]) as nginx, httpx.Client(timeout=60) as client:
         headers = {"Content-Type": "image/jpeg"}
-        at_limit = client.post(f"{nginx.url}/predict", content=b"\xff" * limit, headers=headers)
-        over = client.post(f"{nginx.url}/predict", content=b"\xff" * (limit + 1), headers=headers)
+        at_limit = client.post(f"{nginx.base_url}/predict", content=b"\xff" * limit, headers=headers)
+        over = client.post(f"{nginx.base_url}/predict", content=b"\xff" * (limit + 1), headers=headers)
     # At the limit the body reaches a replica, which refuses it as an image, not as too large.
     assert at_limit.status_code != 413 and at_limit.headers["x-upstream-addr"]
     assert at_limit.json()["detail"]
@@ -230,10 +159,10 @@ def test_refused_connections_are_retried_on_the_other_replica(
     nothing_listens = free_port()
     image = chelsea_jpeg()
     with (
-        running_nginx(tmp_path, [nothing_listens, replicas[0].port]) as nginx,
+        Nginx(tmp_path, [nothing_listens, replicas[0].port]) as nginx,
         httpx.Client(timeout=30) as client,
     ):
-        responses = [predict(client, nginx.url, image) for _ in range(6)]
+        responses = [predict(client, nginx.base_url, image) for _ in range(6)]
     assert [r.status_code for r in responses] == [200] * 6
     assert {answered_by(r) for r in responses} == {f"127.0.0.1:{replicas[0].port}"}
     # Exactly one request met the refused connection (then max_fails took it out) and was retried.
@@ -247,15 +176,15 @@ def test_a_post_already_sent_is_not_retried_but_a_get_is(
     image = chelsea_jpeg()
     with dead_end() as fake:
         with (
-            running_nginx(tmp_path / "post", [fake.port, replicas[0].port]) as nginx,
+            Nginx(tmp_path / "post", [fake.port, replicas[0].port]) as nginx,
             httpx.Client(timeout=30) as client,
         ):
-            posts = [predict(client, nginx.url, image) for _ in range(4)]
+            posts = [predict(client, nginx.base_url, image) for _ in range(4)]
         with (
-            running_nginx(tmp_path / "get", [fake.port, replicas[0].port]) as nginx,
+            Nginx(tmp_path / "get", [fake.port, replicas[0].port]) as nginx,
             httpx.Client(timeout=30) as client,
         ):
-            gets = [client.get(f"{nginx.url}/v1/models") for _ in range(4)]
+            gets = [client.get(f"{nginx.base_url}/v1/models") for _ in range(4)]
     dead = f"127.0.0.1:{fake.port}"
     # The POST that reached the dead end is answered 502, not sent to a second replica.
     assert sorted(r.status_code for r in posts) == [200, 200, 200, 502]
@@ -301,7 +230,7 @@ class Load:
 
 
 def test_sigterm_one_replica_under_steady_load_fails_no_request(
-    default_model_path: Path, tmp_path: Path
+    start_server: StartServer, default_model_path: Path, tmp_path: Path
 ) -> None:
     """Four clients post photos through nginx; one replica gets SIGTERM; no request fails.
 
@@ -312,13 +241,9 @@ def test_sigterm_one_replica_under_steady_load_fails_no_request(
     accept queue when it closed the socket were reset after nginx had sent the request.
     """
     # Replicas of its own: one of them is stopped.
-    with ExitStack() as stack:
-        victim, survivor = (
-            stack.enter_context(run_server(default_model_path, tmp_path / "logs", **REPLICA_SETTINGS))
-            for _ in range(2)
-        )
-        nginx = stack.enter_context(running_nginx(tmp_path, [victim.port, survivor.port]))
-        load = Load(nginx.url, chelsea_jpeg())
+    victim, survivor = (start_server(default_model_path, **REPLICA_SETTINGS) for _ in range(2))
+    with Nginx(tmp_path, [victim.port, survivor.port]) as nginx:
+        load = Load(nginx.base_url, chelsea_jpeg())
         threads = [threading.Thread(target=load.run) for _ in range(load.clients)]
         for thread in threads:
             thread.start()

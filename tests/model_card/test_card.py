@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import pytest
 
+from harness.tiny_model import tiny_card, write_model
 from model_card import CARD_METADATA_KEY, CardError, ModelCard, load_card, sha256_file, write_card
 from model_card.card import first_difference
 from model_card.onnx_metadata import MetadataError, read_onnx_metadata
-from model_export.tiny import tiny_card, write_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,18 +1,17 @@
-"""Fixtures: tiny models written to temporary folders, and real server processes on 127.0.0.1."""
+"""Fixtures: the reliability tests' tiny models (six colour labels, faults on demand) and a
+server with small limits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from harness.server import ServerProcess
+from harness.tiny_model import tiny_card, write_model
 from model_card import ModelCard
-from model_export.tiny import tiny_card, write_model
-from reliability.server import ServerProcess
-
-StartServer = Callable[..., ServerProcess]
+from tests.conftest import StartServer
 
 # Six labels (top_k defaults to 5), the first three scored 10 x the mean red, green, blue.
 LABELS = ["red", "green", "blue", "black", "white", "grey"]
@@ -31,13 +30,6 @@ LIMITS: dict[str, object] = {
 }
 
 
-def make_server(log_dir: Path, model: Path, **settings: object) -> ServerProcess:
-    """A server (not started) with IMGSERVE_* settings given without the prefix."""
-    env = {"IMGSERVE_MODEL_PATH": str(model)}
-    env |= {f"IMGSERVE_{key.upper()}": str(value) for key, value in settings.items()}
-    return ServerProcess(env, log_dir / "server.log")
-
-
 def reliability_card(crop_size: int = 32, resize_size: int | None = None, name: str = "tiny") -> ModelCard:
     return tiny_card(
         labels=LABELS,
@@ -52,7 +44,7 @@ def reliability_card(crop_size: int = 32, resize_size: int | None = None, name: 
 def write_tiny_model(
     directory: Path, *, crop_size: int = 32, poison: bool = False, slow_matmuls: int = 0
 ) -> Path:
-    """The reliability tests' model; ``poison`` and ``slow_matmuls`` inject faults (model_export/tiny.py)."""
+    """The reliability tests' model; ``poison`` and ``slow_matmuls`` inject faults (harness/tiny_model.py)."""
     card = reliability_card(crop_size, name="tiny-poison" if poison else "tiny")
     return write_model(directory, card, WEIGHTS, BIAS, poison=poison, slow_matmuls=slow_matmuls)
 
@@ -67,30 +59,7 @@ def poison_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("poison"), poison=True)
 
 
-@pytest.fixture
-def start_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[StartServer]:
-    """start_server(model=None, ready=True, **settings): servers stopped when the test ends."""
-    servers: list[ServerProcess] = []
-
-    def start(model: Path | None = None, ready: bool = True, **settings: object) -> ServerProcess:
-        server = make_server(tmp_path_factory.mktemp("server"), model or tiny_model, **settings)
-        servers.append(server)
-        if ready:
-            server.start()
-        return server
-
-    yield start
-    errors = []
-    for server in servers:
-        try:
-            server.stop()
-        except RuntimeError as exc:
-            errors.append(str(exc))
-    assert not errors, errors
-
-
 @pytest.fixture(scope="module")
-def limited_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
+def limited_server(start_module_server: StartServer, tiny_model: Path) -> ServerProcess:
     """One server per module with the small LIMITS."""
-    with make_server(tmp_path_factory.mktemp("limited"), tiny_model, **LIMITS) as server:
-        yield server
+    return start_module_server(tiny_model, **LIMITS)

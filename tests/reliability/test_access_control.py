@@ -7,17 +7,16 @@ import hmac
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app import security
-from reliability.server import ServerProcess
+from harness.server import ServerProcess
+from tests.conftest import StartServer
 
 from . import corpus
-from .conftest import StartServer, make_server
 
 KEY_A = "k-alpha-8b1f0c2e9d"
 KEY_B = "k-bravo-5e7a3d91c4"
@@ -26,9 +25,8 @@ MISSING = "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
-    with make_server(tmp_path_factory.mktemp("keyed"), tiny_model, api_keys=f"{KEY_A},{KEY_B}") as server:
-        yield server
+def keyed_server(start_module_server: StartServer, tiny_model: Path) -> ServerProcess:
+    return start_module_server(tiny_model, api_keys=f"{KEY_A},{KEY_B}")
 
 
 def _predict(server: ServerProcess, headers: dict[str, str | bytes]) -> httpx.Response:
@@ -45,8 +43,8 @@ def _assert_401(response: httpx.Response, detail: str) -> None:
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_keys_are_off_by_default(start_server: StartServer) -> None:
-    server = start_server()
+def test_keys_are_off_by_default(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(tiny_model)
     response = _predict(server, {})
     assert response.status_code == 200, response.text
     assert "securitySchemes" not in httpx.get(f"{server.base_url}/openapi.json").json().get("components", {})
@@ -108,17 +106,17 @@ def test_docs_are_public_by_default_and_declare_the_schemes(keyed_server: Server
     assert "401" not in schema["paths"]["/healthz"]["get"]["responses"]
 
 
-def test_private_docs_need_a_key(start_server: StartServer) -> None:
-    server = start_server(api_keys=KEY_A, docs_public="false")
+def test_private_docs_need_a_key(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(tiny_model, api_keys=KEY_A, docs_public="false")
     for path in ("/docs", "/redoc", "/openapi.json"):
         _assert_401(httpx.get(f"{server.base_url}{path}"), MISSING)
         assert httpx.get(f"{server.base_url}{path}", headers={"X-API-Key": KEY_A}).status_code == 200, path
 
 
-def test_keys_from_a_file(start_server: StartServer, tmp_path: Path) -> None:
+def test_keys_from_a_file(start_server: StartServer, tiny_model: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(f"# operators\n\n  {KEY_B}  \n# old: {KEY_A}\n")
-    server = start_server(api_keys_file=keys)
+    server = start_server(tiny_model, api_keys_file=keys)
     assert _predict(server, {"X-API-Key": KEY_B}).status_code == 200
     _assert_401(_predict(server, {"X-API-Key": KEY_A}), "invalid API key")  # commented out
 
@@ -129,19 +127,19 @@ def test_keys_from_a_file(start_server: StartServer, tmp_path: Path) -> None:
     ids=["missing-file", "no-keys"],
 )
 def test_a_bad_keys_file_stops_the_server(
-    start_server: StartServer, tmp_path: Path, content: str | None, message: str
+    start_server: StartServer, tiny_model: Path, tmp_path: Path, content: str | None, message: str
 ) -> None:
     keys = tmp_path / "keys"
     if content is not None:
         keys.write_text(content)
-    server = start_server(api_keys_file=keys, ready=False)
+    server = start_server(tiny_model, api_keys_file=keys, ready=False)
     proc = server.spawn()
     assert proc.wait(60) != 0
     assert message in server.log() and f"api_keys_file '{keys}'" in server.log(), server.log()
 
 
-def test_keys_never_reach_the_logs(start_server: StartServer) -> None:
-    server = start_server(api_keys=KEY_A, log_level="debug")
+def test_keys_never_reach_the_logs(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(tiny_model, api_keys=KEY_A, log_level="debug")
     _predict(server, {"Authorization": f"Bearer {KEY_A}"})
     _predict(server, {"X-API-Key": "guess-9f8e7d"})
     server.stop()
@@ -180,8 +178,8 @@ def _preflight(server: ServerProcess, origin: str) -> httpx.Response:
     )
 
 
-def test_cors_is_off_unless_configured(start_server: StartServer) -> None:
-    server = start_server()
+def test_cors_is_off_unless_configured(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(tiny_model)
     preflight = _preflight(server, "https://evil.example")
     assert "access-control-allow-origin" not in preflight.headers
     assert preflight.status_code == 405, preflight.text
@@ -189,8 +187,10 @@ def test_cors_is_off_unless_configured(start_server: StartServer) -> None:
     assert simple.status_code == 200 and "access-control-allow-origin" not in simple.headers
 
 
-def test_cors_allows_only_the_configured_origins(start_server: StartServer) -> None:
-    server = start_server(cors_origins="https://app.example,https://admin.example", api_keys=KEY_A)
+def test_cors_allows_only_the_configured_origins(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(
+        tiny_model, cors_origins="https://app.example,https://admin.example", api_keys=KEY_A
+    )
     ok = _preflight(server, "https://app.example")
     assert ok.status_code == 200, ok.text
     assert ok.headers["access-control-allow-origin"] == "https://app.example"
@@ -234,9 +234,9 @@ class Canary:
 
 
 def test_no_request_makes_the_server_fetch_a_url_read_a_path_or_load_a_model(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, tiny_model: Path, tmp_path: Path
 ) -> None:
-    server = start_server()
+    server = start_server(tiny_model)
     canary = Canary()
     url = f"http://127.0.0.1:{canary.port}/image.png"
     marker = tmp_path / f"written-{uuid.uuid4().hex}"
@@ -273,8 +273,10 @@ def test_no_request_makes_the_server_fetch_a_url_read_a_path_or_load_a_model(
     assert httpx.get(f"{base}/v1/models").json()["models"][0]["name"] == "tiny"
 
 
-def test_the_schema_offers_no_way_to_name_a_path_url_or_model(start_server: StartServer) -> None:
-    schema = httpx.get(f"{start_server().base_url}/openapi.json").json()
+def test_the_schema_offers_no_way_to_name_a_path_url_or_model(
+    start_server: StartServer, tiny_model: Path
+) -> None:
+    schema = httpx.get(f"{start_server(tiny_model).base_url}/openapi.json").json()
     operations = {(path, method) for path, item in schema["paths"].items() for method in item}
     assert operations == {
         ("/predict", "post"),
@@ -293,8 +295,8 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(start_server: Star
     assert params == [("/predict", "top_k"), ("/v1/models/{name}", "name")]
 
 
-def test_a_markup_filename_is_reflected_only_inside_json(start_server: StartServer) -> None:
-    server = start_server()
+def test_a_markup_filename_is_reflected_only_inside_json(start_server: StartServer, tiny_model: Path) -> None:
+    server = start_server(tiny_model)
     name = "<script>alert(1)</script>.png"
     response = httpx.post(
         f"{server.base_url}/predict", files={"file": (name, b"<b>not an image</b>", "image/png")}

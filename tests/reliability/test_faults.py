@@ -1,5 +1,5 @@
 """Faults: bad model files at start-up, a failing inference batch, clients that leave while
-queued, SIGTERM under load, and a replica SIGKILLed behind nginx."""
+queued, and a replica SIGKILLed behind nginx. (SIGTERM under load: tests/e2e/test_shutdown.py.)"""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import httpx
 import onnx
 import pytest
 
+from harness.loadgen import Target, closed_loop
+from harness.metrics import read_metrics
+from harness.nginx import Nginx, find_nginx
 from model_card import CARD_METADATA_KEY, write_card
-from reliability.load import Target, closed_loop
+from tests.conftest import StartServer
 
 from . import corpus
-from .conftest import StartServer, reliability_card, write_tiny_model
-from .helpers import read_response
+from .conftest import reliability_card, write_tiny_model
 
 MB = 1024 * 1024
 
@@ -136,13 +138,6 @@ def test_an_error_in_one_batch_fails_only_that_batch(start_server: StartServer, 
 # --- clients that leave while queued ----------------------------------------------------
 
 
-def _metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"(?m)^{re.escape(name)} ([0-9.e+-]+)$", text)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
 def _send_and_hold(port: int, body: bytes) -> socket.socket:
     head = (
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
@@ -170,107 +165,38 @@ def test_clients_that_disconnect_while_queued_leave_no_work_behind(
         intra_op_threads=1,
     )
     body = corpus.solid((0, 0, 250))
-    ran_before = _metric(server.base_url, "imgserve_batch_size_count")
+    ran_before = read_metrics(server.base_url)["imgserve_batch_size_count"]
     rss_before = server.rss()
     socks = [_send_and_hold(server.port, body) for _ in range(20)]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # until all 20 are admitted (queued, running or run)
-        queued = _metric(server.base_url, "imgserve_queue_images")
-        running = _metric(server.base_url, "imgserve_running_images")
-        ran_while_queued = _metric(server.base_url, "imgserve_batch_size_count") - ran_before
+        queued = read_metrics(server.base_url)["imgserve_queue_images"]
+        running = read_metrics(server.base_url)["imgserve_running_images"]
+        ran_while_queued = read_metrics(server.base_url)["imgserve_batch_size_count"] - ran_before
         if queued + running + ran_while_queued >= 20:
             break
         time.sleep(0.05)
     for sock in socks:
         sock.close()
     time.sleep(2.5)  # time for 2 to 6 more batches, had the abandoned images stayed queued
-    ran = _metric(server.base_url, "imgserve_batch_size_count") - ran_before
+    ran = read_metrics(server.base_url)["imgserve_batch_size_count"] - ran_before
     assert queued >= 5, (queued, running, ran_while_queued)  # enough left queued to mean something
     assert ran <= ran_while_queued + 2, (
         f"{ran} of 20 abandoned images ran ({ran_while_queued} before they left)"
     )
-    assert _metric(server.base_url, "imgserve_queue_images") == 0
-    assert _metric(server.base_url, "imgserve_running_images") == 0
+    assert read_metrics(server.base_url)["imgserve_queue_images"] == 0
+    assert read_metrics(server.base_url)["imgserve_running_images"] == 0
     for _ in range(5):
         socks = [_send_and_hold(server.port, body) for _ in range(20)]
         time.sleep(0.2)
         for sock in socks:
             sock.close()
     time.sleep(1.0)
-    assert _metric(server.base_url, "imgserve_queue_images") == 0
+    assert read_metrics(server.base_url)["imgserve_queue_images"] == 0
     assert server.rss() - rss_before < 30 * MB
     response = _post(server.base_url, (0, 0, 250))
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["top_k"][0]["label"] == "blue"
-
-
-def _post_result(base_url: str) -> tuple[int, str]:
-    """(status, top label), or (0, the exception's name) when no response came."""
-    try:
-        response = _post(base_url, (250, 0, 0))
-    except httpx.HTTPError as exc:
-        return 0, f"{type(exc).__name__}: {exc}"
-    label = response.json()["predictions"][0]["top_k"][0]["label"] if response.status_code == 200 else ""
-    return response.status_code, label
-
-
-# --- SIGTERM under load -----------------------------------------------------------------
-
-
-def test_sigterm_under_load_loses_no_accepted_request(start_server: StartServer, tmp_path: Path) -> None:
-    """24 requests are sent and admitted (the server counts them as queued, running or done),
-    and closed-loop clients keep sending; then SIGTERM. Every admitted request gets its 200;
-    the server stops listening at once, keeps answering on open connections through its 1 s
-    shutdown delay, finishes its queue and exits 0. The clients see 200, or connection
-    refused; a reset is allowed only to a request that raced the closing listener."""
-    slow = write_tiny_model(tmp_path / "slow", slow_matmuls=30)
-    delay_s = 1.0
-    server = start_server(
-        model=slow,
-        max_batch_size=4,
-        max_delay_ms=2,
-        max_queue_images=64,
-        shutdown_delay_s=delay_s,
-        drain_timeout_s=20,
-    )
-    body = corpus.solid((250, 0, 0))
-    target = Target(f"{server.base_url}/predict?top_k=1", body, {"content-type": "image/png"})
-    assert server.proc is not None
-    with ThreadPoolExecutor(1) as pool:
-        background_t0 = time.monotonic()
-        background = pool.submit(closed_loop, target, 4, 5.0)
-        time.sleep(0.3)
-        done_before = _metric(server.base_url, "imgserve_images_total")
-        socks = [_send_and_hold(server.port, body) for _ in range(24)]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until all 24 are admitted
-            admitted = sum(
-                _metric(server.base_url, name)
-                for name in ("imgserve_queue_images", "imgserve_running_images")
-            )
-            if admitted + _metric(server.base_url, "imgserve_images_total") - done_before >= 24:
-                break
-        sigterm_at = time.monotonic() - background_t0
-        server.proc.send_signal(signal.SIGTERM)
-        answers = [read_response(sock, 20) for sock in socks]
-        during = background.result()
-    for sock in socks:
-        sock.close()
-    assert server.proc.wait(30) == 0, server.log()
-    assert [status for status, _ in answers] == [200] * 24, [data[:200] for _, data in answers]
-    assert all(b'"label":"red"' in data for _, data in answers)
-    print(f"\nclients during the drain: {sorted({(r.status, r.error) for r in during})}")
-    in_flight = [r for r in during if r.started_s < sigterm_at < r.started_s + r.latency_s]
-    assert in_flight and all(r.status == 200 for r in in_flight), (
-        "the clients' requests in flight at SIGTERM must all be answered",
-        in_flight,
-    )
-    listener_closed_at = sigterm_at
-    for r in during:
-        if r.status == 200 or r.error == "ConnectError":
-            continue
-        assert r.error in ("RemoteProtocolError", "ReadError"), r
-        assert abs(r.started_s - listener_closed_at) < 0.5, (r, listener_closed_at)
 
 
 # --- a replica SIGKILLed behind nginx ------------------------------------------------------
@@ -288,17 +214,15 @@ def _connections_to(port: int) -> int:
     return count
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (apt-get install nginx-light)")
+@pytest.mark.skipif(find_nginx() is None, reason="nginx not installed (apt-get install nginx-light)")
 def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    """Two replicas behind nginx with the shipped docker/nginx/default.conf (rendered by the
-    deployment tests' helper). 8 clients load it; one replica is SIGKILLed. The requests
+    """Two replicas behind nginx with the shipped docker/nginx/default.conf (rendered by
+    harness.nginx). 8 clients load it; one replica is SIGKILLed. The requests
     that fail are at most the connections that replica held (idle keep-alive ones included,
     so this bounds from above), each fails as a 502 from nginx, and every request from half
     a second after the kill on is answered 200 by the other replica."""
-    from tests.e2e.test_nginx_lb import running_nginx
-
     slow = write_tiny_model(tmp_path / "slow", slow_matmuls=30)
     settings = {"max_batch_size": 4, "max_delay_ms": 2, "max_queue_images": 64}
     a = start_server(model=slow, **settings)
@@ -318,12 +242,12 @@ def test_sigkill_of_a_replica_behind_nginx_costs_at_most_its_in_flight_requests(
         a.proc.wait(5)  # until the process is gone, its sockets still take connections
         kill_at.append(time.monotonic() - t0)
 
-    with running_nginx(nginx_dir, [a.port, b.port]) as nginx:
-        target = Target(f"{nginx.url}/predict", corpus.solid((250, 0, 0)), {"content-type": "image/png"})
+    with Nginx(nginx_dir, [a.port, b.port]) as nginx:
+        target = Target(f"{nginx.base_url}/predict", [(corpus.solid((250, 0, 0)), "image/png")])
         thread = threading.Thread(target=killer)
-        t0 = time.monotonic()  # the load's clock starts within microseconds of this one
+        t0 = time.monotonic()  # the load's clock too
         thread.start()
-        results = closed_loop(target, concurrency=8, duration_s=6.0)
+        results = closed_loop(target, concurrency=8, duration_s=6.0, t0=t0)
         thread.join()
     assert a.proc is not None and a.proc.wait(5) == -signal.SIGKILL
     failed = [r for r in results if r.status != 200]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from reliability.server import ServerProcess
+from harness.server import ServerProcess
 
 from . import corpus
 from .conftest import LABELS, LIMITS

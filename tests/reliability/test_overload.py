@@ -8,7 +8,6 @@ offer several times that.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -16,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reliability.load import Target, closed_loop, percentile
+from harness.loadgen import Target, closed_loop, percentile
+from harness.metrics import read_metrics
+from tests.conftest import StartServer
 
 from . import corpus
-from .conftest import StartServer, write_tiny_model
+from .conftest import write_tiny_model
 from .helpers import assert_error
 
 QUEUE = 8
@@ -38,20 +39,12 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("slow"), slow_matmuls=30)
 
 
-def metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"(?m)^{re.escape(name)} ([0-9.e+-]+)$", text)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
 def test_overload_gives_fast_503s_bounded_latency_and_full_recovery(
     start_server: StartServer, slow_model: Path
 ) -> None:
     server = start_server(model=slow_model, **SETTINGS)
-    target = Target(
-        f"{server.base_url}/predict?top_k=1", corpus.solid((250, 0, 0)), {"content-type": "image/png"}
-    )
+    red = corpus.solid((250, 0, 0))
+    target = Target(f"{server.base_url}/predict?top_k=1", [(red, "image/png")])
 
     results = closed_loop(target, concurrency=24, duration_s=6)
 
@@ -87,14 +80,14 @@ def test_overload_gives_fast_503s_bounded_latency_and_full_recovery(
         latencies = []
         for _ in range(20):
             start = time.monotonic()
-            response = client.post(target.url, content=target.body, headers=target.headers)
+            response = client.post(target.url, content=red, headers={"content-type": "image/png"})
             latencies.append(time.monotonic() - start)
             assert response.status_code == 200, response.text
             assert response.json()["predictions"][0]["top_k"][0]["label"] == "red"
     assert max(latencies) < 0.5, latencies
     assert httpx.get(f"{server.base_url}/readyz").json() == {"status": "ready"}
-    assert metric(server.base_url, "imgserve_queue_images") == 0
-    assert metric(server.base_url, "imgserve_running_images") == 0
+    assert read_metrics(server.base_url)["imgserve_queue_images"] == 0
+    assert read_metrics(server.base_url)["imgserve_running_images"] == 0
 
 
 def test_503_body_names_the_queue_limit(start_server: StartServer, slow_model: Path) -> None:
@@ -104,7 +97,7 @@ def test_503_body_names_the_queue_limit(start_server: StartServer, slow_model: P
     )
     files = [("file", (f"{i}.png", corpus.solid((i, 0, 0)), "image/png")) for i in range(4)]
     # Eight clients keep the queue busy while a four-image request tries to get in.
-    target = Target(f"{server.base_url}/predict", corpus.solid((9, 9, 9)), {"content-type": "image/png"})
+    grey = corpus.solid((9, 9, 9))
     seen = []
     with httpx.Client(timeout=10) as client:
         stop = threading.Event()
@@ -112,7 +105,7 @@ def test_503_body_names_the_queue_limit(start_server: StartServer, slow_model: P
         def hammer() -> None:
             with httpx.Client(timeout=10) as c:
                 while not stop.is_set():
-                    c.post(target.url, content=target.body, headers=target.headers)
+                    c.post(f"{server.base_url}/predict", content=grey, headers={"content-type": "image/png"})
 
         threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
         for t in threads:

@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from reliability.server import REPO_ROOT, ServerProcess
+from harness.server import REPO_ROOT, ServerProcess
+from tests.conftest import StartServer
 
 from . import corpus
-from .conftest import LIMITS, StartServer
+from .conftest import LIMITS
 from .helpers import raw_request
 
 CONFIG = REPO_ROOT / "reliability" / "schemathesis.toml"
@@ -44,14 +45,14 @@ def schemathesis_run(
 
 @pytest.mark.parametrize("auth", [False, True], ids=["open", "api-keys"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    start_server: StartServer, tmp_path: Path, auth: bool
+    start_server: StartServer, tiny_model: Path, tmp_path: Path, auth: bool
 ) -> None:
     settings: dict[str, Any] = dict(LIMITS)
     extra: tuple[str, ...] = ()
     if auth:
         settings["api_keys"] = KEY
         extra = ("--header", f"Authorization: Bearer {KEY}")
-    server = start_server(**settings)
+    server = start_server(tiny_model, **settings)
     code, cases, output = schemathesis_run(server.base_url, tmp_path, *extra)
     print(f"\nschemathesis ({'API keys' if auth else 'open'}): {cases} cases, exit {code}")
     assert code == 0, output[-6000:]

@@ -1,10 +1,10 @@
 """Start a real server (``python -m app``) as a child process on 127.0.0.1 and stop it.
 
-The one place that runs a server process for the e2e tests, the reliability tests and
-commands, and the benchmarks: they all want the same thing (a free port, settings as
-``IMGSERVE_*`` environment variables exactly as an operator gives them, ``/readyz`` before
-traffic, a clear error with the log when it never gets there, SIGTERM to stop), so one class
-keeps their start-up and shut-down from drifting apart.
+The one place that runs a server process for the tests, the reliability commands and the
+benchmarks: they all want the same thing (a free port, settings as ``IMGSERVE_*``
+environment variables exactly as an operator gives them, ``/readyz`` before traffic, a clear
+error with the log when it never gets there, SIGTERM to stop), so one class keeps their
+start-up and shut-down from drifting apart. ``harness.nginx.Nginx`` runs nginx with it too.
 """
 
 from __future__ import annotations
@@ -55,8 +55,15 @@ def child_env(port: int, env: Mapping[str, str], inherit_settings: bool = True) 
     return inherited | own | dict(env)
 
 
+def settings_env(model_path: Path, settings: Mapping[str, object]) -> dict[str, str]:
+    """The model and settings as an operator gives them: ``IMGSERVE_MODEL_PATH``, and
+    ``IMGSERVE_<NAME>=value`` for each ``name=value`` (``max_batch_size=8``)."""
+    env = {"IMGSERVE_MODEL_PATH": str(model_path)}
+    return env | {f"IMGSERVE_{name.upper()}": str(value) for name, value in settings.items()}
+
+
 class ServerProcess:
-    """One server process; ``start()`` returns once ``/readyz`` answers 200.
+    """One server process; ``start()`` returns once ``ready_path`` answers 200.
 
     ``argv`` defaults to ``python -m app``; ``argv_prefix`` wraps it (e.g. ``taskset -c 0-3``
     so a benchmark pins the server to its CPUs) and ``cwd`` lets a benchmark run another
@@ -73,9 +80,11 @@ class ServerProcess:
         argv_prefix: Sequence[str] = (),
         cwd: Path = REPO_ROOT,
         inherit_settings: bool = True,
+        ready_path: str = "/readyz",
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ready_path = ready_path
         self.log_path = log_path
         self.env = child_env(self.port, env, inherit_settings)
         self.argv = [*argv_prefix, *argv]
@@ -99,7 +108,7 @@ class ServerProcess:
     def start(
         self, timeout_s: float = 90.0, probe_timeout_s: float = 2.0, poll_s: float = 0.1
     ) -> ServerProcess:
-        """Spawn, then wait for ``/readyz``; on failure the process is stopped before raising."""
+        """Spawn, then wait until ready; on failure the process is stopped before raising."""
         self.spawn()
         try:
             self.wait_ready(timeout_s, probe_timeout_s, poll_s)
@@ -109,14 +118,14 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout_s: float, probe_timeout_s: float = 2.0, poll_s: float = 0.1) -> None:
-        """Poll ``/readyz`` until 200; raise with the exit code and log tail if it never comes."""
+        """Poll ``ready_path`` until 200; raise with the exit code and log tail if it never comes."""
         assert self.proc is not None, "the server was not spawned"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode} before ready:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=probe_timeout_s).status_code == 200:
+                if httpx.get(f"{self.base_url}{self.ready_path}", timeout=probe_timeout_s).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -1,4 +1,5 @@
-"""The shipped nginx configuration (docker/nginx/default.conf) pointed at local replicas.
+"""Real nginx running the shipped configuration (docker/nginx/default.conf) in front of
+local replicas.
 
 Tests and benchmarks put real nginx in front of server processes on 127.0.0.1. Both must run
 the configuration we ship, so only what cannot hold outside a container changes: the upstream
@@ -11,9 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-from reliability.server import REPO_ROOT
+from harness.server import REPO_ROOT, ServerProcess, free_port
 
 SHIPPED_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
 
@@ -62,3 +65,32 @@ http {{
     path = workdir / "nginx.conf"
     path.write_text(conf)
     return path
+
+
+class Nginx(ServerProcess):
+    """nginx in the foreground with the shipped site in front of ``upstream_ports``; ready
+    once its own ``/lb-healthz`` answers. Its logs are ``error.log`` and ``access.log`` in
+    ``workdir``; ``argv_prefix`` wraps the command (``taskset -c 0-3``)."""
+
+    def __init__(self, workdir: Path, upstream_ports: list[int], *, argv_prefix: Sequence[str] = ()) -> None:
+        nginx = find_nginx()
+        if nginx is None:
+            raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.access_log = workdir / "access.log"
+        self.error_log = workdir / "error.log"
+        port = free_port()
+        self.conf = write_local_config(workdir, port, upstream_ports)
+        # -e: the error log from the first line on (the default, /var/log/nginx, may not be writable)
+        argv = [nginx, "-e", str(self.error_log), "-p", str(workdir), "-c", str(self.conf)]
+        super().__init__(
+            {}, workdir / "stderr.log", port, argv=argv, argv_prefix=argv_prefix, ready_path="/lb-healthz"
+        )
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """``nginx -t`` on the rendered configuration."""
+        return subprocess.run([*self.argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
+
+    def errors(self) -> str:
+        return self.error_log.read_text() if self.error_log.exists() else ""
