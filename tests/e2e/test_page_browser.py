@@ -111,10 +111,10 @@ def keyed_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def busy_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A queue of one image that a batch holds for 3 s: a second image gets 503 + Retry-After."""
+    """A queue of one image that a batch holds for 4 s: a second image gets 503 + Retry-After."""
     settings = {
         "batch_policy": "fixed",
-        "max_delay_ms": 3000,
+        "max_delay_ms": 4000,
         "max_batch_size": 2,
         "max_queue_images": 1,
         "max_images_per_request": 1,
@@ -480,6 +480,9 @@ def test_keyboard_only_the_drop_zone_opens_the_picker(browser: Browser, photo_se
     photos = {"Enter": ("chelsea.jpg", CHELSEA), " ": ("coffee.jpg", COFFEE)}
     with open_page(browser, photo_server.base_url) as watched:
         page = watched.page
+        # Playwright turns on file-chooser interception when a listener exists, without waiting
+        # for the browser to confirm: listen early, or the first chooser can open before it is on.
+        page.on("filechooser", lambda chooser: None)
         wait_model_info(page)
         for _ in range(5):
             page.keyboard.press("Tab")
@@ -564,7 +567,7 @@ def test_a_camera_snapshot_is_classified_where_a_camera_is_offered(
 
 @contextmanager
 def holding_the_queue(server: ServerProcess) -> Iterator[list[int]]:
-    """Another client's image fills the queue of one (the fixed policy holds it 3 s)."""
+    """Another client's image fills the queue of one (the fixed policy holds it 4 s)."""
     statuses: list[int] = []
     thread = threading.Thread(
         target=lambda: statuses.append(
