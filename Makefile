@@ -1,5 +1,5 @@
 # The two commands of the README, and a few more.
-.PHONY: serve test lint container-test bench bench-smoke soak fuzz audit
+.PHONY: serve test lint container-test bench bench-smoke bench-page soak fuzz audit
 
 serve:            ## install, export the default ImageNet model (once), run the server on :8000
 	scripts/serve.sh
@@ -24,6 +24,11 @@ bench:            ## the full CPU benchmark (~8 min on 2 cores): bench/results/D
 bench-smoke:      ## seconds of each benchmark piece, as CI runs it
 	scripts/bootstrap.sh export,cpu,dev
 	.venv/bin/python -m bench run --smoke --out bench/results/smoke
+
+bench-page:       ## the demo page's weight and its time from drop to bars, in headless chromium
+	scripts/bootstrap.sh export,cpu,dev
+	test -f models/default/model.onnx || .venv/bin/python -m model_export default --output-dir models/default
+	.venv/bin/python -m bench.page
 
 soak:             ## 10 minutes at 70% of measured capacity: errors, latency over time, RSS start/end
 	scripts/bootstrap.sh export,cpu,dev

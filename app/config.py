@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     docs_public: bool = True
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # The demo page
+    demo_page: bool = Field(
+        default=True, description="Serve the demo page at / (static files, public even with API keys)."
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:

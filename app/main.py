@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import docs, health, metrics, models, predict
+from app.api import docs, health, metrics, models, page, predict
 from app.api.deps import UNAUTHORIZED
 from app.config import Settings
 from app.errors import add_exception_handlers
@@ -23,6 +23,10 @@ DESCRIPTION = """Image classification with dynamic batching.
 POST one or more images to `/predict` (multipart parts named `file`, or a raw image body) and
 get the top-k classes with their probabilities for each image.
 """
+# Relative, so the link also works behind a proxy that serves the app under a path.
+PAGE_LINK = """
+Or try it in the browser: [the demo page](./) (drop a photo, see the top-5 as bars).
+"""
 
 
 def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine) -> FastAPI:
@@ -30,7 +34,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     state = AppState(settings=settings, metrics=Metrics())
     app = FastAPI(
         title="imgserve",
-        description=DESCRIPTION,
+        description=DESCRIPTION + (PAGE_LINK if settings.demo_page else ""),
         version="0.1.0",
         lifespan=create_lifespan(state, load_engine),
         docs_url=None,  # app.api.docs serves /docs with local Swagger UI assets
@@ -43,6 +47,8 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     for module in (predict, models, metrics):
         app.include_router(module.router, **_protected_route_options(protected))
     docs.add_docs(app, settings, protected)
+    if settings.demo_page:
+        page.add_page(app)
     add_exception_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.config import Settings
-from app.main import create_app
 from app.security import key_matches
 
 KEYS = "alpha-key-123,beta-key-456"
@@ -23,17 +18,6 @@ def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 40), (200, 20, 20)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-def make_client(tiny_model_path: Path) -> Callable[..., Any]:
-    @contextmanager
-    def make(**overrides: Any) -> Iterator[TestClient]:
-        settings = Settings(model_path=tiny_model_path, decode_threads=1, warmup_batch_sizes="1", **overrides)
-        with TestClient(create_app(settings)) as client:
-            yield client
-
-    return make
 
 
 def unauthorized(response: Any, detail: str) -> None:

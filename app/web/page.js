@@ -1,0 +1,448 @@
+// imgserve demo page: photos in (file picker, drag and drop, paste, camera), POST predict,
+// the top-k of each photo as bars. Vanilla JavaScript, no build step, no third-party code.
+// Every URL is relative, so the page works at / and behind a proxy under any path.
+"use strict";
+
+(() => {
+  const MAX_BUSY_RETRIES = 20;
+  const DEFAULT_TOP_K = 5;
+  const TITLES = {
+    400: "Bad request",
+    401: "API key needed",
+    404: "Not found",
+    413: "Too large",
+    415: "Unsupported format",
+    500: "The model failed",
+    502: "No server answered",
+    503: "Busy",
+    504: "Too slow",
+  };
+
+  const byId = (id) => document.getElementById(id);
+  const el = {
+    modelInfo: byId("model-info"),
+    keyPanel: byId("key-panel"),
+    keyInput: byId("api-key"),
+    keyApply: byId("key-apply"),
+    dropzone: byId("dropzone"),
+    fileInput: byId("file-input"),
+    topK: byId("top-k"),
+    cameraButton: byId("camera-button"),
+    camera: byId("camera"),
+    cameraVideo: byId("camera-video"),
+    cameraSnap: byId("camera-snap"),
+    cameraClose: byId("camera-close"),
+    error: byId("error"),
+    results: byId("results"),
+    cardTemplate: byId("card-template"),
+    rowTemplate: byId("row-template"),
+  };
+
+  const state = {
+    apiKey: "", // page memory only: never stored, gone on reload
+    model: null, // the first entry of v1/models
+    modelLoad: null, // promise of the model (or null), awaited before the first upload
+    topKTouched: false,
+    lastFiles: [],
+    afterKey: [], // files refused for want of a key, sent again once one is given
+    controller: null, // the upload in flight; a new one aborts it
+    objectUrls: [],
+    stream: null,
+  };
+
+  class HttpError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  class NetworkError extends Error {}
+
+  // ---- HTTP ------------------------------------------------------------------------------
+
+  function authHeaders() {
+    return state.apiKey ? { "X-API-Key": state.apiKey } : {};
+  }
+
+  async function detailOf(response) {
+    const text = await response.text();
+    try {
+      const body = JSON.parse(text);
+      if (body && typeof body.detail === "string") return body.detail;
+    } catch (_) {
+      // not JSON: a proxy's own error page (nginx answers 413 and 502 in HTML)
+    }
+    return `the server answered HTTP ${response.status} ${response.statusText}`.trim();
+  }
+
+  function retryAfterSeconds(response) {
+    const seconds = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+    return Number.isFinite(seconds) ? Math.min(Math.max(seconds, 1), 60) : 1;
+  }
+
+  // fetch, and on 503 wait Retry-After with a visible countdown and try again.
+  // Resolves to {body, ms}: the answer and the round trip of the attempt that got it.
+  async function send(url, options, controller) {
+    for (let attempt = 1; ; attempt += 1) {
+      const started = performance.now();
+      let response;
+      try {
+        response = await fetch(url, { ...options, headers: authHeaders(), signal: controller.signal });
+      } catch (err) {
+        if (controller.signal.aborted) throw err;
+        throw new NetworkError(`the server could not be reached (${err.message})`);
+      }
+      if (response.status === 503 && attempt <= MAX_BUSY_RETRIES) {
+        const seconds = retryAfterSeconds(response);
+        await waitWhileBusy(await detailOf(response), seconds, attempt, controller);
+        continue;
+      }
+      if (!response.ok) throw new HttpError(response.status, await detailOf(response));
+      const body = await response.json();
+      return { body, ms: performance.now() - started };
+    }
+  }
+
+  function waitWhileBusy(detail, seconds, attempt, controller) {
+    return new Promise((resolve, reject) => {
+      const counter = document.createElement("span");
+      counter.dataset.testid = "retry-countdown";
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.textContent = "Cancel";
+      cancel.dataset.testid = "retry-cancel";
+      cancel.addEventListener("click", () => controller.abort("cancelled"));
+      showMessage("busy", TITLES[503], `${detail}. Trying again in `, counter,
+        ` s (attempt ${attempt + 1} of ${MAX_BUSY_RETRIES + 1}). `, cancel);
+      let left = seconds;
+      let timer = null;
+      const tick = () => {
+        if (left <= 0) {
+          controller.signal.removeEventListener("abort", onAbort);
+          resolve();
+          return;
+        }
+        counter.textContent = String(left);
+        left -= 1;
+        timer = setTimeout(tick, 1000);
+      };
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(controller.signal.reason);
+      };
+      controller.signal.addEventListener("abort", onAbort, { once: true });
+      tick();
+    });
+  }
+
+  // ---- messages --------------------------------------------------------------------------
+
+  function showMessage(kind, title, ...parts) {
+    const strong = document.createElement("strong");
+    strong.textContent = `${title}:`;
+    el.error.replaceChildren(strong, " ", ...parts);
+    el.error.classList.toggle("busy", kind === "busy");
+    el.error.hidden = false;
+  }
+
+  function hideMessage() {
+    el.error.hidden = true;
+    el.error.replaceChildren();
+  }
+
+  function titleOf(err) {
+    if (err instanceof NetworkError) return "Network error";
+    if (!(err instanceof HttpError)) return "Unexpected error";
+    // The server names the part in every image error ("file #1 'notes.txt': not a decodable image").
+    if (err.status === 422) return err.detail.startsWith("file #") ? "Not an image" : "Invalid request";
+    return TITLES[err.status] || `HTTP ${err.status}`;
+  }
+
+  function showFailure(err) {
+    showMessage("error", titleOf(err), err instanceof Error ? err.message : String(err));
+  }
+
+  // ---- the model -------------------------------------------------------------------------
+
+  async function loadModel() {
+    try {
+      const { body } = await send("v1/models", { method: "GET", cache: "no-store" }, new AbortController());
+      const model = body.models && body.models[0];
+      if (!model) {
+        el.modelInfo.textContent = "The server serves no model.";
+        return null;
+      }
+      state.model = model;
+      describeModel(model);
+      return model;
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 401) {
+        askForKey();
+        el.modelInfo.textContent = "Enter the API key to see which model this server runs.";
+        showFailure(err);
+      } else {
+        el.modelInfo.textContent = `Model details unavailable: ${err.message || err}`;
+      }
+      return null;
+    }
+  }
+
+  function describeModel(model) {
+    const parts = [`${model.name} version ${model.version}`, `${model.num_classes} classes`];
+    if (model.limits) parts.push(`up to ${model.limits.max_images_per_request} images per request`);
+    if (model.execution_provider) parts.push(model.execution_provider.replace("ExecutionProvider", ""));
+    el.modelInfo.textContent = parts.join(" · ");
+    el.topK.max = String(model.num_classes);
+    if (!state.topKTouched) el.topK.value = String(Math.min(DEFAULT_TOP_K, model.num_classes));
+  }
+
+  function topK() {
+    const max = state.model ? state.model.num_classes : Number.MAX_SAFE_INTEGER;
+    let k = Number.parseInt(el.topK.value, 10);
+    if (!Number.isFinite(k)) k = Math.min(DEFAULT_TOP_K, max);
+    k = Math.min(Math.max(k, 1), max);
+    el.topK.value = String(k);
+    return k;
+  }
+
+  function askForKey() {
+    el.keyPanel.hidden = false;
+    el.keyInput.focus();
+  }
+
+  function applyKey() {
+    state.apiKey = el.keyInput.value.trim();
+    hideMessage();
+    state.modelLoad = loadModel();
+    state.modelLoad.then((model) => {
+      if (!model) return; // still no good key: keep the photos waiting
+      const waiting = state.afterKey;
+      state.afterKey = [];
+      if (waiting.length) classify(waiting);
+    });
+  }
+
+  // ---- classification --------------------------------------------------------------------
+
+  async function classify(files) {
+    if (!files.length) return;
+    if (state.controller) state.controller.abort("superseded");
+    const controller = new AbortController();
+    state.controller = controller;
+    hideMessage();
+    state.lastFiles = files;
+    const cards = renderPending(files);
+    await state.modelLoad;
+    if (controller.signal.aborted) return;
+    const k = topK();
+    const perRequest = (state.model && state.model.limits && state.model.limits.max_images_per_request) || files.length;
+    let done = 0;
+    try {
+      for (; done < files.length; done += perRequest) {
+        const chunk = files.slice(done, done + perRequest);
+        const form = new FormData();
+        for (const file of chunk) form.append("file", file, file.name || "image");
+        const { body, ms } = await send(`predict?top_k=${k}`, { method: "POST", body: form }, controller);
+        hideMessage();
+        body.predictions.forEach((prediction, i) => fillCard(cards[done + i], prediction, body, ms));
+      }
+    } catch (err) {
+      if (controller.signal.aborted) {
+        if (controller.signal.reason === "cancelled") {
+          failCards(cards.slice(done), "Cancelled");
+          showMessage("error", "Cancelled", "the server was busy; nothing more was sent.");
+        }
+        return;
+      }
+      failCards(cards.slice(done), "Not classified");
+      showFailure(err);
+      if (err instanceof HttpError && err.status === 401) {
+        state.afterKey = files;
+        askForKey();
+      }
+    } finally {
+      if (state.controller === controller) state.controller = null;
+    }
+  }
+
+  function renderPending(files) {
+    for (const url of state.objectUrls) URL.revokeObjectURL(url);
+    state.objectUrls = [];
+    el.results.replaceChildren();
+    return files.map((file) => {
+      const card = el.cardTemplate.content.firstElementChild.cloneNode(true);
+      const name = file.name || "image";
+      card.dataset.filename = name;
+      card.dataset.state = "pending";
+      card.querySelector(".filename").textContent = name;
+      card.querySelector(".filename").title = name;
+      const box = card.querySelector(".thumb-box");
+      const img = card.querySelector(".thumb");
+      if (file.type.startsWith("image/")) {
+        const url = URL.createObjectURL(file);
+        state.objectUrls.push(url);
+        img.alt = `thumbnail of ${name}`;
+        img.addEventListener("error", () => {
+          img.hidden = true; // a format this browser cannot show (the server may still read it)
+          box.classList.add("no-preview");
+        });
+        img.src = url;
+      } else {
+        img.hidden = true;
+        box.classList.add("no-preview");
+      }
+      el.results.append(card);
+      return card;
+    });
+  }
+
+  function fillCard(card, prediction, body, ms) {
+    const rows = prediction.top_k.map((score) => {
+      const row = el.rowTemplate.content.firstElementChild.cloneNode(true);
+      const percent = `${(score.probability * 100).toFixed(1)}%`;
+      row.querySelector(".label").textContent = score.label;
+      row.querySelector(".label").title = score.label;
+      row.querySelector(".probability").textContent = percent;
+      row.querySelector(".fill").style.width = `${(score.probability * 100).toFixed(2)}%`;
+      row.dataset.index = String(score.index);
+      return row;
+    });
+    card.querySelector(".bars").replaceChildren(...rows);
+    card.querySelector(".status").hidden = true;
+    const meta = card.querySelector(".meta");
+    meta.querySelector('[data-testid="model-name"]').textContent = body.model;
+    meta.querySelector('[data-testid="model-version"]').textContent = body.model_version;
+    meta.querySelector('[data-testid="latency-ms"]').textContent = String(Math.round(ms));
+    meta.hidden = false;
+    card.dataset.state = "done";
+  }
+
+  function failCards(cards, text) {
+    for (const card of cards) {
+      card.classList.add("failed");
+      card.dataset.state = "failed";
+      card.querySelector(".status").textContent = text;
+    }
+  }
+
+  // ---- inputs: picker, drop, paste, camera ----------------------------------------------
+
+  function openPicker() {
+    el.fileInput.click();
+  }
+
+  el.dropzone.addEventListener("click", openPicker);
+  el.dropzone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      openPicker();
+    }
+  });
+  el.fileInput.addEventListener("change", () => {
+    const files = Array.from(el.fileInput.files || []);
+    el.fileInput.value = ""; // the same file chosen again is a new change
+    classify(files);
+  });
+
+  const carriesFiles = (event) =>
+    Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+  let dragDepth = 0;
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    dragDepth += 1;
+    el.dropzone.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) el.dropzone.classList.remove("dragging");
+  });
+  document.addEventListener("dragover", (event) => {
+    if (event.target instanceof HTMLInputElement) return;
+    event.preventDefault(); // else the browser opens the file instead of letting the page have it
+    if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("drop", (event) => {
+    if (event.target instanceof HTMLInputElement) return;
+    event.preventDefault();
+    dragDepth = 0;
+    el.dropzone.classList.remove("dragging");
+    const files = Array.from((event.dataTransfer && event.dataTransfer.files) || []);
+    if (!files.length) {
+      showMessage("error", "Nothing to classify",
+        "drop image files. A picture dragged from another web page arrives as a link, which this page cannot read: save it first.");
+      return;
+    }
+    classify(files);
+  });
+
+  document.addEventListener("paste", (event) => {
+    const files = Array.from((event.clipboardData && event.clipboardData.files) || []);
+    if (!files.length) return; // text goes where it was pasted (the key field)
+    event.preventDefault();
+    classify(files);
+  });
+
+  el.topK.addEventListener("change", () => {
+    state.topKTouched = true;
+    topK();
+    if (state.lastFiles.length) classify(state.lastFiles);
+  });
+
+  el.keyApply.addEventListener("click", applyKey);
+  el.keyInput.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") applyKey();
+  });
+
+  // getUserMedia exists only in secure contexts (https, localhost) of browsers with a camera API.
+  const cameraOffered = Boolean(navigator.mediaDevices && typeof navigator.mediaDevices.getUserMedia === "function");
+  el.cameraButton.hidden = !cameraOffered;
+
+  async function openCamera() {
+    if (state.stream) return;
+    try {
+      state.stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+    } catch (err) {
+      showMessage("error", "Camera unavailable", `${err.name}: ${err.message}`);
+      return;
+    }
+    el.cameraVideo.srcObject = state.stream;
+    el.camera.hidden = false;
+    el.cameraSnap.focus();
+  }
+
+  function closeCamera() {
+    if (state.stream) for (const track of state.stream.getTracks()) track.stop();
+    state.stream = null;
+    el.cameraVideo.srcObject = null;
+    el.camera.hidden = true;
+    el.cameraButton.focus();
+  }
+
+  function snap() {
+    const video = el.cameraVideo;
+    if (!video.videoWidth) {
+      showMessage("error", "Camera not ready", "no picture yet; try again in a moment.");
+      return;
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    canvas.toBlob((blob) => {
+      if (!blob) {
+        showMessage("error", "Camera", "the snapshot could not be encoded.");
+        return;
+      }
+      const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+      classify([new File([blob], `camera-${stamp}.jpg`, { type: "image/jpeg" })]);
+    }, "image/jpeg", 0.92);
+  }
+
+  el.cameraButton.addEventListener("click", openCamera);
+  el.cameraClose.addEventListener("click", closeCamera);
+  el.cameraSnap.addEventListener("click", snap);
+
+  state.modelLoad = loadModel();
+})();
