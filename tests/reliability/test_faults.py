@@ -137,10 +137,11 @@ def test_an_error_in_one_batch_fails_only_that_batch(start_server: StartServer, 
 
 
 def _metric(base_url: str, name: str) -> float:
+    """The sample's value, summed over its labels (imgserve_images_total has one per protocol)."""
     text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    match = re.search(rf"(?m)^{re.escape(name)} ([0-9.e+-]+)$", text)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
+    values = re.findall(rf"(?m)^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text)
+    assert values, f"{name} not in /metrics"
+    return sum(float(value) for value in values)
 
 
 def _send_and_hold(port: int, body: bytes) -> socket.socket:
