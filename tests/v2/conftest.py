@@ -1,0 +1,74 @@
+"""Real server processes with the v2 front ends on, and the helpers the v2 tests share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from model_export.tiny import tiny_card, write_model
+from reliability.server import ServerProcess, free_port
+from tests.app.default_model import default_model_path  # noqa: F401  (a fixture)
+from tests.e2e.server import run_server
+
+TINY = "tiny-rgb"  # tiny_card()'s name
+DEFAULT = "efficientnet_lite0-imagenet1k"
+
+
+class V2Server:
+    """A running server and the addresses of its HTTP and gRPC ports."""
+
+    def __init__(self, process: ServerProcess, grpc_port: int) -> None:
+        self.process = process
+        self.http = process.base_url
+        self.http_address = f"127.0.0.1:{process.port}"
+        self.grpc_address = f"127.0.0.1:{grpc_port}"
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics by its name and labels, e.g. 'imgserve_images_total{protocol="rest"}'."""
+        samples = {}
+        for line in httpx.get(f"{self.http}/metrics", timeout=10).text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                samples[key] = float(value)
+        return samples
+
+
+def start_v2_server(model_path: Path, log_dir: Path, **settings: Any) -> Any:
+    grpc_port = free_port()
+    return grpc_port, run_server(model_path, log_dir, grpc_port=grpc_port, **settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model(tmp_path_factory.mktemp("tiny"), tiny_card())
+
+
+@pytest.fixture(scope="module")
+def default_v2(
+    default_model_path: Path,  # noqa: F811  (the imported fixture)
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[V2Server]:
+    """The default model (EfficientNet-Lite0, ImageNet) with default settings and gRPC on."""
+    grpc_port, server = start_v2_server(default_model_path, tmp_path_factory.mktemp("logs"))
+    with server as process:
+        yield V2Server(process, grpc_port)
+
+
+@pytest.fixture(scope="module")
+def tiny_v2(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V2Server]:
+    """A tiny model with small limits, for the error cases."""
+    grpc_port, server = start_v2_server(
+        tiny_model_path,
+        tmp_path_factory.mktemp("logs"),
+        max_upload_bytes=200_000,
+        max_images_per_request=4,
+        max_image_pixels=1_000_000,
+        decode_threads=1,
+        warmup_batch_sizes=1,
+    )
+    with server as process:
+        yield V2Server(process, grpc_port)
