@@ -43,7 +43,9 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     protected = _api_key_dependencies(settings)
     app.include_router(health.router)
     app.include_router(v2_rest.health_router)
-    for router in (predict.router, models.router, metrics.router, v2_rest.router, tfserving.router):
+    # tfserving before models: /v1/models/{name}:predict must not first match GET /v1/models/{name}
+    # (an OPTIONS or GET there would be answered with the wrong Allow header).
+    for router in (predict.router, tfserving.router, models.router, metrics.router, v2_rest.router):
         app.include_router(router, **_protected_route_options(protected))
     docs.add_docs(app, settings, protected)
     drop_validation_responses(app, [v2_rest.health_router, v2_rest.router, tfserving.router])
