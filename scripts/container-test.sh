@@ -27,6 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${IMGSERVE_CONTAINER_CACHE:-$HOME/.cache/imgserve-containers}
 PROJECT=${IMGSERVE_CI_PROJECT:-imgserve-ci}
 export IMGSERVE_HTTP_PORT=${IMGSERVE_HTTP_PORT:-18080}
+export IMGSERVE_LB_GRPC_PORT=${IMGSERVE_LB_GRPC_PORT:-18081}   # nginx's gRPC port (docker/nginx/grpc.conf)
 HTTP_PORT=$IMGSERVE_HTTP_PORT
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [[ -x $PYTHON ]] || PYTHON=python3

@@ -305,3 +305,18 @@ def test_tritonclient_grpc_raises_with_the_servers_message(tiny_v2: V2Server) ->
         client.is_model_ready(TINY, "7")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert caught.value.message() == "model 'tiny-rgb' has no version '7'; served versions: ['1.2.3']"
+
+
+def test_grpc_messages_past_the_body_limit_are_refused_by_grpc(tiny_v2: V2Server) -> None:
+    """max_receive_message_length is the HTTP body limit (200,000 here) plus 64 KiB of framing."""
+    request = typed_request(TINY, b"x" * 300_000)
+    response = grpc_infer(tiny_v2.grpc_address, request)
+    assert isinstance(response, grpc.RpcError)
+    assert (response.code(), response.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SERVER: Received message larger than max (300040 vs. 265536)",
+    )
+    fits = grpc_infer(tiny_v2.grpc_address, typed_request(TINY, b"x" * 250_000))
+    assert (
+        isinstance(fits, grpc.RpcError) and fits.code() == grpc.StatusCode.INVALID_ARGUMENT
+    )  # read, then refused as not an image

@@ -220,3 +220,43 @@ def test_sigterm_lets_a_grpc_call_in_flight_finish_and_stops_grpc_with_http(
         )
         with pytest.raises(Exception, match="UNAVAILABLE"):
             v2_grpc(v2, corpus.solid((250, 5, 5)))
+
+
+def test_the_request_deadline_is_504_and_deadline_exceeded(
+    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same IMGSERVE_REQUEST_TIMEOUT_S as /predict: a batch held past it fails every protocol."""
+    grpc_port, server = start_v2_server(
+        tiny_model_path,
+        tmp_path_factory.mktemp("logs"),
+        batch_policy="fixed",
+        max_delay_ms=3000,
+        request_timeout_s=0.5,
+        decode_threads=1,
+        warmup_batch_sizes=1,
+    )
+    png = corpus.solid((250, 5, 5))
+    message = "the request did not finish within its deadline of 0.5 s"
+    with server as process:
+        v2 = V2Server(process, grpc_port)
+        body = {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(png).decode()]}
+            ]
+        }
+        response = httpx.post(f"{v2.http}/v2/models/{TINY}/infer", json=body, timeout=10)
+        assert (response.status_code, response.json()) == (504, {"error": message})
+        tf = httpx.post(
+            f"{v2.http}/v1/models/{TINY}:predict",
+            json={"instances": [{"b64": body["inputs"][0]["data"][0]}]},
+            timeout=10,
+        )
+        assert (tf.status_code, tf.json()) == (504, {"error": message})
+        with grpc.insecure_channel(v2.grpc_address) as channel:
+            request = service_pb2.ModelInferRequest(model_name=TINY)
+            request.inputs.add(name="image", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(
+                png
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED, message)
