@@ -278,6 +278,7 @@ main() {
     log up;       timed up up
     check_hardening
     log balance;  timed balance probe --requests 40 --concurrency 2 --expect-replicas 2
+    log grpc;     timed grpc "$PYTHON" "$ROOT/scripts/probe_grpc.py" --address "127.0.0.1:$IMGSERVE_LB_GRPC_PORT"
     log failover; timed failover failover
     if [[ -n ${KEEP:-} ]]; then
         echo "KEEP=1: the stack stays up on http://127.0.0.1:$HTTP_PORT"
