@@ -76,10 +76,12 @@ LABEL org.opencontainers.image.title="imgserve" \
       org.opencontainers.image.description="Image classification over REST: FastAPI + ONNX Runtime (${ORT_VARIANT})" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV IMGSERVE_MODEL_PATH=/models/default/model.onnx \
-    IMGSERVE_PORT=8000
+    IMGSERVE_PORT=8000 \
+    IMGSERVE_GRPC_PORT=8001
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (REST, the v2 protocol, TF Serving's API); 8001: the v2 protocol over gRPC.
+EXPOSE 8000 8001
 # /readyz is 503 until the model is warmed up and again while draining, so an orchestrator
 # stops routing to a replica that is shutting down. Exec form, no shell in the loop.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

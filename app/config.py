@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, description="Idle keep-alive connections close after this."
     )
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol's gRPC service, on the same host; 0 turns it off.",
+    )
 
     # Batching
     max_batch_size: int = Field(default=32, ge=1, le=1024)
@@ -163,6 +169,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) exceeds max_queue_images "
                 f"({self.max_queue_images}): such a request could never be admitted"
+            )
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                f"grpc_port ({self.grpc_port}) must differ from port ({self.port}); 0 turns gRPC off"
             )
         if self.shutdown_delay_s >= self.drain_timeout_s:
             raise ValueError(

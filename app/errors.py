@@ -8,6 +8,8 @@ here, in one place, and the handlers below render both.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -84,11 +86,16 @@ REST_STATUS: dict[type[InferenceError], int] = {
 }
 
 
-def rest_status(error: InferenceError) -> int:
+def status_for(error: InferenceError, table: Mapping[type[InferenceError], int]) -> int:
+    """The status ``table`` gives the error's most specific class (500 when none is listed)."""
     for cls in type(error).__mro__:
-        if cls in REST_STATUS:
-            return REST_STATUS[cls]
+        if cls in table:
+            return table[cls]
     return 500
+
+
+def rest_status(error: InferenceError) -> int:
+    return status_for(error, REST_STATUS)
 
 
 def rest_headers(error: InferenceError) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Start-up and shut-down: load and warm the model, start the decoder and batchers, stop them."""
+"""Start-up and shut-down: load and warm the model, start the decoder, batchers and the gRPC server,
+stop them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app.inference.engine import Engine, EngineOptions
 from app.inference.model import Decoder, ServedModel
 from app.inference.preprocess import ImageLimits, configure_pillow
 from app.state import AppState
+from app.v2.grpc_server import start_grpc_server
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,13 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         state.registry.add(model)
         track_model_metrics(state, model)
         state.lifecycle.ready = True
+        grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
         try:
             yield
         finally:
             state.lifecycle.ready = False
+            if grpc_server is not None:  # its calls in flight finish before the batcher stops
+                await grpc_server.stop()
             await model.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))
             decoder.stop()
             logger.info("models stopped")

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import docs, health, metrics, models, page, predict
+from app.api import docs, health, metrics, models, page, predict, tfserving
 from app.api.deps import UNAUTHORIZED
+from app.api.error_routes import drop_validation_responses
 from app.config import Settings
 from app.errors import add_exception_handlers
 from app.inference.engine import create_engine
@@ -17,6 +18,7 @@ from app.metrics import Metrics
 from app.middleware import RequestMiddleware
 from app.security import create_key_checker
 from app.state import AppState
+from app.v2 import rest as v2_rest
 
 DESCRIPTION = """Image classification with dynamic batching.
 
@@ -44,11 +46,15 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     app.state.imgserve = state
     protected = _api_key_dependencies(settings)
     app.include_router(health.router)
-    for module in (predict, models, metrics):
-        app.include_router(module.router, **_protected_route_options(protected))
+    app.include_router(v2_rest.health_router)
+    # tfserving before models: /v1/models/{name}:predict must not first match GET /v1/models/{name}
+    # (an OPTIONS or GET there would be answered with the wrong Allow header).
+    for router in (predict.router, tfserving.router, models.router, metrics.router, v2_rest.router):
+        app.include_router(router, **_protected_route_options(protected))
     docs.add_docs(app, settings, protected)
     if settings.demo_page:
         page.add_page(app)
+    drop_validation_responses(app, [v2_rest.health_router, v2_rest.router, tfserving.router])
     add_exception_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -20,6 +20,10 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+# The front ends, the values of the `protocol` label: our own REST API (/predict, /v1/models),
+# the Open Inference Protocol over HTTP and over gRPC, TensorFlow Serving's REST predict API.
+PROTOCOLS = ("rest", "v2_http", "v2_grpc", "tf_serving")
+
 
 class Metrics:
     """Every metric the service exports; names start with ``imgserve_``."""
@@ -30,8 +34,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "imgserve_http_requests",
-            "HTTP requests by route, method and status.",
-            ["route", "method", "status"],
+            "Requests by route, method, status and protocol (gRPC: route is the RPC, status its code name).",
+            ["route", "method", "status", "protocol"],
             registry=r,
         )
         self.request_latency = Histogram(
@@ -41,7 +45,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.images = Counter("imgserve_images", "Images classified successfully.", registry=r)
+        self.images = Counter(
+            "imgserve_images", "Images classified successfully, by protocol.", ["protocol"], registry=r
+        )
+        for protocol in PROTOCOLS:  # every series exists (at 0) from the start
+            self.images.labels(protocol)
         self.batch_size = Histogram(
             "imgserve_batch_size", "Images per model run.", buckets=_BATCH_BUCKETS, registry=r
         )
@@ -67,6 +75,13 @@ class Metrics:
             "imgserve_ready", "1 when ready to serve, 0 while starting or draining.", registry=r
         )
         self.model = Info("imgserve_model", "The model being served.", registry=r)
+
+    def observe_request(self, route: str, method: str, status: str, protocol: str, seconds: float) -> None:
+        self.requests.labels(route, method, status, protocol).inc()
+        self.request_latency.labels(route, method).observe(seconds)
+
+    def count_images(self, protocol: str, count: int) -> None:
+        self.images.labels(protocol).inc(count)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -85,9 +85,10 @@ class RequestMiddleware:
     def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
         route = scope.get("route")
         route_path = getattr(route, "path", None) or "unmatched"
+        # A front end's routes say which protocol they speak (app.api.error_routes); ours are "rest".
+        protocol = getattr(route, "protocol", "rest")
         method = scope["method"]
-        self.metrics.requests.labels(route_path, method, str(status)).inc()
-        self.metrics.request_latency.labels(route_path, method).observe(seconds)
+        self.metrics.observe_request(route_path, method, str(status), protocol, seconds)
         client = scope.get("client")
         access_logger.info(
             "request",
@@ -96,6 +97,7 @@ class RequestMiddleware:
                 "method": method,
                 "path": scope["path"],
                 "route": route_path,
+                "protocol": protocol,
                 "status": status,
                 "images": context.images,
                 "latency_ms": round(seconds * 1000, 3),
@@ -115,6 +117,13 @@ def _has_body(scope: Scope) -> bool:
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
-            return str(value.decode("latin-1"))
+        if name == REQUEST_ID_HEADER:
+            return request_id_or_new(value)
+    return uuid.uuid4().hex
+
+
+def request_id_or_new(value: bytes | None) -> str:
+    """A client's request id when it is well-formed (1-128 safe characters), else a new one."""
+    if value is not None and _VALID_REQUEST_ID.fullmatch(value):
+        return value.decode("latin-1")
     return uuid.uuid4().hex

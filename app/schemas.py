@@ -112,3 +112,25 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class VersionStatusDetail(BaseModel):
+    """TensorFlow Serving's status of a model version: "OK" and no message when it serves."""
+
+    error_code: str = Field(examples=["OK"])
+    error_message: str = Field(examples=[""])
+
+
+class ModelVersionStatus(BaseModel):
+    """One served version in TensorFlow Serving's model status shape."""
+
+    version: str = Field(examples=["1"])
+    state: str = Field(examples=["AVAILABLE"], description="AVAILABLE, or UNLOADING while draining.")
+    status: VersionStatusDetail
+
+
+class ModelStatusInfo(ModelInfo):
+    """The model card, plus the status of every served version of the name as TensorFlow Serving
+    reports it (`GET /v1/models/{name}` is also TF Serving's model status API)."""
+
+    model_version_status: list[ModelVersionStatus]

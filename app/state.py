@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.config import Settings
@@ -22,11 +23,20 @@ class Lifecycle:
     ready: bool = False
     draining: bool = False
     draining_since: float | None = None
+    # Called once, on the event loop, when draining starts (the gRPC server stops with HTTP).
+    drain_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def serving(self) -> bool:
+        """Ready and not draining: what readiness probes report."""
+        return self.ready and not self.draining
 
     def start_draining(self) -> None:
         if not self.draining:
             self.draining = True
             self.draining_since = time.monotonic()
+            for hook in self.drain_hooks:
+                hook()
 
     def seconds_left(self, drain_timeout_s: float) -> float:
         """Time left of the drain grace period (all of it when not draining)."""

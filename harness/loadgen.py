@@ -35,7 +35,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,13 +49,17 @@ ERROR_BODY_CHARS = 300  # enough of a non-200 body to say what went wrong
 MAX_IDLE_S = 2.0
 
 
+# A request body: (bytes, content type), or (bytes, content type, extra headers).
+Body = tuple[bytes, str] | tuple[bytes, str, Mapping[str, str]]
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where the load goes and what it sends: POSTs to ``url``, the ``bodies`` (bytes, content
-    type) in turn, each bounded by ``timeout_s`` from connect to the last byte of the answer."""
+    """Where the load goes and what it sends: POSTs to ``url``, the ``bodies`` in turn, each
+    bounded by ``timeout_s`` from connect to the last byte of the answer."""
 
     url: str
-    bodies: Sequence[tuple[bytes, str]]
+    bodies: Sequence[Body]
     timeout_s: float = 30.0
 
 
@@ -99,15 +103,16 @@ def build_requests(target: Target) -> list[bytes]:
     """Every request of ``target`` as the bytes that go on the wire."""
     url = urlsplit(target.url)
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    return [
-        (
+    requests = []
+    for body, content_type, *extra in target.bodies:
+        headers = "".join(f"{name}: {value}\r\n" for name, value in (extra[0] if extra else {}).items())
+        head = (
             f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nUser-Agent: harness-loadgen\r\n"
-            f"Accept: application/json\r\nContent-Type: {content_type}\r\n"
+            f"Accept: application/json\r\nContent-Type: {content_type}\r\n{headers}"
             f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        + body
-        for body, content_type in target.bodies
-    ]
+        )
+        requests.append(head.encode() + body)
+    return requests
 
 
 def header(head: bytes, name: str) -> str | None:

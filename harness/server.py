@@ -42,7 +42,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def child_env(port: int, env: Mapping[str, str], inherit_settings: bool = True) -> dict[str, str]:
-    """This process's environment, plus the server's host, port and a quiet log level.
+    """This process's environment, plus the server's host, port, gRPC off and a quiet log level.
 
     ``inherit_settings=False`` drops the ``IMGSERVE_*`` this process has, so that a developer's
     exported settings cannot change what a test sees; the soak command keeps them, since an
@@ -51,7 +51,14 @@ def child_env(port: int, env: Mapping[str, str], inherit_settings: bool = True) 
     inherited = {
         key: value for key, value in os.environ.items() if inherit_settings or not key.startswith("IMGSERVE_")
     }
-    own = {"IMGSERVE_HOST": "127.0.0.1", "IMGSERVE_PORT": str(port), "IMGSERVE_LOG_LEVEL": "warning"}
+    # gRPC off unless asked for (IMGSERVE_GRPC_PORT in ``env``): parallel servers would all
+    # want its default port, 8001.
+    own = {
+        "IMGSERVE_HOST": "127.0.0.1",
+        "IMGSERVE_PORT": str(port),
+        "IMGSERVE_GRPC_PORT": "0",
+        "IMGSERVE_LOG_LEVEL": "warning",
+    }
     return inherited | own | dict(env)
 
 

@@ -27,6 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${IMGSERVE_CONTAINER_CACHE:-$HOME/.cache/imgserve-containers}
 PROJECT=${IMGSERVE_CI_PROJECT:-imgserve-ci}
 export IMGSERVE_HTTP_PORT=${IMGSERVE_HTTP_PORT:-18080}
+export IMGSERVE_LB_GRPC_PORT=${IMGSERVE_LB_GRPC_PORT:-18081}   # nginx's gRPC port (docker/nginx/grpc.conf)
 HTTP_PORT=$IMGSERVE_HTTP_PORT
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [[ -x $PYTHON ]] || PYTHON=python3
@@ -277,6 +278,7 @@ main() {
     log up;       timed up up
     check_hardening
     log balance;  timed balance probe --requests 40 --concurrency 2 --expect-replicas 2
+    log grpc;     timed grpc "$PYTHON" "$ROOT/scripts/probe_grpc.py" --address "127.0.0.1:$IMGSERVE_LB_GRPC_PORT"
     log failover; timed failover failover
     if [[ -n ${KEEP:-} ]]; then
         echo "KEEP=1: the stack stays up on http://127.0.0.1:$HTTP_PORT"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import NOT_READY, StateDep, error_response
+from app.api.version_status import with_version_status
 from app.config import Settings
 from app.inference.model import ServedModel
-from app.schemas import BatchingInfo, LimitsInfo, ModelInfo, ModelList, TensorInfo
+from app.schemas import BatchingInfo, LimitsInfo, ModelInfo, ModelList, ModelStatusInfo, TensorInfo
 
 router = APIRouter(tags=["models"])
 
@@ -20,16 +21,16 @@ async def list_models(state: StateDep) -> ModelList:
 
 @router.get(
     "/v1/models/{name}",
-    response_model=ModelInfo,
+    response_model=ModelStatusInfo,
     responses={
         **NOT_READY,
         404: error_response("No model of that name."),
         422: error_response("Invalid path parameter."),
     },
 )
-async def get_model(name: str, state: StateDep) -> ModelInfo:
-    """One model by the name in its card."""
-    return describe_model(state.get_model(name), state.settings)
+async def get_model(name: str, state: StateDep) -> ModelStatusInfo:
+    """One model by the name in its card, with TensorFlow Serving's `model_version_status`."""
+    return with_version_status(describe_model(state.get_model(name), state.settings), state)
 
 
 def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:

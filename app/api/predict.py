@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from app.api.deps import NOT_READY, StateDep, error_response
+from app.api.disconnect import unless_disconnected
 from app.api.uploads import FILE_FIELD, FORMAT_MEDIA_TYPES, OCTET_STREAM, UploadLimits, read_uploads
 from app.config import SUPPORTED_FORMATS
-from app.errors import ServiceError
 from app.inference.deadline import request_deadline
 from app.inference.postprocess import Classification
 from app.middleware import get_request_context
 from app.schemas import ClassScore, ImagePrediction, PredictResponse
 
 router = APIRouter(tags=["inference"])
-
-T = TypeVar("T")
 
 _BINARY = {"type": "string", "format": "binary"}
 _IMAGE_TYPES = [t for fmt in SUPPORTED_FORMATS for t in FORMAT_MEDIA_TYPES[fmt][:1]]
@@ -62,10 +58,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _ClientGoneError(ServiceError):
-    status_code = 499  # nginx's "client closed request": nobody reads it, the log does
-
-
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -99,8 +91,8 @@ async def predict(
         context = get_request_context(request.scope)
         if context is not None:
             context.images = len(uploads)
-        results = await _unless_disconnected(model.classify(uploads, top_k), request)
-    state.metrics.images.inc(len(results))
+        results = await unless_disconnected(model.classify(uploads, top_k), request)
+    state.metrics.count_images("rest", len(results))
     return PredictResponse(
         model=model.name,
         model_version=model.version,
@@ -113,26 +105,3 @@ async def predict(
 
 def _scores(result: Classification) -> list[ClassScore]:
     return [ClassScore(index=s.index, label=s.label, probability=s.probability) for s in result.top_k]
-
-
-async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
-    """Await ``work``, but cancel it (dropping its queued images) if the client goes away.
-
-    Once the body is read, the next ASGI ``receive`` only returns when the client disconnects.
-    """
-    work_task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(request.receive())
-    try:
-        done, _ = await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work_task in done:
-            return work_task.result()
-        message = watcher.result()
-        if message.get("type") == "http.disconnect":
-            work_task.cancel()
-            raise _ClientGoneError("the client disconnected before the result was ready")
-        return await work_task
-    finally:
-        # Cancelling the work drops its images that have not run; wait for that to happen.
-        work_task.cancel()
-        watcher.cancel()
-        await asyncio.gather(work_task, watcher, return_exceptions=True)

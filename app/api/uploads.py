@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
+from app.api.body import body_chunks, check_content_length
 from app.errors import (
     BadRequestError,
     PayloadTooLargeError,
@@ -58,14 +59,14 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     """All images of the request, in order; raises a typed error naming what is wrong."""
     content_type, options = parse_options_header(request.headers.get("content-type"))
     media_type = content_type.decode("latin-1").lower()
-    _check_content_length(request, limits)
+    check_content_length(request, limits.max_upload_bytes)
     if media_type == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequestError("multipart/form-data without a boundary parameter")
-        uploads = await _read_multipart(_body_chunks(request, limits), boundary, limits)
+        uploads = await _read_multipart(body_chunks(request, limits.max_upload_bytes), boundary, limits)
     elif media_type in limits.raw_media_types:
-        data = b"".join([chunk async for chunk in _body_chunks(request, limits)])
+        data = b"".join([chunk async for chunk in body_chunks(request, limits.max_upload_bytes)])
         uploads = [Upload(name=RAW_BODY_NAME, data=data, filename=None)]
     else:
         shown = media_type or "none"
@@ -77,34 +78,6 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
         if not upload.data:
             raise UnprocessableError(f"{upload.name}: is empty")
     return uploads
-
-
-def _check_content_length(request: Request, limits: UploadLimits) -> None:
-    declared = request.headers.get("content-length")
-    if declared is None:
-        return
-    try:
-        length = int(declared)
-    except ValueError:
-        raise BadRequestError(f"invalid Content-Length {declared!r}") from None
-    if length > limits.max_upload_bytes:
-        raise PayloadTooLargeError(f"request body is {length} bytes; the limit is {limits.max_upload_bytes}")
-
-
-async def _body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
-    """The body as it arrives (chunked or not), stopping with 413 once it passes the limit."""
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limits.max_upload_bytes:
-                raise PayloadTooLargeError(
-                    f"request body exceeds the limit of {limits.max_upload_bytes} bytes"
-                )
-            if chunk:
-                yield chunk
-    except ClientDisconnect:
-        raise BadRequestError("the client disconnected while uploading") from None
 
 
 @dataclass

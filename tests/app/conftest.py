@@ -23,6 +23,7 @@ def make_client(tiny_model_path: Path) -> Callable[..., Any]:
 
     @contextmanager
     def make(**overrides: Any) -> Iterator[TestClient]:
+        overrides.setdefault("grpc_port", 0)  # in-process apps need no gRPC port
         settings = Settings(model_path=tiny_model_path, decode_threads=1, warmup_batch_sizes="1", **overrides)
         with TestClient(create_app(settings)) as client:
             yield client

@@ -53,6 +53,7 @@ def make_client(tiny_model_path: Path) -> Callable[..., Any]:
     def make(
         load_engine: Callable[[Path, EngineOptions], Engine] = create_engine, **overrides: Any
     ) -> Iterator[TestClient]:
+        overrides.setdefault("grpc_port", 0)  # in-process apps need no gRPC port
         settings = Settings(
             model_path=overrides.pop("model_path", tiny_model_path), decode_threads=2, **overrides
         )
@@ -184,7 +185,7 @@ def test_undecodable_image_is_422_and_the_request_is_all_or_nothing(client: Test
         422,
         "file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)",
     )
-    assert "imgserve_images_total 0.0" in client.get("/metrics").text
+    assert 'imgserve_images_total{protocol="rest"} 0.0' in client.get("/metrics").text
 
 
 def test_truncated_image_is_422(client: TestClient) -> None:
@@ -337,7 +338,8 @@ def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
 
 
 def test_concurrent_requests_are_batched(make_client: Callable[..., Any]) -> None:
-    with make_client(max_batch_size=8, max_delay_ms=2000) as client:
+    # fixed: the adaptive policy may run a batch as soon as no other image is decoding
+    with make_client(max_batch_size=8, max_delay_ms=2000, batch_policy="fixed") as client:
         statuses: list[int] = []
 
         def send() -> None:
@@ -354,7 +356,7 @@ def test_concurrent_requests_are_batched(make_client: Callable[..., Any]) -> Non
         metrics = client.get("/metrics").text
         assert "imgserve_batch_size_count 1.0" in metrics
         assert "imgserve_batch_size_sum 8.0" in metrics
-        assert "imgserve_images_total 8.0" in metrics
+        assert 'imgserve_images_total{protocol="rest"} 8.0' in metrics
 
 
 # -- the other endpoints ----------------------------------------------------------------------
@@ -414,7 +416,9 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
     }
     response = client.get("/v1/models")
     assert (response.status_code, response.json()) == (200, {"models": [expected]})
-    assert client.get("/v1/models/tiny-rgb").json() == expected
+    # One model's card also carries TensorFlow Serving's model status (its model status API).
+    status = [{"version": "1.2.3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    assert client.get("/v1/models/tiny-rgb").json() == {**expected, "model_version_status": status}
     error(client.get("/v1/models/resnet"), 404, "no model named 'resnet'; this server serves 'tiny-rgb'")
 
 
@@ -426,10 +430,11 @@ def test_metrics_exposes_requests_latency_queue_batches_and_images(client: TestC
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     for line in (
-        'imgserve_http_requests_total{method="POST",route="/predict",status="200"} 1.0',
-        'imgserve_http_requests_total{method="POST",route="/predict",status="415"} 1.0',
+        'imgserve_http_requests_total{method="POST",protocol="rest",route="/predict",status="200"} 1.0',
+        'imgserve_http_requests_total{method="POST",protocol="rest",route="/predict",status="415"} 1.0',
         'imgserve_http_request_duration_seconds_count{method="POST",route="/predict"} 2.0',
-        "imgserve_images_total 2.0",
+        'imgserve_images_total{protocol="rest"} 2.0',
+        'imgserve_images_total{protocol="v2_http"} 0.0',
         "imgserve_batch_size_sum 2.0",
         "imgserve_inference_duration_seconds_count",
         "imgserve_preprocess_duration_seconds_count 2.0",

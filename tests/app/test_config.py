@@ -129,6 +129,14 @@ def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPat
             {"IMGSERVE_REQUEST_TIMEOUT_S": "0"},
             "IMGSERVE_REQUEST_TIMEOUT_S: Input should be greater than 0 (got '0')",
         ),
+        (
+            {"IMGSERVE_GRPC_PORT": "8000"},
+            "settings: grpc_port (8000) must differ from port (8000); 0 turns gRPC off",
+        ),
+        (
+            {"IMGSERVE_GRPC_PORT": "70000"},
+            "IMGSERVE_GRPC_PORT: Input should be less than or equal to 65535 (got '70000')",
+        ),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(

@@ -82,6 +82,8 @@ def test_runtime_stage_runs_one_server_as_a_non_root_user_with_a_readiness_healt
     assert re.search(r'HEALTHCHECK .*\n\s+CMD \["python", "/usr/local/bin/imgserve-healthcheck"\]', runtime)
     assert "/readyz" in (REPO_ROOT / "docker" / "healthcheck.py").read_text()
     assert "torch" not in runtime.lower()
+    # HTTP and the v2 protocol's gRPC port, the app's defaults.
+    assert re.search(rf"^EXPOSE {Settings().port} {Settings().grpc_port}$", runtime, re.MULTILINE)
     # The default target (the last stage) is the server with a model from the build context.
     text = (REPO_ROOT / "Dockerfile").read_text()
     assert re.findall(r"^FROM .*$", text, re.MULTILINE)[-1] == "FROM server AS runtime"
@@ -182,7 +184,15 @@ def test_compose_gpu_stack(compose_binary: str) -> None:
     assert app["read_only"] is True and app["tmpfs"] == ["/tmp"]
     assert app["healthcheck"]["test"] == ["CMD", "python", "/usr/local/bin/imgserve-healthcheck"]
     assert nginx["depends_on"]["app"]["condition"] == "service_healthy"
-    assert nginx["volumes"][0]["target"] == "/etc/nginx/conf.d/default.conf"
+    assert [v["target"] for v in nginx["volumes"]] == [
+        "/etc/nginx/conf.d/default.conf",
+        "/etc/nginx/conf.d/grpc.conf",
+    ]
+    # nginx's gRPC server block forwards to the replicas' gRPC port, which compose exposes.
+    grpc_conf = (REPO_ROOT / "docker" / "nginx" / "grpc.conf").read_text()
+    assert f"server app:{Settings().grpc_port} " in grpc_conf
+    assert [int(p["target"]) for p in nginx["ports"]] == [80, 8001]
+    assert str(Settings().grpc_port) in [str(port) for port in app["expose"]]
     export = config["services"].get("export")
     assert export is None  # behind its profile
 
@@ -282,7 +292,10 @@ def test_k8s_deployment_probes_drain_and_gpu() -> None:
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # Liveness over gRPC (grpc.health.v1) on the port the app serves it on by default.
+    assert container["livenessProbe"]["grpc"] == {"port": Settings().grpc_port}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": Settings().port, "grpc": Settings().grpc_port}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -300,7 +313,7 @@ def test_k8s_service_and_hpa_point_at_the_deployment() -> None:
     deployment, service, hpa = docs["Deployment"], docs["Service"], docs["HorizontalPodAutoscaler"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

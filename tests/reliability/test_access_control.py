@@ -276,8 +276,10 @@ def test_no_request_makes_the_server_fetch_a_url_read_a_path_or_load_a_model(
 def test_the_schema_offers_no_way_to_name_a_path_url_or_model(
     start_server: StartServer, tiny_model: Path
 ) -> None:
-    schema = httpx.get(f"{start_server(tiny_model).base_url}/openapi.json").json()
+    base_url = start_server(tiny_model).base_url
+    schema = httpx.get(f"{base_url}/openapi.json").json()
     operations = {(path, method) for path, item in schema["paths"].items() for method in item}
+    v2_models = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     assert operations == {
         ("/predict", "post"),
         ("/healthz", "get"),
@@ -285,14 +287,28 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(
         ("/v1/models", "get"),
         ("/v1/models/{name}", "get"),
         ("/metrics", "get"),
-    }
-    params = [
-        (p, q["name"])
-        for p, item in schema["paths"].items()
+        # the v2 protocol and TF Serving's API: models by the name (and version) they are served as
+        ("/v2", "get"),
+        ("/v2/health/live", "get"),
+        ("/v2/health/ready", "get"),
+        *((f"{base}{tail}", method) for base in v2_models for tail, method in
+          (("", "get"), ("/ready", "get"), ("/config", "get"), ("/infer", "post"))),
+        ("/v1/models/{name}:predict", "post"),
+        ("/v1/models/{name}/versions/{version}:predict", "post"),
+        ("/v1/models/{name}/versions/{version}", "get"),
+    }  # fmt: skip
+    params = {
+        q["name"]
+        for item in schema["paths"].values()
         for op in item.values()
         for q in op.get("parameters", [])
-    ]
-    assert params == [("/predict", "top_k"), ("/v1/models/{name}", "name")]
+    }
+    # Names and versions only look up the models already served (an unknown one is 404); no
+    # parameter takes a path, a URL or a file.
+    assert params == {"top_k", "name", "version", "probabilities", "Inference-Header-Content-Length"}
+    for traversal in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "http:%2F%2F127.0.0.1:1%2Fm.onnx"):
+        response = httpx.get(f"{base_url}/v2/models/{traversal}")
+        assert response.status_code == 404, (traversal, response.text)
 
 
 def test_a_markup_filename_is_reflected_only_inside_json(start_server: StartServer, tiny_model: Path) -> None:

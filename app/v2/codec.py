@@ -1,0 +1,361 @@
+"""The Open Inference Protocol's tensors for an image classifier: requests in, answers out.
+
+Pure data and functions, no HTTP and no gRPC: the REST front end (``app/v2/rest.py``) and the
+gRPC one (``app/v2/grpc_server.py``) both parse and answer through this module, so the two
+cannot drift apart.
+
+How a model looks through the protocol (``model_metadata``):
+
+- one input, ``image``: BYTES of shape ``[N, 1]`` (or ``[N]``), each element one encoded image
+  (any format ``/predict`` takes; the server decodes and preprocesses it from the card);
+- one output, ``probs``: FP32 ``[N, classes]``, the probabilities ``/predict`` ranks; with the
+  classification extension (``parameters.classification = k``) it is BYTES ``[N, k]`` instead,
+  each element ``"<probability>:<index>:<label>"``, most probable first.
+
+Three request encodings reach the same :class:`InferRequest`: JSON with base64 strings in
+``data``; the binary tensor extension (a JSON header of ``Inference-Header-Content-Length``
+bytes, then each element as a 4-byte little-endian length and its bytes); and a raw body with
+``Inference-Header-Content-Length: 0``, the whole body one image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.inference.postprocess import Classification, ClassScore
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probs"
+BYTES = "BYTES"
+FP32 = "FP32"
+PLATFORM = "onnxruntime_onnx"
+# Reported by GET /v2 and ServerMetadata: what a client may rely on beyond the required API.
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+
+_LENGTH = struct.Struct("<I")
+
+
+class CodecError(Exception):
+    """The request does not follow the protocol or this model's tensors (400, INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TooManyImagesError(CodecError):
+    """More images than ``max_images_per_request`` (413, INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the client asked for: ``classification`` is k, ``binary`` the binary extension."""
+
+    name: str = OUTPUT_NAME
+    classification: int | None = None
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    images: list[bytes]
+    outputs: list[RequestedOutput]
+    id: str | None = None
+
+    @property
+    def top_k(self) -> int | None:
+        """The classification count asked for, if any (there is one output to ask it of)."""
+        return next((o.classification for o in self.outputs if o.classification is not None), None)
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output of an answer: FP32 rows, or BYTES elements (flattened, row-major)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    values: np.ndarray | list[bytes]
+    binary: bool = False
+
+    def raw(self) -> bytes:
+        """The tensor as the binary extension and ``raw_output_contents`` carry it."""
+        if isinstance(self.values, np.ndarray):
+            return self.values.astype("<f4", copy=False).tobytes()
+        return encode_bytes_elements(self.values)
+
+    def json_data(self) -> list[Any]:
+        """The tensor as JSON ``data``: numbers, or the BYTES elements as text."""
+        if isinstance(self.values, np.ndarray):
+            return self.values.reshape(-1).tolist()  # type: ignore[no-any-return,unused-ignore]
+        return [value.decode() for value in self.values]
+
+
+# -- BYTES elements ------------------------------------------------------------------------------
+
+
+def encode_bytes_elements(elements: Sequence[bytes]) -> bytes:
+    """Each element as a 4-byte little-endian length followed by its bytes."""
+    return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
+
+
+def decode_bytes_elements(data: bytes | memoryview, expected: int) -> list[bytes]:
+    """The ``expected`` length-prefixed elements of ``data``; ``CodecError`` unless it holds
+    exactly that many, each complete."""
+    view = memoryview(data)
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if len(elements) == expected:
+            raise CodecError(
+                f"input {INPUT_NAME!r}: {len(view) - offset} bytes after the {expected} element(s) "
+                f"its shape declares"
+            )
+        if offset + _LENGTH.size > len(view):
+            raise CodecError(f"input {INPUT_NAME!r}: element {len(elements)} has a truncated 4-byte length")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += _LENGTH.size
+        if offset + length > len(view):
+            raise CodecError(
+                f"input {INPUT_NAME!r}: element {len(elements)} declares {length} bytes but only "
+                f"{len(view) - offset} follow"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(elements) != expected:
+        raise CodecError(
+            f"input {INPUT_NAME!r}: shape declares {expected} element(s), the data holds {len(elements)}"
+        )
+    return elements
+
+
+def decode_base64(value: object, where: str) -> bytes:
+    """One base64 string (standard alphabet, padded) as bytes."""
+    if not isinstance(value, str):
+        raise CodecError(f"{where}: expected a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CodecError(f"{where}: not valid base64 ({exc})") from None
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def batch_size(shape: Sequence[object], max_images: int) -> int:
+    """N of an input shape ``[N]`` or ``[N, 1]``, 1 <= N <= ``max_images``."""
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or len(shape) not in (1, 2):
+        raise CodecError(
+            f"input {INPUT_NAME!r}: shape {list(shape)} is not accepted; send [N, 1] or [N], one encoded "
+            f"image per element"
+        )
+    dims: list[int] = list(shape)  # type: ignore[arg-type]
+    if len(dims) == 2 and dims[1] != 1:
+        raise CodecError(
+            f"input {INPUT_NAME!r}: shape {dims} is not accepted; the second dimension must be 1"
+        )
+    count = dims[0]
+    if count < 1:
+        raise CodecError(f"input {INPUT_NAME!r}: shape {dims} holds no image")
+    if count > max_images:
+        raise TooManyImagesError(f"more than {max_images} images in one request (max_images_per_request)")
+    return count
+
+
+def check_input(name: str, datatype: str) -> None:
+    if name != INPUT_NAME:
+        raise CodecError(f"unexpected input {name!r}; this model takes one BYTES input named {INPUT_NAME!r}")
+    if datatype != BYTES:
+        raise CodecError(
+            f"input {INPUT_NAME!r} has datatype {datatype!r}; send {BYTES!r}, one encoded image per element"
+        )
+
+
+def parse_outputs(
+    requested: Sequence[tuple[str, Mapping[str, object]]], binary_default: bool
+) -> list[RequestedOutput]:
+    """The outputs asked for as (name, parameters) pairs; none asked: every output."""
+    if not requested:
+        return [RequestedOutput(binary=binary_default)]
+    outputs: list[RequestedOutput] = []
+    for name, parameters in requested:
+        if name != OUTPUT_NAME:
+            raise CodecError(f"unknown output {name!r}; this model has one output, {OUTPUT_NAME!r}")
+        if any(o.name == name for o in outputs):
+            raise CodecError(f"output {name!r} is requested twice")
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise CodecError(f"output {name!r}: binary_data must be true or false, got {binary!r}")
+        outputs.append(RequestedOutput(name, _classification(name, parameters), binary))
+    return outputs
+
+
+def _classification(name: str, parameters: Mapping[str, object]) -> int | None:
+    k = parameters.get("classification")
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CodecError(f"output {name!r}: classification must be a whole number of classes >= 1, got {k!r}")
+    return k
+
+
+def parse_rest_request(body: bytes, header_length: int | None, max_images: int) -> InferRequest:
+    """A v2 HTTP request body, with the binary extension's header length when one was sent."""
+    if header_length == 0:  # a raw body: the whole body is the one input's one element
+        if not body:
+            raise CodecError("the request body is empty; send one encoded image")
+        return InferRequest(images=[body], outputs=parse_outputs([], binary_default=False))
+    if header_length is not None and header_length > len(body):
+        raise CodecError(
+            f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+        )
+    split = len(body) if header_length is None else header_length
+    header, binary = _json_object(body[:split]), memoryview(body)[split:]
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise CodecError(f"'inputs' must be a list of one input tensor, {INPUT_NAME!r} (BYTES [N, 1])")
+    parameters = _object(header.get("parameters", {}), "'parameters'")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise CodecError(f"binary_data_output must be true or false, got {binary_default!r}")
+    return InferRequest(
+        images=_rest_input(inputs[0], binary, max_images),
+        outputs=parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default),
+        id=_request_id(header.get("id")),
+    )
+
+
+def _json_object(data: bytes | memoryview) -> dict[str, Any]:
+    try:
+        value = json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CodecError(f"the inference request is not valid JSON: {exc}") from None
+    return _object(value, "the inference request")
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CodecError(f"{what} must be a JSON object")
+    return value
+
+
+def _request_id(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise CodecError(f"'id' must be a string, got {type(value).__name__}")
+
+
+def _rest_input(tensor: dict[str, Any], binary: memoryview, max_images: int) -> list[bytes]:
+    name, datatype = tensor.get("name"), tensor.get("datatype")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise CodecError("each input needs a 'name' and a 'datatype' string")
+    check_input(name, datatype)
+    shape = tensor.get("shape")
+    if not isinstance(shape, list):
+        raise CodecError(f"input {INPUT_NAME!r} needs a 'shape' list, e.g. [1, 1]")
+    count = batch_size(shape, max_images)
+    size = _object(tensor.get("parameters", {}), f"input {INPUT_NAME!r}: 'parameters'").get(
+        "binary_data_size"
+    )
+    if size is None:
+        if len(binary):
+            raise CodecError(f"{len(binary)} bytes of binary data follow the JSON, but no input names them")
+        return _base64_elements(tensor.get("data"), count)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise CodecError(f"input {INPUT_NAME!r}: binary_data_size must be a byte count, got {size!r}")
+    if size != len(binary):
+        raise CodecError(
+            f"input {INPUT_NAME!r}: binary_data_size is {size} but {len(binary)} bytes follow the JSON"
+        )
+    return decode_bytes_elements(binary, count)
+
+
+def _base64_elements(data: object, count: int) -> list[bytes]:
+    if not isinstance(data, list):
+        raise CodecError(f"input {INPUT_NAME!r} needs 'data': a list of base64 strings, one per image")
+    flat = [item for row in data for item in (row if isinstance(row, list) else [row])]
+    if len(flat) != count:
+        raise CodecError(f"input {INPUT_NAME!r}: shape declares {count} element(s), 'data' holds {len(flat)}")
+    return [decode_base64(item, f"input {INPUT_NAME!r} element {i}") for i, item in enumerate(flat)]
+
+
+def _rest_outputs(outputs: object) -> list[tuple[str, Mapping[str, object]]]:
+    if not isinstance(outputs, list):
+        raise CodecError("'outputs' must be a list of requested outputs")
+    pairs: list[tuple[str, Mapping[str, object]]] = []
+    for output in outputs:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise CodecError("each requested output needs a 'name' string")
+        pairs.append((output["name"], _object(output.get("parameters", {}), "an output's 'parameters'")))
+    return pairs
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+
+def classification_element(score: ClassScore) -> bytes:
+    """``"<probability>:<index>:<label>"``, the probability as the shortest text that reads back
+    as the same number (what ``/predict`` prints)."""
+    return f"{score.probability!r}:{score.index}:{score.label}".encode()
+
+
+def build_outputs(
+    results: Sequence[Classification], outputs: Sequence[RequestedOutput]
+) -> list[OutputTensor]:
+    """The requested output tensors for the images' results, in request order."""
+    tensors = []
+    for output in outputs:
+        if output.classification is None:
+            probabilities = np.stack([r.probabilities for r in results]).astype(np.float32, copy=False)
+            tensors.append(
+                OutputTensor(output.name, FP32, list(probabilities.shape), probabilities, output.binary)
+            )
+        else:
+            k = output.classification
+            elements = [classification_element(score) for r in results for score in r.top_k[:k]]
+            tensors.append(OutputTensor(output.name, BYTES, [len(results), k], elements, output.binary))
+    return tensors
+
+
+def encode_rest_response(
+    model_name: str, model_version: str, request_id: str | None, tensors: Sequence[OutputTensor]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    described: list[dict[str, Any]] = []
+    binary_parts: list[bytes] = []
+    for tensor in tensors:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if tensor.binary:
+            raw = tensor.raw()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary_parts.append(raw)
+        else:
+            entry["data"] = tensor.json_data()
+        described.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = described
+    header = json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
+    if not binary_parts:
+        return header, None
+    return header + b"".join(binary_parts), len(header)
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+
+def tensor_metadata(num_classes: int) -> dict[str, list[dict[str, Any]]]:
+    """The model's inputs and outputs as model metadata lists them (-1: the batch dimension)."""
+    return {
+        "inputs": [{"name": INPUT_NAME, "datatype": BYTES, "shape": [-1, 1]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": FP32, "shape": [-1, num_classes]}],
+    }
