@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import docs, health, metrics, models, predict
+from app.api import docs, health, metrics, models, predict, repository
 from app.api.deps import UNAUTHORIZED
 from app.config import Settings
 from app.errors import add_exception_handlers
@@ -42,6 +42,8 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     app.include_router(health.router)
     for module in (predict, models, metrics):
         app.include_router(module.router, **_protected_route_options(protected))
+    if settings.model_control == "explicit":
+        app.include_router(repository.router, **_protected_route_options(protected))
     docs.add_docs(app, settings, protected)
     add_exception_handlers(app)
     if settings.cors_origins:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,5 +110,18 @@ class ModelInfo(BaseModel):
     limits: LimitsInfo
 
 
+class ModelVersionStatus(BaseModel):
+    """One model version's state (Triton's repository index entry)."""
+
+    name: str
+    version: str | None = Field(description="null when the failure came before a version was known.")
+    state: Literal["LOADING", "READY", "UNLOADING", "UNAVAILABLE"]
+    reason: str = Field(description="Why it is unavailable (a failed load's error, 'unloaded'); else empty.")
+
+
 class ModelList(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="Every version served, by name and version.")
+    versions: list[ModelVersionStatus] = Field(
+        description="Every version known: loading, ready, unloading, or unavailable with the reason."
+    )
+    default_model: str | None = Field(description="The model that answers /predict; null: none, name one.")

@@ -413,7 +413,14 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
         },
     }
     response = client.get("/v1/models")
-    assert (response.status_code, response.json()) == (200, {"models": [expected]})
+    assert (response.status_code, response.json()) == (
+        200,
+        {
+            "models": [expected],
+            "versions": [{"name": "tiny-rgb", "version": "1.2.3", "state": "READY", "reason": ""}],
+            "default_model": "tiny-rgb",
+        },
+    )
     assert client.get("/v1/models/tiny-rgb").json() == expected
     error(client.get("/v1/models/resnet"), 404, "no model named 'resnet'; this server serves 'tiny-rgb'")
 
