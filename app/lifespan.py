@@ -94,14 +94,16 @@ def create_model_control(
 
 
 def check_default_model(settings: Settings, state: AppState) -> None:
-    """``default_model`` must name a model that was loaded."""
+    """``default_model`` must name a model that was loaded; the only model is the default."""
     names = state.registry.names()
     if settings.default_model is not None and settings.default_model not in names:
         raise EngineError(
             f"IMGSERVE_DEFAULT_MODEL={settings.default_model!r} is not a model this server loaded; "
             f"it serves {names}"
         )
-    if settings.default_model is None and len(names) > 1:
+    if settings.default_model is None and len(names) == 1:
+        state.registry.default_name = names[0]  # stays the default, also while it is unloaded
+    elif settings.default_model is None:
         logger.info("no default model: requests to /predict must name one", extra={"models": names})
 
 

@@ -137,10 +137,7 @@ class ModelControl:
         """Retire every version of ``name``; returns once they have drained."""
         async with self._lock:
             if not self.registry.versions(name):
-                known = name in self.source.model_names() or any(
-                    status.name == name for status in self.registry.statuses()
-                )
-                if not known:
+                if not self._known(name):
                     raise LoadError(f"no model {name!r} in {self.source.describe()}")
                 return
             self._policies.pop(name, None)
@@ -192,7 +189,7 @@ class ModelControl:
         try:
             sources = self.source.plan(name, self._policies.get(name) if name else None)
         except RepositoryError as exc:
-            if name is not None:
+            if name is not None and self._known(name):  # not any name a request makes up
                 self.registry.set_failed(name, None, str(exc))
             raise LoadError(str(exc)) from exc
         if name is not None:
@@ -232,6 +229,14 @@ class ModelControl:
             )
         if failures:
             raise LoadError("; ".join(failures))
+
+    def _known(self, name: str) -> bool:
+        """On disk now, or loaded (or failed) before."""
+        try:
+            on_disk = name in self.source.model_names()
+        except RepositoryError:
+            on_disk = False
+        return on_disk or any(status.name == name for status in self.registry.statuses())
 
     def _is_served(self, source: VersionSource) -> bool:
         """A served version loaded from this very file, unchanged since."""
