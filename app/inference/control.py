@@ -17,6 +17,8 @@ served, and ``max_loaded_versions`` bounds those.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
@@ -324,6 +326,7 @@ class ModelControl:
             logger.info("model version unloaded", extra={"model": model.name, "model_version": model.version})
             del model
         gc.collect()  # a failed batch's traceback can hold a session in a reference cycle
+        release_free_memory()
         logger.info("onnx sessions alive after unloading", extra={"onnx_sessions": live_session_count()})
 
     def _describe(self, source: VersionSource) -> str:
@@ -331,6 +334,20 @@ class ModelControl:
             return str(source.path)
         version = f" version {source.version}" if source.version is not None else ""
         return f"model {source.name!r}{version} ({source.path})"
+
+
+def release_free_memory() -> None:
+    """Hand the heap memory freed with a session back to the OS (glibc's ``malloc_trim``).
+
+    glibc keeps freed memory in its per-thread arenas; each session's threads allocate in their
+    own, so without this the resident size creeps up by tens of MB per swap although nothing
+    leaks (the session count says so). Elsewhere than glibc there is nothing to do.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _expected_load_error(exc: Exception) -> bool:
