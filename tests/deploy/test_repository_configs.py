@@ -72,10 +72,11 @@ def test_k8s_overlay_mounts_the_claim_read_only_where_the_app_looks() -> None:
     assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["readOnly"] is True
     assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
-    assert Settings(
+    settings = Settings(
         model_repository=env["IMGSERVE_MODEL_REPOSITORY"],
         max_loaded_versions=env["IMGSERVE_MAX_LOADED_VERSIONS"],
     )
+    assert (settings.model_repository, settings.max_loaded_versions) == (Path("/models/repository"), 4)
     assert {"/tmp", env["IMGSERVE_MODEL_REPOSITORY"]} <= {m["mountPath"] for m in container["volumeMounts"]}
 
 
