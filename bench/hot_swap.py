@@ -55,6 +55,8 @@ class Round:
     requests: dict[str, int]
     failed: int
     rss_mb: dict[str, float]
+    readyz_probes: int
+    readyz_not_200: int
     versions_seen_during: list[str] = field(default_factory=list)
 
 
@@ -100,14 +102,19 @@ class Clients:
 
 
 class RssSampler(threading.Thread):
+    """Samples the server's RSS and its ``/readyz`` status every 20 ms while running."""
+
     def __init__(self, server: ServerProcess) -> None:
         super().__init__(daemon=True)
         self.server, self.peak, self.running = server, 0, True
+        self.readyz: list[int] = []
 
     def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.server.rss())
-            time.sleep(0.02)
+        with httpx.Client(base_url=self.server.base_url, timeout=10) as client:
+            while self.running:
+                self.peak = max(self.peak, self.server.rss())
+                self.readyz.append(client.get("/readyz").status_code)
+                time.sleep(0.02)
 
 
 def jpeg_bodies() -> list[bytes]:
@@ -156,6 +163,8 @@ def one_round(
         requests={name: len(answers) for name, answers in phases.items()},
         failed=sum(a.status != 200 for a in everything),
         rss_mb={"before": rss_before / MB, "peak_during": sampler.peak / MB, "after": server.rss() / MB},
+        readyz_probes=len(sampler.readyz),
+        readyz_not_200=sum(status != 200 for status in sampler.readyz),
         versions_seen_during=sorted({a.version for a in phases["during"]}),
     )
 
@@ -186,7 +195,8 @@ def print_report(rounds: list[Round], args: argparse.Namespace) -> None:
     print(
         f"median over {len(rounds)} rounds: load call {median(r.load_call_s for r in rounds):.2f} s, "
         f"first answer from the new version {median(r.first_new_answer_s for r in rounds):.2f} s after the "
-        f"call; p99 {p99_medians} ms; failed requests {sum(r.failed for r in rounds)}"
+        f"call; p99 {p99_medians} ms; failed requests {sum(r.failed for r in rounds)}; /readyz during the "
+        f"loads: {sum(r.readyz_not_200 for r in rounds)} not 200 of {sum(r.readyz_probes for r in rounds)}"
     )
 
 

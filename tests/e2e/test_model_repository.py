@@ -86,6 +86,22 @@ class Client(threading.Thread):
                 )
 
 
+class ReadinessProbe(threading.Thread):
+    """Polls ``/readyz`` every 10 ms until stopped; records (when it answered, status)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url, self.stop = url, threading.Event()
+        self.statuses: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                status = client.get(f"{self.url}/readyz").status_code
+                self.statuses.append((time.monotonic(), status))
+                time.sleep(0.01)
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -111,13 +127,22 @@ def test_a_new_version_swaps_in_under_load_with_no_failed_request(tmp_path: Path
         write_version(repository, "colours", 2)
         rss_before = server.rss()
         assert metric_value(httpx.get(f"{server.base_url}/metrics").text, "imgserve_onnx_sessions") == 1
+        probe = ReadinessProbe(server.base_url)
+        probe.start()
+        wait_for(lambda: len(probe.statuses) > 0)
+        load_at = time.monotonic()
         triton(server).load_model("colours")  # returns once version 2 serves and version 1 has drained
+        loaded_at = time.monotonic()
         swapped_at = [len(c.answers) for c in clients]
         wait_for(lambda: all(len(c.answers) >= n + 30 for c, n in zip(clients, swapped_at, strict=True)))
         for client in clients:
             client.stop.set()
         for client in clients:
             client.join(120)
+        probe.stop.set()
+        probe.join()
+        assert {status for _, status in probe.statuses} == {200}, probe.statuses
+        assert any(load_at <= at <= loaded_at for at, _ in probe.statuses) or loaded_at - load_at < 0.02
 
         for client in clients:
             failed = [a for a in client.answers if a[0] != 200]
