@@ -282,6 +282,8 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(start_server: Star
         ("/readyz", "get"),
         ("/v1/models", "get"),
         ("/v1/models/{name}", "get"),
+        ("/v1/models/{name}/predict", "post"),  # names pick among the served models only
+        ("/v1/models/{name}/versions/{version}/predict", "post"),
         ("/metrics", "get"),
     }
     params = [
@@ -290,7 +292,15 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(start_server: Star
         for op in item.values()
         for q in op.get("parameters", [])
     ]
-    assert params == [("/predict", "top_k"), ("/v1/models/{name}", "name")]
+    assert params == [
+        ("/predict", "top_k"),
+        ("/v1/models/{name}/predict", "name"),
+        ("/v1/models/{name}/predict", "top_k"),
+        ("/v1/models/{name}/versions/{version}/predict", "name"),
+        ("/v1/models/{name}/versions/{version}/predict", "version"),
+        ("/v1/models/{name}/versions/{version}/predict", "top_k"),
+        ("/v1/models/{name}", "name"),
+    ]
 
 
 def test_a_markup_filename_is_reflected_only_inside_json(start_server: StartServer) -> None:
