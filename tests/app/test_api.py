@@ -337,7 +337,7 @@ def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
 
 
 def test_concurrent_requests_are_batched(make_client: Callable[..., Any]) -> None:
-    with make_client(max_batch_size=8, max_delay_ms=2000) as client:
+    with make_client(max_batch_size=8, max_delay_ms=2000, batch_policy="fixed") as client:
         statuses: list[int] = []
 
         def send() -> None:
