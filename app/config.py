@@ -65,6 +65,24 @@ class Settings(BaseSettings):
         default=Path("models/default/model.onnx"),
         description="The ONNX file; its card is model.json beside it, else the file's metadata.",
     )
+    model_repository: Path | None = Field(
+        default=None,
+        description=(
+            "A model repository folder, <model>/<version>/model.onnx (Triton's layout); "
+            "when set, model_path is not used."
+        ),
+    )
+    model_control: Literal["none", "explicit"] = Field(
+        default="none",
+        description="explicit: the /v2/repository load, unload and index API is on; none: it is off.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="The model that answers /predict; default: the only model served.",
+    )
+    max_loaded_versions: int = Field(
+        default=8, ge=1, description="Model versions served at once, each its own ONNX Runtime session."
+    )
     require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
     intra_op_threads: int = Field(
         default_factory=default_cpu_count,
@@ -138,6 +156,11 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return _split_csv(value)
+
+    @field_validator("model_repository", "default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

@@ -1,9 +1,8 @@
-"""Start-up and shut-down: load and warm the model, start the decoder, batchers and the gRPC server,
+"""Start-up and shut-down: load and warm the models, start the decoder, batchers and the gRPC server,
 stop them."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,15 +13,20 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.inference.batcher import BatcherConfig
-from app.inference.engine import Engine, EngineOptions
-from app.inference.model import Decoder, ServedModel
+from app.inference.control import LoadOptions, ModelControl
+from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
+from app.inference.model import Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
+from app.inference.repository import DirectoryRepository, ModelSource, SingleModelFile
 from app.state import AppState
 from app.v2.grpc_server import start_grpc_server
 
 logger = logging.getLogger(__name__)
 
 EngineLoader = Callable[[Path, EngineOptions], Engine]
+
+# Past the request deadline, a retired version's last requests have failed anyway.
+_DRAIN_MARGIN_S = 1.0
 
 
 def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[FastAPI], Any]:
@@ -32,20 +36,25 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_pillow(settings.max_image_pixels)
         decoder = create_decoder(settings, state)
-        model = await load_model(settings, state, load_engine, decoder)
+        control = create_model_control(settings, state, load_engine, decoder)
+        try:
+            await control.start()
+            check_default_model(settings, state)
+        except BaseException:
+            await control.stop(timeout_s=0.5)
+            raise
         decoder.start()
-        model.start()
-        state.registry.add(model)
-        track_model_metrics(state, model)
+        state.control = control
+        track_model_metrics(state)
         state.lifecycle.ready = True
         grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
         try:
             yield
         finally:
             state.lifecycle.ready = False
-            if grpc_server is not None:  # its calls in flight finish before the batcher stops
+            if grpc_server is not None:  # its calls in flight finish before the batchers stop
                 await grpc_server.stop()
-            await model.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))
+            await control.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))
             decoder.stop()
             logger.info("models stopped")
 
@@ -59,23 +68,48 @@ def create_decoder(settings: Settings, state: AppState) -> Decoder:
     return Decoder(settings.decode_threads, limits, observer=state.metrics)
 
 
-async def load_model(
+def create_model_source(settings: Settings) -> ModelSource:
+    """The repository folder, or ``model_path`` as a repository of one model."""
+    if settings.model_repository is None:
+        return SingleModelFile(settings.model_path)
+    if "model_path" in settings.model_fields_set:
+        logger.warning(
+            "IMGSERVE_MODEL_PATH is not used: IMGSERVE_MODEL_REPOSITORY is set",
+            extra={
+                "model_path": str(settings.model_path),
+                "model_repository": str(settings.model_repository),
+            },
+        )
+    return DirectoryRepository(settings.model_repository)
+
+
+def create_model_control(
     settings: Settings, state: AppState, load_engine: EngineLoader, decoder: Decoder
-) -> ServedModel:
-    """Load the ONNX file and warm it up, off the event loop."""
-    options = EngineOptions(require_cuda=settings.require_cuda, intra_op_threads=settings.intra_op_threads)
-    engine = await asyncio.to_thread(load_engine, settings.model_path, options)
-    timings = await asyncio.to_thread(engine.warm_up, settings.warmup_batch_sizes or [])
-    logger.info(
-        "model ready",
-        extra={
-            "model": engine.card.name,
-            "model_version": engine.card.version,
-            "execution_provider": engine.execution_provider,
-            "warmup_ms": {size: round(s * 1000, 1) for size, s in timings.items()},
-        },
+) -> ModelControl:
+    options = LoadOptions(
+        engine=EngineOptions(require_cuda=settings.require_cuda, intra_op_threads=settings.intra_op_threads),
+        batcher=batcher_config(settings),
+        warmup_batch_sizes=settings.warmup_batch_sizes or [],
+        max_loaded_versions=settings.max_loaded_versions,
+        drain_timeout_s=settings.request_timeout_s + _DRAIN_MARGIN_S,
     )
-    return ServedModel(engine, batcher_config(settings), decoder, observer=state.metrics)
+    state.registry.default_name = settings.default_model
+    source = create_model_source(settings)
+    return ModelControl(source, state.registry, decoder, load_engine, options, observer=state.metrics)
+
+
+def check_default_model(settings: Settings, state: AppState) -> None:
+    """``default_model`` must name a model that was loaded; the only model is the default."""
+    names = state.registry.names()
+    if settings.default_model is not None and settings.default_model not in names:
+        raise EngineError(
+            f"IMGSERVE_DEFAULT_MODEL={settings.default_model!r} is not a model this server loaded; "
+            f"it serves {names}"
+        )
+    if settings.default_model is None and len(names) == 1:
+        state.registry.default_name = names[0]  # stays the default, also while it is unloaded
+    elif settings.default_model is None:
+        logger.info("no default model: requests to /predict must name one", extra={"models": names})
 
 
 def batcher_config(settings: Settings) -> BatcherConfig:
@@ -87,8 +121,11 @@ def batcher_config(settings: Settings) -> BatcherConfig:
     )
 
 
-def track_model_metrics(state: AppState, model: ServedModel) -> None:
-    metrics, lifecycle = state.metrics, state.lifecycle
-    metrics.model.info({"name": model.name, "version": model.version, "provider": model.execution_provider})
-    metrics.track_queue(lambda: model.queued_images, lambda: model.running_images)
+def track_model_metrics(state: AppState) -> None:
+    metrics, lifecycle, registry = state.metrics, state.lifecycle, state.registry
+    metrics.track_served(registry.models, live_session_count)
+    metrics.track_queue(
+        lambda: sum(model.queued_images for model in registry.all_models()),
+        lambda: sum(model.running_images for model in registry.all_models()),
+    )
     metrics.ready.set_function(lambda: float(lifecycle.ready and not lifecycle.draining))

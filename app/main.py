@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import docs, health, metrics, models, page, predict, tfserving
+from app.api import docs, health, metrics, models, page, predict, repository, tfserving
 from app.api.deps import UNAUTHORIZED
 from app.api.error_routes import drop_validation_responses
 from app.config import Settings
@@ -51,6 +51,8 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
     # (an OPTIONS or GET there would be answered with the wrong Allow header).
     for router in (predict.router, tfserving.router, models.router, metrics.router, v2_rest.router):
         app.include_router(router, **_protected_route_options(protected))
+    if settings.model_control == "explicit":
+        app.include_router(repository.router, **_protected_route_options(protected))
     docs.add_docs(app, settings, protected)
     if settings.demo_page:
         page.add_page(app)

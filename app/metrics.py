@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    Info,
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # The *_created series only add noise to every scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -74,7 +77,48 @@ class Metrics:
         self.ready = Gauge(
             "imgserve_ready", "1 when ready to serve, 0 while starting or draining.", registry=r
         )
-        self.model = Info("imgserve_model", "The model being served.", registry=r)
+        # By model and version: only versions served or draining have series (they are removed
+        # on unload), so the cardinality is bounded by max_loaded_versions.
+        version_labels = ["model", "version"]
+        self.model_batch_size = Histogram(
+            "imgserve_model_batch_size",
+            "Images per model run, by model version.",
+            version_labels,
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_inference_seconds = Histogram(
+            "imgserve_model_inference_duration_seconds",
+            "Time of one batched model run, by model version.",
+            version_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_queue_images = Gauge(
+            "imgserve_model_queue_images",
+            "Images admitted and waiting, by model version.",
+            version_labels,
+            registry=r,
+        )
+        self.model_running_images = Gauge(
+            "imgserve_model_running_images",
+            "Images running now, by model version.",
+            version_labels,
+            registry=r,
+        )
+        self.model_requests_in_flight = Gauge(
+            "imgserve_model_requests_in_flight",
+            "Requests being classified, by model version (a retired version drains to 0).",
+            version_labels,
+            registry=r,
+        )
+        self.onnx_sessions = Gauge(
+            "imgserve_onnx_sessions",
+            "ONNX Runtime sessions alive in the process: served, loading or draining versions.",
+            registry=r,
+        )
+        self._served: Callable[[], Iterable[ServedVersion]] = list
+        r.register(_ModelInfoCollector(lambda: self._served()))
 
     def observe_request(self, route: str, method: str, status: str, protocol: str, seconds: float) -> None:
         self.requests.labels(route, method, status, protocol).inc()
@@ -93,3 +137,81 @@ class Metrics:
     def track_queue(self, queued: Callable[[], float], running: Callable[[], float]) -> None:
         self.queue_images.set_function(queued)
         self.running_images.set_function(running)
+
+    def track_served(
+        self, served: Callable[[], Iterable[ServedVersion]], sessions: Callable[[], float]
+    ) -> None:
+        """``imgserve_model_info`` lists ``served()``; ``imgserve_onnx_sessions`` is ``sessions()``."""
+        self._served = served
+        self.onnx_sessions.set_function(sessions)
+
+    # -- per model version (app.inference.control's VersionObserver) -------------------------------
+    def for_version(self, model_name: str, version: str) -> VersionMetrics:
+        return VersionMetrics(self, model_name, version)
+
+    def track_version(self, model: TrackedVersion) -> None:
+        labels = (model.name, model.version)
+        self.model_queue_images.labels(*labels).set_function(lambda: model.queued_images)
+        self.model_running_images.labels(*labels).set_function(lambda: model.running_images)
+        self.model_requests_in_flight.labels(*labels).set_function(lambda: model.in_flight_requests)
+
+    def forget_version(self, model: TrackedVersion) -> None:
+        for metric in (
+            self.model_batch_size,
+            self.model_inference_seconds,
+            self.model_queue_images,
+            self.model_running_images,
+            self.model_requests_in_flight,
+        ):
+            with contextlib.suppress(KeyError):  # never observed
+                metric.remove(model.name, model.version)
+
+
+class ServedVersion(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def execution_provider(self) -> str: ...
+
+
+class TrackedVersion(ServedVersion, Protocol):
+    @property
+    def queued_images(self) -> int: ...
+    @property
+    def running_images(self) -> int: ...
+    @property
+    def in_flight_requests(self) -> int: ...
+
+
+class VersionMetrics:
+    """The process-wide batch metrics, plus the same labelled with one model version."""
+
+    def __init__(self, metrics: Metrics, model_name: str, version: str) -> None:
+        self._metrics = metrics
+        self._batch_size = metrics.model_batch_size.labels(model_name, version)
+        self._inference_seconds = metrics.model_inference_seconds.labels(model_name, version)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self._metrics.observe_batch(size, seconds)
+        self._batch_size.observe(size)
+        self._inference_seconds.observe(seconds)
+
+    def observe_preprocess(self, seconds: float) -> None:
+        self._metrics.observe_preprocess(seconds)
+
+
+class _ModelInfoCollector(Collector):
+    """``imgserve_model_info{name, version, provider} 1`` for each version served."""
+
+    def __init__(self, served: Callable[[], Iterable[ServedVersion]]) -> None:
+        self._served = served
+
+    def collect(self) -> Iterator[Metric]:
+        family = InfoMetricFamily(
+            "imgserve_model", "The model versions being served.", labels=["name", "version", "provider"]
+        )
+        for model in self._served():
+            family.add_metric([model.name, model.version, model.execution_provider], {})
+        yield family

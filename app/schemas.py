@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,8 +110,21 @@ class ModelInfo(BaseModel):
     limits: LimitsInfo
 
 
+class VersionStateInfo(BaseModel):
+    """One model version's state (Triton's repository index entry)."""
+
+    name: str
+    version: str | None = Field(description="null when the failure came before a version was known.")
+    state: Literal["LOADING", "READY", "UNLOADING", "UNAVAILABLE"]
+    reason: str = Field(description="Why it is unavailable (a failed load's error, 'unloaded'); else empty.")
+
+
 class ModelList(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="Every version served, by name and version.")
+    versions: list[VersionStateInfo] = Field(
+        description="Every version known: loading, ready, unloading, or unavailable with the reason."
+    )
+    default_model: str | None = Field(description="The model that answers /predict; null: none, name one.")
 
 
 class VersionStatusDetail(BaseModel):
@@ -121,11 +134,13 @@ class VersionStatusDetail(BaseModel):
     error_message: str = Field(examples=[""])
 
 
-class ModelVersionStatus(BaseModel):
+class TFServingVersionStatus(BaseModel):
     """One served version in TensorFlow Serving's model status shape."""
 
     version: str = Field(examples=["1"])
-    state: str = Field(examples=["AVAILABLE"], description="AVAILABLE, or UNLOADING while draining.")
+    state: str = Field(
+        examples=["AVAILABLE"], description="LOADING, AVAILABLE, UNLOADING (also while draining), or END."
+    )
     status: VersionStatusDetail
 
 
@@ -133,4 +148,4 @@ class ModelStatusInfo(ModelInfo):
     """The model card, plus the status of every served version of the name as TensorFlow Serving
     reports it (`GET /v1/models/{name}` is also TF Serving's model status API)."""
 
-    model_version_status: list[ModelVersionStatus]
+    model_version_status: list[TFServingVersionStatus]

@@ -13,6 +13,8 @@ load balancer opens a new connection per request, and the ones still in the kern
 queue when the socket finally closes are reset after the request was sent: a POST that
 must not be retried fails (seen as nginx 502s, about one stop in five). Kubernetes' preStop
 pause, which runs before SIGTERM, is the window for endpoint removal to propagate.
+
+SIGHUP rescans the model repository (``on_sighup``): new versions load and swap in live.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -39,15 +42,24 @@ _LIFESPAN_SHUTDOWN_RESERVE_S = 1.0
 class DrainingServer(uvicorn.Server):
     """``uvicorn.Server`` whose exit waits ``shutdown_delay_s`` after marking the app draining."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, shutdown_delay_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        shutdown_delay_s: float,
+        on_sighup: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         self.shutdown_delay_s = shutdown_delay_s
+        self.on_sighup = on_sighup
         self._exit_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.on_sighup is not None:  # before the models load: SIGHUP's default action is to exit
+            self._loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -98,4 +110,5 @@ def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
         timeout_graceful_shutdown=graceful_s,
         workers=1,
     )
-    return DrainingServer(config, app.state.imgserve.lifecycle, settings.shutdown_delay_s)
+    state = app.state.imgserve
+    return DrainingServer(config, state.lifecycle, settings.shutdown_delay_s, on_sighup=state.request_rescan)

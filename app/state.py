@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.config import Settings
-from app.inference.errors import NotReadyError
+from app.inference.control import ModelControl
+from app.inference.errors import ModelNotFoundError, NotReadyError
 from app.inference.model import ServedModel
 from app.inference.registry import ModelRegistry
 from app.metrics import Metrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +57,8 @@ class AppState:
     metrics: Metrics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     registry: ModelRegistry = field(default_factory=ModelRegistry)
+    control: ModelControl | None = None  # set by the lifespan once the models are loaded
+    _background: set[asyncio.Task[object]] = field(default_factory=set)
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ServedModel:
         """The named model (or the default one); ``NotReadyError`` until the models are warm."""
@@ -62,3 +70,22 @@ class AppState:
         if not self.lifecycle.ready:
             raise NotReadyError("not ready: the model is loading")
         return self.registry.models()
+
+    def check_ready(self) -> None:
+        """``NotReadyError`` while loading, draining, or while the default model has no version."""
+        if self.lifecycle.draining:
+            raise NotReadyError("not ready: draining, the server is shutting down")
+        if not self.lifecycle.ready:
+            raise NotReadyError("not ready: the model is loading")
+        with contextlib.suppress(ModelNotFoundError):  # several models, no default: requests name one
+            self.registry.default()
+
+    def request_rescan(self) -> None:
+        """Rescan the model repository in the background (SIGHUP); call on the event loop."""
+        if self.control is None or self.lifecycle.draining:
+            logger.warning("rescan ignored: the server is starting or shutting down")
+            return
+        loaded_only = self.settings.model_control == "explicit"
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(self.control.rescan(loaded_only))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -271,6 +271,13 @@ def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> 
     )
     parser.add_argument("--name", default=None, help="model name for the card (default: ARCH-DATASET)")
     parser.add_argument("--model-version", default="1", help="version written to the model card")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="export into this model repository as REPOSITORY/NAME/<next version>/ (needs --name; "
+        "the card's version is that number; --output-dir is not used)",
+    )
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -401,14 +408,24 @@ def export_checkpoint(
 
 
 def run_export(args: argparse.Namespace) -> int:
-    export_checkpoint(
-        args.checkpoint,
-        args.output_dir,
-        fp16=args.fp16,
-        float_input=args.float_input,
-        name=args.name,
-        version=args.model_version,
-    )
+    def export(output_dir: Path, version: str) -> None:
+        export_checkpoint(
+            args.checkpoint,
+            output_dir,
+            fp16=args.fp16,
+            float_input=args.float_input,
+            name=args.name,
+            version=version,
+        )
+
+    if args.repository is None:
+        export(args.output_dir, args.model_version)
+    else:
+        if not args.name:
+            raise ValueError("--repository needs --name: the model's folder in the repository")
+        from .repository import export_to_repository
+
+        print(f"serving folder: {export_to_repository(args.repository, args.name, export)}")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import NOT_READY, StateDep
-from app.inference.errors import NotReadyError
 from app.schemas import HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -19,9 +18,7 @@ async def healthz() -> HealthResponse:
 
 @router.get("/readyz", response_model=HealthResponse, responses=NOT_READY)
 async def readyz(state: StateDep) -> HealthResponse:
-    """The model is loaded and warmed up and the server is not draining; 503 otherwise."""
-    if state.lifecycle.draining:
-        raise NotReadyError("not ready: draining, the server is shutting down")
-    if not state.lifecycle.ready:
-        raise NotReadyError("not ready: the model is loading")
+    """The models are loaded and warmed up (the default one has a version) and the server is not
+    draining; 503 otherwise."""
+    state.check_ready()
     return HealthResponse(status="ready")

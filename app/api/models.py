@@ -7,16 +7,42 @@ from fastapi import APIRouter
 from app.api.deps import NOT_READY, StateDep, error_response
 from app.api.version_status import with_version_status
 from app.config import Settings
+from app.inference.errors import InferenceError
 from app.inference.model import ServedModel
-from app.schemas import BatchingInfo, LimitsInfo, ModelInfo, ModelList, ModelStatusInfo, TensorInfo
+from app.schemas import (
+    BatchingInfo,
+    LimitsInfo,
+    ModelInfo,
+    ModelList,
+    ModelStatusInfo,
+    TensorInfo,
+    VersionStateInfo,
+)
+from app.state import AppState
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", response_model=ModelList, responses=NOT_READY)
 async def list_models(state: StateDep) -> ModelList:
-    """Every model this server serves, with its card and how it is run."""
-    return ModelList(models=[describe_model(model, state.settings) for model in state.served_models()])
+    """Every model version this server serves, with its card and how it is run, and the state of
+    every version it knows (loading, ready, unloading, or unavailable with the reason)."""
+    models = [describe_model(model, state.settings) for model in state.served_models()]
+    return ModelList(models=models, versions=version_statuses(state), default_model=default_model_name(state))
+
+
+def version_statuses(state: AppState) -> list[VersionStateInfo]:
+    return [
+        VersionStateInfo(name=s.name, version=s.version, state=s.state.value, reason=s.reason)
+        for s in state.registry.statuses()
+    ]
+
+
+def default_model_name(state: AppState) -> str | None:
+    try:
+        return state.registry.default().name
+    except InferenceError:
+        return None
 
 
 @router.get(
@@ -37,8 +63,8 @@ def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
     card = model.card
     input_shape: list[int | None] = [None, *card.input_shape]
     return ModelInfo(
-        name=card.name,
-        version=card.version,
+        name=model.name,
+        version=model.version,
         architecture=card.architecture,
         weights=card.weights,
         num_classes=card.num_classes,

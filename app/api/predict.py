@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from app.api.deps import NOT_READY, StateDep, error_response
 from app.api.disconnect import unless_disconnected
@@ -58,28 +58,49 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    responses=RESPONSES,
-    openapi_extra={"requestBody": REQUEST_BODY},
-)
-async def predict(
-    request: Request,
-    state: StateDep,
-    top_k: Annotated[
-        int,
-        Query(
-            ge=1,
-            description="Classes per image: 1 to the number of classes (default 5, or all if fewer).",
-        ),
-    ] = 5,
-) -> PredictResponse:
+TopK = Annotated[
+    int,
+    Query(ge=1, description="Classes per image: 1 to the number of classes (default 5, or all if fewer)."),
+]
+ModelName = Annotated[str, Path(description="A served model's name.")]
+ModelVersion = Annotated[str, Path(description="One of its served versions.")]
+_ROUTE_OPTIONS: dict[str, Any] = {
+    "response_model": PredictResponse,
+    "openapi_extra": {"requestBody": REQUEST_BODY},
+}
+_NAMED_RESPONSES = {**RESPONSES, 404: error_response("No served model (or version) of that name.")}
+
+
+@router.post("/predict", responses=RESPONSES, **_ROUTE_OPTIONS)
+async def predict(request: Request, state: StateDep, top_k: TopK = 5) -> PredictResponse:
     """Classify one or more images; the top-k classes with probabilities for each, in request order."""
-    model = state.get_model()
-    if "top_k" not in request.query_params:
-        top_k = model.default_top_k
-    model.check_top_k(top_k)  # before the body is read
+    return await classify_request(request, state, top_k)
+
+
+@router.post("/v1/models/{name}/predict", responses=_NAMED_RESPONSES, **_ROUTE_OPTIONS)
+async def predict_with_model(
+    name: ModelName, request: Request, state: StateDep, top_k: TopK = 5
+) -> PredictResponse:
+    """Classify with the latest served version of the named model; the same contract as /predict."""
+    return await classify_request(request, state, top_k, name)
+
+
+@router.post("/v1/models/{name}/versions/{version}/predict", responses=_NAMED_RESPONSES, **_ROUTE_OPTIONS)
+async def predict_with_version(
+    name: ModelName, version: ModelVersion, request: Request, state: StateDep, top_k: TopK = 5
+) -> PredictResponse:
+    """Classify with one served version of the named model; the same contract as /predict."""
+    return await classify_request(request, state, top_k, name, version)
+
+
+async def classify_request(
+    request: Request, state: StateDep, top_k: int, name: str | None = None, version: str | None = None
+) -> PredictResponse:
+    """Read the images, classify them with the model asked for, name the version that answered."""
+    explicit_top_k = "top_k" in request.query_params
+    model = state.get_model(name, version)
+    if explicit_top_k:
+        model.check_top_k(top_k)  # before the body is read
     settings = state.settings
     limits = UploadLimits(
         max_upload_bytes=settings.max_upload_bytes,
@@ -91,7 +112,12 @@ async def predict(
         context = get_request_context(request.scope)
         if context is not None:
             context.images = len(uploads)
-        results = await unless_disconnected(model.classify(uploads, top_k), request)
+        # Again, now: a version swapped in while the body was read admits the request, and
+        # classify must follow without an await, so a retired version never sees a new request.
+        model = state.get_model(name, version)
+        results = await unless_disconnected(
+            model.classify(uploads, top_k if explicit_top_k else model.default_top_k), request
+        )
     state.metrics.count_images("rest", len(results))
     return PredictResponse(
         model=model.name,

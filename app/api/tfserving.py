@@ -27,7 +27,7 @@ from app.api.models import describe_model
 from app.api.version_status import with_version_status
 from app.errors import BadRequestError, PayloadTooLargeError
 from app.inference.deadline import request_deadline
-from app.inference.model import NamedImage, ServedModel
+from app.inference.model import NamedImage
 from app.inference.postprocess import Classification
 from app.middleware import get_request_context
 from app.schemas import ModelStatusInfo
@@ -84,7 +84,7 @@ async def predict(
     name: str, request: Request, state: StateDep, top_k: TopK = None, probabilities: WithProbabilities = False
 ) -> dict[str, Any]:
     """Classify base64 images, TF Serving style (the latest version of the model)."""
-    return await run_predict(request, state, state.get_model(name), top_k, probabilities)
+    return await run_predict(request, state, name, None, top_k, probabilities)
 
 
 @router.post(
@@ -101,7 +101,7 @@ async def predict_version(
     probabilities: WithProbabilities = False,
 ) -> dict[str, Any]:
     """Classify base64 images with one version of the model, TF Serving style."""
-    return await run_predict(request, state, state.get_model(name, version), top_k, probabilities)
+    return await run_predict(request, state, name, version, top_k, probabilities)
 
 
 @router.get(
@@ -116,14 +116,25 @@ async def model_version_status(name: str, version: str, state: StateDep) -> Mode
 
 
 async def run_predict(
-    request: Request, state: AppState, model: ServedModel, top_k: int | None, with_probabilities: bool
+    request: Request,
+    state: AppState,
+    name: str,
+    version: str | None,
+    top_k: int | None,
+    with_probabilities: bool,
 ) -> dict[str, Any]:
-    k = model.default_top_k if top_k is None else top_k
-    model.check_top_k(k)  # before the body is read
+    if top_k is not None:
+        state.get_model(name, version).check_top_k(top_k)  # before the body is read
+    else:
+        state.get_model(name, version)  # an unknown model is 404 before the body is read
     settings = state.settings
     async with request_deadline(settings.request_timeout_s):
         body = await read_body(request, settings.max_upload_bytes)
         columnar, encoded = parse_request(body, settings.max_images_per_request)
+        # Resolved again now, with no await before classify: a version swapped in while the body
+        # was read answers, and a retired one never admits a request (docs/ARCHITECTURE.md).
+        model = state.get_model(name, version)
+        k = model.default_top_k if top_k is None else top_k
         context = get_request_context(request.scope)
         if context is not None:
             context.images = len(encoded)

@@ -1,24 +1,38 @@
-"""TensorFlow Serving's model status (``model_version_status``) of the versions we serve."""
+"""TensorFlow Serving's model status (``model_version_status``) of a model's versions."""
 
 from __future__ import annotations
 
-from app.schemas import ModelInfo, ModelStatusInfo, ModelVersionStatus, VersionStatusDetail
+from app.inference.registry import VersionState
+from app.schemas import ModelInfo, ModelStatusInfo, TFServingVersionStatus, VersionStatusDetail
 from app.state import AppState
 
+# The registry's (Triton's) states in TF Serving's words; a failed load has ended.
+_TF_SERVING_STATE = {
+    VersionState.LOADING: "LOADING",
+    VersionState.READY: "AVAILABLE",
+    VersionState.UNLOADING: "UNLOADING",
+    VersionState.UNAVAILABLE: "END",
+}
 
-def version_status(state: AppState, name: str, version: str | None = None) -> list[ModelVersionStatus]:
-    """Every served version of ``name`` (or only ``version``): AVAILABLE, UNLOADING while draining."""
-    served = state.served_models()
-    condition = "UNLOADING" if state.lifecycle.draining else "AVAILABLE"
-    return [
-        ModelVersionStatus(
-            version=model.version,
-            state=condition,
-            status=VersionStatusDetail(error_code="OK", error_message=""),
+
+def version_status(state: AppState, name: str, version: str | None = None) -> list[TFServingVersionStatus]:
+    """Every known version of ``name`` (or only ``version``); all UNLOADING while the server drains."""
+    entries = []
+    for status in state.registry.statuses():
+        if status.name != name or status.version is None or version not in (None, status.version):
+            continue
+        condition = "UNLOADING" if state.lifecycle.draining else _TF_SERVING_STATE[status.state]
+        failed = status.state == VersionState.UNAVAILABLE
+        entries.append(
+            TFServingVersionStatus(
+                version=status.version,
+                state=condition,
+                status=VersionStatusDetail(
+                    error_code="UNKNOWN" if failed else "OK", error_message=status.reason if failed else ""
+                ),
+            )
         )
-        for model in served
-        if model.name == name and version in (None, model.version)
-    ]
+    return entries
 
 
 def with_version_status(info: ModelInfo, state: AppState, version: str | None = None) -> ModelStatusInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,16 @@ logger = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+# Every session this process has created and not yet freed: proof, by reference, that an unloaded
+# version's session is gone (a leak would keep it here).
+_live_sessions: weakref.WeakSet[ort.InferenceSession] = weakref.WeakSet()
+
+
+def live_session_count() -> int:
+    """ONNX Runtime sessions alive in this process: serving, loading or draining."""
+    return len(_live_sessions)
 
 
 class EngineError(Exception):
@@ -118,6 +129,7 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
         )
     except Exception as exc:  # ORT raises its own exception types for bad files
         raise EngineError(f"ONNX Runtime cannot load {str(model_path)!r}: {exc}") from exc
+    _live_sessions.add(session)
     try:
         card = load_card(model_path)
     except CardError as exc:

@@ -10,6 +10,7 @@ knows about HTTP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ from app.inference.errors import InvalidRequestError, NotReadyError
 from app.inference.postprocess import Classification, classify
 from app.inference.preprocess import ImageLimits, preprocess
 from model_card import ModelCard, Preprocessing
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 
@@ -79,7 +82,12 @@ class Decoder:
 
 
 class ServedModel:
-    """One loaded model version; ``start``/``stop`` its batcher from a lifespan."""
+    """One loaded model version; ``start``/``stop`` its batcher from a lifespan.
+
+    It is served as ``name`` and ``version`` (a repository's folder names; by default the
+    card's). ``drain`` retires it: the requests it has admitted finish on it, then its batcher
+    stops and nothing here holds the session any more.
+    """
 
     def __init__(
         self,
@@ -87,23 +95,24 @@ class ServedModel:
         batcher_config: BatcherConfig,
         decoder: Decoder,
         observer: InferenceObserver | None = None,
+        *,
+        name: str | None = None,
+        version: str | None = None,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
+        self.name = name or engine.card.name
+        self.version = version or engine.card.version
         on_batch = observer.observe_batch if observer is not None else None
         self.batcher = Batcher(engine.run, batcher_config, on_batch=on_batch)
+        self._in_flight = 0  # classify calls that have started and not returned
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._unloaded = False
 
     @property
     def card(self) -> ModelCard:
         return self.engine.card
-
-    @property
-    def name(self) -> str:
-        return self.engine.card.name
-
-    @property
-    def version(self) -> str:
-        return self.engine.card.version
 
     @property
     def execution_provider(self) -> str:
@@ -138,6 +147,33 @@ class ServedModel:
     async def stop(self, timeout_s: float) -> None:
         await self.batcher.stop(timeout_s)
 
+    @property
+    def in_flight_requests(self) -> int:
+        return self._in_flight
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let every request already in ``classify`` finish here, then stop the batcher.
+
+        The caller has made sure no new request can find this model (a registry no longer
+        resolves it); what is left past ``timeout_s`` fails as the batcher's stop fails it.
+        """
+        # A request that resolved this model just before the swap may have scheduled its
+        # classify task without it having run yet: let every task already scheduled start.
+        await asyncio.sleep(0)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            logger.error(
+                "model %s version %s still had %d requests after %.1f s of draining",
+                self.name,
+                self.version,
+                self._in_flight,
+                timeout_s,
+            )
+        self._unloaded = True
+        await self.batcher.stop(timeout_s=1.0)
+
     def check_top_k(self, top_k: int) -> None:
         """Raise ``InvalidRequestError`` unless 1 <= top_k <= the number of classes."""
         classes = self.card.num_classes
@@ -153,9 +189,18 @@ class ServedModel:
         ``QueueFullError`` when the queue has no room, ``ModelFailedError`` when the model fails.
         """
         self.check_top_k(top_k)
-        reservation = self.batcher.reserve(len(images))
-        with reservation:
-            arrays = await self.decoder.decode_all(images, self.card.preprocessing)
-            rows = await self.batcher.infer(arrays, reservation)
+        if self._unloaded:
+            raise NotReadyError(f"model {self.name!r} version {self.version!r} was unloaded; retry")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            reservation = self.batcher.reserve(len(images))
+            with reservation:
+                arrays = await self.decoder.decode_all(images, self.card.preprocessing)
+                rows = await self.batcher.infer(arrays, reservation)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
         labels = self.card.labels
         return [classify(row, labels, top_k) for row in rows]

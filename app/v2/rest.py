@@ -199,7 +199,7 @@ async def infer(
     header_length: Annotated[int | None, Header(alias=HEADER_LENGTH, ge=0)] = None,
 ) -> Response:
     """Classify the images of a v2 inference request (the latest version of the model)."""
-    return await run_inference(request, state, state.get_model(name), header_length)
+    return await run_inference(request, state, name, None, header_length)
 
 
 @router.post(
@@ -215,16 +215,20 @@ async def infer_version(
     header_length: Annotated[int | None, Header(alias=HEADER_LENGTH, ge=0)] = None,
 ) -> Response:
     """Classify the images of a v2 inference request with one version of the model."""
-    return await run_inference(request, state, state.get_model(name, version), header_length)
+    return await run_inference(request, state, name, version, header_length)
 
 
 async def run_inference(
-    request: Request, state: AppState, model: ServedModel, header_length: int | None
+    request: Request, state: AppState, name: str, version: str | None, header_length: int | None
 ) -> Response:
+    state.get_model(name, version)  # an unknown model is 404 before the body is read
     settings = state.settings
     async with request_deadline(settings.request_timeout_s):
         body = await read_body(request, settings.max_upload_bytes)
         parsed = parse_request(body, header_length, settings.max_images_per_request)
+        # Resolved again now, with no await before classify: a version swapped in while the body
+        # was read answers, and a retired one never admits a request (docs/ARCHITECTURE.md).
+        model = state.get_model(name, version)
         top_k = checked_top_k(model, parsed.top_k)
         context = get_request_context(request.scope)
         if context is not None:

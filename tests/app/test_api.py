@@ -415,7 +415,14 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
         },
     }
     response = client.get("/v1/models")
-    assert (response.status_code, response.json()) == (200, {"models": [expected]})
+    assert (response.status_code, response.json()) == (
+        200,
+        {
+            "models": [expected],
+            "versions": [{"name": "tiny-rgb", "version": "1.2.3", "state": "READY", "reason": ""}],
+            "default_model": "tiny-rgb",
+        },
+    )
     # One model's card also carries TensorFlow Serving's model status (its model status API).
     status = [{"version": "1.2.3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
     assert client.get("/v1/models/tiny-rgb").json() == {**expected, "model_version_status": status}

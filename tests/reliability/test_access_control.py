@@ -286,6 +286,8 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(
         ("/readyz", "get"),
         ("/v1/models", "get"),
         ("/v1/models/{name}", "get"),
+        ("/v1/models/{name}/predict", "post"),  # names pick among the served models only
+        ("/v1/models/{name}/versions/{version}/predict", "post"),
         ("/metrics", "get"),
         # the v2 protocol and TF Serving's API: models by the name (and version) they are served as
         ("/v2", "get"),
