@@ -9,9 +9,10 @@ test:             ## install what the tests need, run the whole test suite
 
 lint:             ## ruff and mypy
 	scripts/bootstrap.sh export,cpu,dev
-	.venv/bin/ruff check app model_card model_export harness tests bench reliability scripts docker
-	.venv/bin/ruff format --check app model_card model_export harness tests bench reliability scripts docker
+	.venv/bin/ruff check app model_card model_export harness tests bench reliability scripts docker client
+	.venv/bin/ruff format --check app model_card model_export harness tests bench reliability scripts docker client
 	.venv/bin/mypy
+	.venv/bin/mypy --strict client/imgserve_client
 
 container-test:   ## build the image with podman, compose up 2 replicas + nginx, fail one over, compose down
 	scripts/bootstrap.sh export,cpu,dev

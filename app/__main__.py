@@ -28,10 +28,19 @@ def describe_settings_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# The client's command line (imgserve-client) reads IMGSERVE_CLIENT_URL and IMGSERVE_CLIENT_API_KEY:
+# a shell that runs both is not a typo.
+CLIENT_PREFIX = "IMGSERVE_CLIENT_"
+
+
 def unknown_setting_names(environ: Mapping[str, str]) -> list[str]:
     known = {f"IMGSERVE_{name.upper()}" for name in Settings.model_fields}
     return sorted(
-        name for name in environ if name.upper().startswith("IMGSERVE_") and name.upper() not in known
+        name
+        for name in environ
+        if name.upper().startswith("IMGSERVE_")
+        and not name.upper().startswith(CLIENT_PREFIX)
+        and name.upper() not in known
     )
 
 

@@ -181,13 +181,17 @@ class Batcher:
         """Admit ``count`` images or raise ``QueueFullError`` at once."""
         if not self.accepting:
             raise NotReadyError("the server is shutting down")
-        if count > self.config.max_queue_images:
-            raise QueueFullError(f"{count} images can never fit the queue of {self.config.max_queue_images}")
-        if self.queued_images + count > self.config.max_queue_images:
+        limit = self.config.max_queue_images
+        if count > limit:
             raise QueueFullError(
-                f"overloaded: {self.queued_images} images are queued (limit {self.config.max_queue_images}); "
-                "retry later",
-                retry_after_s(self.queued_images + self._running, self._seconds_per_image),
+                f"{count} images can never fit the queue limit of {limit} (max_queue_images)"
+            )
+        if self.queued_images + count > limit:
+            wait_s = retry_after_s(self.queued_images + self._running, self._seconds_per_image)
+            raise QueueFullError(
+                f"overloaded: {self.queued_images} images are queued and this request brings {count}, "
+                f"over the queue limit of {limit} (max_queue_images); retry after {wait_s} s",
+                wait_s,
             )
         self._reserved += count
         return Reservation(count, self)

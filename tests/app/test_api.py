@@ -299,7 +299,12 @@ def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
         response = client.post("/predict", content=png(RED), headers={"Content-Type": "image/png"})
     finally:
         reservation.release()
-    error(response, 503, "overloaded: 256 images are queued (limit 256); retry later")
+    error(
+        response,
+        503,
+        "overloaded: 256 images are queued and this request brings 1, over the queue limit of 256 "
+        "(max_queue_images); retry after 1 s",
+    )
     assert response.headers["retry-after"] == "1"
 
 

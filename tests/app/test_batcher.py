@@ -157,7 +157,10 @@ async def test_overload_gives_503_at_once(make_batcher) -> None:
     with pytest.raises(QueueFullError) as excinfo:
         batcher.reserve(2)
     assert excinfo.value.retry_after_s == 1  # nothing has run yet: the lower bound
-    assert "3 images are queued (limit 4)" in excinfo.value.message
+    assert excinfo.value.message == (
+        "overloaded: 3 images are queued and this request brings 2, over the queue limit of 4 "
+        "(max_queue_images); retry after 1 s"
+    )
     reservation = batcher.reserve(1)  # exactly fills the queue
     assert batcher.queued_images == 4
     reservation.release()
@@ -167,7 +170,9 @@ async def test_overload_gives_503_at_once(make_batcher) -> None:
 
 async def test_a_request_larger_than_the_queue_is_refused(make_batcher) -> None:
     batcher = make_batcher(RecordingModel(), max_queue_images=2)
-    with pytest.raises(QueueFullError, match="3 images can never fit the queue of 2"):
+    with pytest.raises(
+        QueueFullError, match=r"3 images can never fit the queue limit of 2 \(max_queue_images\)"
+    ):
         batcher.reserve(3)
 
 

@@ -63,7 +63,12 @@ def test_cpu_count_follows_a_cgroup_quota(tmp_path: Path) -> None:
 
 
 def test_unknown_imgserve_variables_are_reported() -> None:
-    environ = {"IMGSERVE_MAX_BATCH_SIZE": "8", "IMGSERVE_MAX_BATCHSIZE": "8", "PATH": "/bin"}
+    environ = {
+        "IMGSERVE_MAX_BATCH_SIZE": "8",
+        "IMGSERVE_MAX_BATCHSIZE": "8",
+        "IMGSERVE_CLIENT_URL": "http://127.0.0.1:8000",  # the client's, not a typo
+        "PATH": "/bin",
+    }
     assert unknown_setting_names(environ) == ["IMGSERVE_MAX_BATCHSIZE"]
 
 

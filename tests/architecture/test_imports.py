@@ -105,3 +105,22 @@ def test_serving_never_loads_pytorch() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_client_needs_only_httpx_and_the_server_never_imports_it() -> None:
+    """imgserve_client installs on its own: the standard library, httpx, and tqdm for the CLI."""
+    names = {name for found in package_imports("client/imgserve_client").values() for name in found}
+    third_party = {name.split(".")[0] for name in names if name.split(".")[0] not in sys.stdlib_module_names}
+    assert third_party == {"httpx", "tqdm", "imgserve_client"}, third_party
+    assert violations("app", ("imgserve_client",)) == []
+
+
+@pytest.mark.timeout(120)
+def test_the_client_loads_nothing_of_the_server() -> None:
+    code = (
+        "import sys, imgserve_client, imgserve_client.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'app', 'model_card', 'fastapi', 'starlette', 'pydantic', 'numpy', 'PIL', 'onnxruntime'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
