@@ -200,6 +200,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         dest="data_dir",
+        metavar="DIR",
         type=Path,
         required=True,
         help="ImageFolder tree: DIR/CLASS/*.jpg, or DIR/train + DIR/val",
