@@ -325,11 +325,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     started_s = time.perf_counter()
     result = run_training(_train_config(args), resume=args.resume)
+    elapsed_s = time.perf_counter() - started_s
+    logging = f" (TensorBoard logging {result.tensorboard_s:.1f} s)" if result.tensorboard_s else ""
     print(
         f"trained into {result.output_dir}: best checkpoint {result.best_checkpoint}, "
         f"validation {headline(result.metrics)}, best epoch "
         f"{result.metrics['best_epoch']} of {len(result.history)}, "
-        f"{result.train_images_per_s:.0f} train images/s; {time.perf_counter() - started_s:.0f} s"
+        f"{result.train_images_per_s:.0f} train images/s; {elapsed_s:.1f} s{logging}"
     )
     if args.export_dir is not None:
         export_checkpoint(

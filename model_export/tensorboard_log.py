@@ -21,6 +21,7 @@ With ``tensorboard`` disabled, or the package absent, every method does nothing.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import random
@@ -29,7 +30,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -78,6 +79,23 @@ def _scalar_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, An
     return flat
 
 
+LogMethod = TypeVar("LogMethod", bound=Callable[..., None])
+
+
+def _timed(method: LogMethod) -> LogMethod:
+    """Add the method's time to the board's ``logging_s``: what logging costs the run, measured."""
+
+    @functools.wraps(method)
+    def timed(self: TrainingBoard, *args: Any, **kwargs: Any) -> None:
+        started_s = time.perf_counter()
+        try:
+            method(self, *args, **kwargs)
+        finally:
+            self.logging_s += time.perf_counter() - started_s
+
+    return cast(LogMethod, timed)
+
+
 class TrainingBoard:
     """TensorBoard logging of one training run; a board without a writer logs nothing."""
 
@@ -86,6 +104,7 @@ class TrainingBoard:
         self.labels = list(labels)
         self.histogram_every = histogram_every
         self.step = 0
+        self.logging_s = 0.0  # time spent in this board's methods, writer included
         self._last_step_s = time.perf_counter()
         self._lr_sums: dict[str, float] = {}
         self._epoch_steps = 0
@@ -97,6 +116,7 @@ class TrainingBoard:
     def __enter__(self) -> TrainingBoard:
         return self
 
+    @_timed
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -105,6 +125,7 @@ class TrainingBoard:
 
     # ---- the start of a run
 
+    @_timed
     def log_start(self, model: nn.Module, example: torch.Tensor, train_set: Dataset[Any], seed: int) -> None:
         """The graph, the chart layout and a grid of augmented training samples."""
         if self.writer is None:
@@ -138,6 +159,7 @@ class TrainingBoard:
         """Continue the step count (a resumed run)."""
         self.step = step
 
+    @_timed
     def log_stage(self, stage_name: str, first_epoch: int, lrs: Mapping[str, float]) -> None:
         if self.writer is None:
             return
@@ -148,6 +170,7 @@ class TrainingBoard:
 
     # ---- training steps and epochs
 
+    @_timed
     def log_step(self, loss: float, batch_images: int, optimizer: torch.optim.Optimizer) -> None:
         """One optimizer step: its loss, its images/s (data loading included) and each group's lr."""
         self.step += 1
@@ -167,6 +190,7 @@ class TrainingBoard:
         self._lr_sums = {}
         self._epoch_steps = 0
 
+    @_timed
     def log_epoch(
         self,
         epoch: int,
@@ -215,6 +239,7 @@ class TrainingBoard:
 
     # ---- the end of a run
 
+    @_timed
     def log_best(self, probabilities: np.ndarray, targets: np.ndarray, epoch: int) -> None:
         """One precision-recall curve per class, on the best checkpoint's validation predictions."""
         if self.writer is None:
@@ -222,6 +247,7 @@ class TrainingBoard:
         for index, label in enumerate(self.labels):
             self.writer.add_pr_curve(f"pr_curve/{label}", targets == index, probabilities[:, index], epoch)
 
+    @_timed
     def log_hparams(self, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
         """Hyperparameters and final metrics into this run itself (``add_hparams`` would start a
         sub-run per call), so the HParams tab lists one row per run folder."""

@@ -411,6 +411,7 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     train_images_per_s: float
+    tensorboard_s: float = 0.0  # spent logging to TensorBoard, in the training process
 
 
 @dataclass
@@ -457,7 +458,9 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
         for stage_index in range(state["stage_index"] if state else 0, len(stages)):
             train_stage(run, stages, stage_index, state)
             state = None
-        return finish_run(run)
+        result = finish_run(run)
+    result.tensorboard_s = run.board.logging_s  # the writer's close included
+    return result
 
 
 def prepare_run(
