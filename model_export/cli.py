@@ -1,4 +1,4 @@
-"""The ``model-export`` commands: train, lr-find, export, evaluate, default.
+"""The ``model-export`` commands: train, lr-find, export, evaluate, default, sample-data.
 
 Each command's ``run_*`` function reads as a list of named stages; the work lives in the
 modules it calls.
