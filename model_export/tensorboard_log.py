@@ -99,10 +99,11 @@ def _timed(method: LogMethod) -> LogMethod:
 def _unchecked_graph(model: nn.Module, example: torch.Tensor) -> tuple[Any, Any]:
     """``SummaryWriter.add_graph``'s graph protos, from a trace without ``check_trace``.
 
-    ``add_graph`` traces with the check on, which runs the model twice more and compares: 2 of
-    the 2.2 s the graph took for efficientnet_lite0 on one core (profiled), 4% of the digits
-    example. A picture needs no such check. Uses torch's own graph parser (private; should it
-    move, the public ``add_graph`` path is taken instead).
+    ``add_graph`` traces with the check on, which runs the model twice more and compares its
+    outputs: for efficientnet_lite0 at 64 px, 4.1 s against 1.2 s without (one call each, 2
+    threads, the shared development VM), a few percent of the README's digits example. A
+    picture needs no such check. Uses torch's own graph parser (private; should it move, the
+    public path is taken instead).
     """
     try:
         from tensorboard.compat.proto.config_pb2 import RunMetadata
