@@ -209,6 +209,7 @@ def light_load_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     ceiling = report["ceiling"]["pipeline"].get(MAIN)
     ceiling_ratio = _ratio(on32 and on32["images_per_s"], ceiling and ceiling["images_per_s"])
     ceil_cpu, ceil_batch = ceiling_cpu(report, MAIN, on32 and on32["mean_batch_size"])
+    per_core = _ratio(ceil_cpu, on32 and on32["server_cpu_s_per_image"])
     open_ratio = _ratio(_p(open50, "p99"), _p(on1, "p50"))
     single = single_image_ms(report)
     single_ratio = _ratio(_p(on1, "p50"), single)
@@ -233,11 +234,12 @@ def light_load_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "c=32, 500x375 JPEG: images/s ÷ the in-process ceiling's (batch max_batch_size)",
             "measured": ceiling_ratio,
             "want": "≥ 0.95",
-            "met": None if ceiling_ratio is None else ceiling_ratio >= 0.95,
+            # the ceiling ran minutes before, so on a shared machine the per-core ratio must agree
+            "met": _verdict_ratio(ceiling_ratio, per_core, 0.95, gpu),
             "detail": (
                 f"{_fmt(on32 and on32['images_per_s'])} vs {_fmt(ceiling and ceiling['images_per_s'])} "
                 f"images/s; per core (ceiling's CPU-s/image at batch {ceil_batch} ÷ the server's): "
-                f"{_fmt(_ratio(ceil_cpu, on32 and on32['server_cpu_s_per_image']), 2)}x"
+                f"{_fmt(per_core, 2)}x"
             ),
         },
         {
