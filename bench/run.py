@@ -586,6 +586,7 @@ def measure_topologies(
         for point in (p for p in run.plan.points if p.topology in topos):
             rate = offered_rate(point, run.workloads[point.workload], results)
             if rate is None:
+                tqdm.write(f"{point.key}: skipped, none of {', '.join(point.rate_of)} served anything")
                 bar.update()
                 continue
             bar.set_postfix_str(point.key)

@@ -47,7 +47,9 @@ def test_every_planned_point_ran_without_errors(smoke_report: tuple[dict[str, An
     report, _ = smoke_report
     planned = {p["topology"] for p in report["plan"]}
     assert {"batching_on", "batching_off", "naive", "overload"} <= planned
-    assert len(report["points"]) == len(report["plan"])
+    # an open-loop point is skipped when its capacity point served nothing (a stalled machine)
+    served = {key: point["requests_ok"] for key, point in report["points"].items()}
+    assert len(report["points"]) == len(report["plan"]), served
     for key, point in report["points"].items():
         if point["topology"] == "overload":
             continue  # its 503s are the point; test_overload_is_shed_at_once checks them
