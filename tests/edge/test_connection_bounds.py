@@ -166,6 +166,7 @@ def test_unfinished_huge_headers_do_not_pin_memory(server: ServerProcess) -> Non
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MiB))
             socks.append(sock)
+        time.sleep(0.5)  # the server has read what loopback's socket buffers held
         growth = server.rss() - before
         for sock in socks:
             assert sock.recv(12) == b"HTTP/1.1 431"
@@ -215,7 +216,7 @@ def _urllib_status(url: str, body: bytes, headers: dict[str, str]) -> tuple[int,
             16 * MiB,
             {"Content-Type": "text/plain", "X-API-Key": KEY},
             415,
-            None,
+            "Content-Type 'text/plain' is not accepted",
         ),
         (
             64 * MiB,
@@ -227,14 +228,14 @@ def _urllib_status(url: str, body: bytes, headers: dict[str, str]) -> tuple[int,
     ids=["413", "415", "401"],
 )
 def test_urllib_reads_an_early_error_for_a_large_body(
-    server: ServerProcess, size: int, headers: dict[str, str], status: int, detail: str | None
+    server: ServerProcess, size: int, headers: dict[str, str], status: int, detail: str
 ) -> None:
-    """Answered before the body is read: the lingering close lets a client that sends the
-    whole body first (urllib, http.client) read the response instead of a reset."""
+    """Answered before the body is read (16 and 64 MiB bodies, limit 20 MiB): the lingering
+    close lets a client that sends the whole body first (urllib, http.client) read the
+    response instead of a reset."""
     got_status, got_body = _urllib_status(f"{server.base_url}/predict", b"\0" * size, headers)
     assert got_status == status
-    if detail is not None:
-        assert got_body == {"detail": detail}
+    assert got_body["detail"].startswith(detail), got_body
 
 
 def test_closing_with_pipelined_requests_queued_logs_no_error(server: ServerProcess) -> None:
