@@ -171,10 +171,9 @@ class EdgeProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            # No WebSockets (uvicorn's ws="none"): the request was answered as plain HTTP, and
+            # what follows its head in the same read is dropped, as uvicorn does.
+            logger.debug("upgrade request answered as plain HTTP", extra={"client": self.client})
         except httptools.HttpParserError as exc:
             refusal = exc.__context__
             if not isinstance(refusal, Refusal):

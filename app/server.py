@@ -144,6 +144,7 @@ def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
         port=settings.port,
         loop="auto",
         http=create_edge_protocol(edge_limits(settings)),
+        ws="none",  # no WebSocket routes; an upgrade would also leave the edge's connection count
         lifespan="on",
         log_config=None,
         access_log=False,  # app.middleware logs one JSON line per request instead

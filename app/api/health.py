@@ -24,20 +24,14 @@ async def readyz(state: StateDep) -> HealthResponse:
     return HealthResponse(status="ready")
 
 
-# HEAD, as a load balancer's or uptime checker's cheap probe: the GET's status and headers, no
-# body. FastAPI gives each method its own operation (one route with both would share an id).
-@router.head("/healthz", response_class=Response, responses={200: {"description": "Alive; no body."}})
+# HEAD, as a load balancer's or uptime checker's cheap probe: the GET's status, no body. Not
+# in the OpenAPI schema, as FastAPI lists no HEAD operations (README, API section).
+@router.head("/healthz", include_in_schema=False)
 async def healthz_head() -> Response:
-    """The process is alive (HEAD: no body)."""
     return Response()
 
 
-@router.head(
-    "/readyz",
-    response_class=Response,
-    responses={200: {"description": "Ready; no body."}, 503: {"description": "Not ready; no body."}},
-)
+@router.head("/readyz", include_in_schema=False)
 async def readyz_head(state: StateDep) -> Response:
-    """Ready (HEAD: no body); 503 otherwise."""
     state.check_ready()
     return Response()
