@@ -286,3 +286,20 @@ def test_head_on_a_probe_is_200_without_a_body(server: ServerProcess, path: str)
         assert connection.getresponse().status == 200
     finally:
         connection.close()
+
+
+def test_the_open_files_limit_is_raised_to_fit_the_connection_cap(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """Started with a soft limit of 256 (hard 4096), the server raises it to max_connections
+    + 128, so that the cap, not accept()'s EMFILE, answers a flood."""
+    server = ServerProcess(
+        {"IMGSERVE_MODEL_PATH": str(tiny_model_path), "IMGSERVE_WARMUP_BATCH_SIZES": "1"},
+        tmp_path / "server.log",
+        argv_prefix=("prlimit", "--nofile=256:4096"),
+        inherit_settings=False,
+    )
+    with server:
+        limits = Path(f"/proc/{server.pid}/limits").read_text()
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert row.split()[3:5] == ["1128", "4096"], row
