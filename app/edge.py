@@ -113,7 +113,6 @@ class EdgeProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None
         self._in_head = True  # reading a request line and headers (or waiting for one)
         self._head_bytes = 0  # bytes since the last request ended
-        self._header_count = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._pending_refusal: Refusal | None = None
         self._lingering = False
@@ -183,20 +182,14 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # Parser callbacks
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_header_count:
-            limit = self.limits.max_header_count
-            raise Refusal(431, f"more than {limit} header fields (max_header_count)")
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_header_timer()
+        # Counted once the head is in, not per field: max_header_bytes already bounds what the
+        # fields can hold meanwhile, and a callback per field costs every request.
+        if len(self.headers) > self.limits.max_header_count:
+            limit = self.limits.max_header_count
+            raise Refusal(431, f"more than {limit} header fields (max_header_count)")
         self._check_host()
         if self not in self.admitted and httptools.parse_url(self.url).path not in PROBE_PATHS:
             cap = self.limits.max_connections
