@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,12 +61,25 @@ class EdgeLimits:
     lingering_timeout_s: float
 
 
-class Refusal(Exception):
-    """A request answered by the edge itself; raised in a parser callback, it stops parsing."""
+def _ignore(reason: str) -> None:
+    pass
 
-    def __init__(self, status: int, detail: str, retry_after_s: int | None = None) -> None:
+
+@dataclass(frozen=True)
+class EdgeHooks:
+    """What the edge reports: ``on_refusal(reason)`` for each request it answers itself."""
+
+    on_refusal: Callable[[str], None] = _ignore
+
+
+class Refusal(Exception):
+    """A request answered by the edge itself; raised in a parser callback, it stops parsing.
+    ``reason`` is the metric's label (``app.metrics.EDGE_REFUSAL_REASONS``)."""
+
+    def __init__(self, status: int, reason: str, detail: str, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
+        self.reason = reason
         self.detail = detail
         self.retry_after_s = retry_after_s
 
@@ -106,6 +120,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     limits: ClassVar[EdgeLimits]
     admitted: ClassVar[set[EdgeProtocol]]  # connections under the cap, server-wide
+    hooks: ClassVar[EdgeHooks]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -160,7 +175,7 @@ class EdgeProtocol(HttpToolsProtocol):
             if room <= 0:
                 limit = self.limits.max_header_bytes
                 detail = f"request line and headers exceed {limit} bytes (max_header_bytes)"
-                self._refuse(Refusal(431, detail))
+                self._refuse(Refusal(431, "header_too_large", detail))
                 return
             chunk, data = data[:room], data[room:]
             self._head_bytes += len(chunk)
@@ -177,7 +192,7 @@ class EdgeProtocol(HttpToolsProtocol):
             refusal = exc.__context__
             if not isinstance(refusal, Refusal):
                 logger.info("invalid HTTP request: %s", exc, extra={"client": self.client})
-                refusal = Refusal(400, "Invalid HTTP request received.")
+                refusal = Refusal(400, "invalid", "Invalid HTTP request received.")
             self._refuse(refusal)
 
     # Parser callbacks
@@ -189,11 +204,12 @@ class EdgeProtocol(HttpToolsProtocol):
         # fields can hold meanwhile, and a callback per field costs every request.
         if len(self.headers) > self.limits.max_header_count:
             limit = self.limits.max_header_count
-            raise Refusal(431, f"more than {limit} header fields (max_header_count)")
+            raise Refusal(431, "too_many_headers", f"more than {limit} header fields (max_header_count)")
         self._check_host()
         if self not in self.admitted and httptools.parse_url(self.url).path not in PROBE_PATHS:
             cap = self.limits.max_connections
-            raise Refusal(503, f"over the connection limit of {cap} (max_connections); retry", 1)
+            detail = f"over the connection limit of {cap} (max_connections); retry"
+            raise Refusal(503, "connection_cap", detail, retry_after_s=1)
         existing = self.cycle
         super().on_headers_complete()
         if self.cycle is not existing:
@@ -207,7 +223,8 @@ class EdgeProtocol(HttpToolsProtocol):
     def _check_host(self) -> None:
         hosts = sum(1 for name, _ in self.headers if name == b"host")
         if hosts > 1 or (hosts == 0 and self.parser.get_http_version() == "1.1"):
-            raise Refusal(400, f"an HTTP/1.1 request needs exactly one Host header; it has {hosts}")
+            detail = f"an HTTP/1.1 request needs exactly one Host header; it has {hosts}"
+            raise Refusal(400, "bad_host", detail)
 
     # Requests and responses
 
@@ -243,6 +260,7 @@ class EdgeProtocol(HttpToolsProtocol):
             refusal.detail,
             extra={"client": self.client, "status": refusal.status},
         )
+        self.hooks.on_refusal(refusal.reason)
         if self._running is not None and not self._running.response_complete:
             # A pipelined request refused while an earlier one runs: answer after its response.
             self._pending_refusal = refusal
@@ -278,9 +296,9 @@ class EdgeProtocol(HttpToolsProtocol):
             logger.info(
                 "request headers not complete within %s s: 408", seconds, extra={"client": self.client}
             )
-            self.transport.write(
-                Refusal(408, f"request headers not complete within {seconds} s (header_timeout_s)").response()
-            )
+            detail = f"request headers not complete within {seconds} s (header_timeout_s)"
+            self.transport.write(Refusal(408, "header_timeout", detail).response())
+            self.hooks.on_refusal("header_timeout")
         self.transport.close()
 
     def _close_lingering(self) -> None:
@@ -308,13 +326,14 @@ class EdgeProtocol(HttpToolsProtocol):
             self._linger_timer = self.loop.call_later(next_check - now, self._on_linger_timer)
 
 
-def create_edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:
-    """The protocol class for ``uvicorn.Config(http=...)``: bound to ``limits`` and its own
-    count of admitted connections (one per server)."""
+def create_edge_protocol(limits: EdgeLimits, hooks: EdgeHooks | None = None) -> type[EdgeProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``: bound to ``limits``, its own
+    count of admitted connections (one per server) and a refusal counter."""
 
     class BoundEdgeProtocol(EdgeProtocol):
         pass
 
     BoundEdgeProtocol.limits = limits
     BoundEdgeProtocol.admitted = set()
+    BoundEdgeProtocol.hooks = hooks or EdgeHooks()
     return BoundEdgeProtocol

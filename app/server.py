@@ -32,7 +32,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.edge import EdgeLimits, create_edge_protocol
+from app.edge import EdgeHooks, EdgeLimits, create_edge_protocol
+from app.metrics import Metrics
 from app.state import Lifecycle
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ def raise_open_files_limit(max_connections: int) -> None:
 def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
     """One process (batching is per process), uvloop and httptools (app/edge.py's protocol)."""
     raise_open_files_limit(settings.max_connections)
+    state = app.state.imgserve
+    metrics: Metrics = state.metrics
     graceful_s = max(
         1, int(settings.drain_timeout_s - settings.shutdown_delay_s - _LIFESPAN_SHUTDOWN_RESERVE_S)
     )
@@ -143,7 +146,7 @@ def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http=create_edge_protocol(edge_limits(settings)),
+        http=create_edge_protocol(edge_limits(settings), EdgeHooks(on_refusal=_count_refusal(metrics))),
         ws="none",  # no WebSocket routes; an upgrade would also leave the edge's connection count
         lifespan="on",
         log_config=None,
@@ -153,5 +156,15 @@ def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
         timeout_graceful_shutdown=graceful_s,
         workers=1,
     )
-    state = app.state.imgserve
-    return DrainingServer(config, state.lifecycle, settings.shutdown_delay_s, on_sighup=state.request_rescan)
+    server = DrainingServer(
+        config, state.lifecycle, settings.shutdown_delay_s, on_sighup=state.request_rescan
+    )
+    metrics.http_connections.set_function(lambda: len(server.server_state.connections))
+    return server
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
+    def count(reason: str) -> None:
+        metrics.edge_refusals.labels(reason).inc()
+
+    return count

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from harness.metrics import parse_prometheus
 from harness.server import ServerProcess
 from tests.conftest import StartServer
 
@@ -303,3 +304,38 @@ def test_the_open_files_limit_is_raised_to_fit_the_connection_cap(
         limits = Path(f"/proc/{server.pid}/limits").read_text()
     row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert row.split()[3:5] == ["1128", "4096"], row
+
+
+def _edge_metrics(server: ServerProcess) -> dict[str, float]:
+    response = httpx.get(f"{server.base_url}/metrics", headers={"X-API-Key": KEY})
+    response.raise_for_status()
+    samples = parse_prometheus(response.text)
+    return {name: value for name, value in samples.items() if name.startswith("imgserve_http_")}
+
+
+def test_refusals_and_open_connections_are_in_the_metrics(server: ServerProcess) -> None:
+    before = _edge_metrics(server)
+    _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-F: v\r\n" * 100 + b"\r\n")
+    _exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+    _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+    try:
+        time.sleep(0.2)
+        after = _edge_metrics(server)
+    finally:
+        for sock in held:
+            sock.close()
+    counts = {
+        reason: after[f'imgserve_http_edge_refusals_total{{reason="{reason}"}}']
+        - before[f'imgserve_http_edge_refusals_total{{reason="{reason}"}}']
+        for reason in ("header_too_large", "too_many_headers", "bad_host", "invalid", "connection_cap")
+    }
+    assert counts == {
+        "header_too_large": 1,
+        "too_many_headers": 1,
+        "bad_host": 1,
+        "invalid": 1,
+        "connection_cap": 0,
+    }
+    assert after["imgserve_http_connections"] >= 6  # the five held and the scrape's own
