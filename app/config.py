@@ -101,6 +101,34 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, description="Idle keep-alive connections close after this."
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "From a connection's start, or its previous response, until a request's headers are "
+            "complete; then 408 (part of a request came) or a silent close."
+        ),
+    )
+    max_header_bytes: int = Field(
+        default=16384, ge=1024, description="Request line plus headers, in bytes; 431 past it."
+    )
+    max_header_count: int = Field(default=100, ge=1, description="Header fields per request; 431 past it.")
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Open HTTP connections served; a request on one past it gets 503 + Retry-After, "
+            "except the probes (/healthz, /readyz, /v2/health/*)."
+        ),
+    )
+    lingering_time_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="After a response sent before its request was read: read and discard at most this long.",
+    )
+    lingering_timeout_s: float = Field(
+        default=5.0, gt=0, description="... and close sooner once the client sends nothing for this long."
+    )
     grpc_port: int = Field(
         default=8001,
         ge=0,
@@ -196,6 +224,16 @@ class Settings(BaseSettings):
         if self.grpc_port and self.grpc_port == self.port:
             raise ValueError(
                 f"grpc_port ({self.grpc_port}) must differ from port ({self.port}); 0 turns gRPC off"
+            )
+        if self.keep_alive_timeout_s > self.header_timeout_s:
+            raise ValueError(
+                f"keep_alive_timeout_s ({self.keep_alive_timeout_s}) exceeds header_timeout_s "
+                f"({self.header_timeout_s}), which also runs between keep-alive requests"
+            )
+        if self.lingering_timeout_s > self.lingering_time_s:
+            raise ValueError(
+                f"lingering_timeout_s ({self.lingering_timeout_s}) exceeds lingering_time_s "
+                f"({self.lingering_time_s}), the bound on the whole lingering close"
             )
         if self.shutdown_delay_s >= self.drain_timeout_s:
             raise ValueError(

@@ -26,6 +26,15 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # The front ends, the values of the `protocol` label: our own REST API (/predict, /v1/models),
 # the Open Inference Protocol over HTTP and over gRPC, TensorFlow Serving's REST predict API.
 PROTOCOLS = ("rest", "v2_http", "v2_grpc", "tf_serving")
+# The values of imgserve_http_edge_refusals_total's `reason` label (app/edge.py's refusals).
+EDGE_REFUSAL_REASONS = (
+    "header_timeout",
+    "header_too_large",
+    "too_many_headers",
+    "bad_host",
+    "invalid",
+    "connection_cap",
+)
 
 
 class Metrics:
@@ -117,6 +126,20 @@ class Metrics:
             "ONNX Runtime sessions alive in the process: served, loading or draining versions.",
             registry=r,
         )
+        # The HTTP edge (app/edge.py): what it answers itself never reaches the request metrics.
+        self.http_connections = Gauge(
+            "imgserve_http_connections", "Open HTTP connections (max_connections caps them).", registry=r
+        )
+        self.edge_refusals = Counter(
+            "imgserve_http_edge_refusals",
+            "Requests answered by the HTTP edge itself, by reason: header_timeout (408), "
+            "header_too_large or too_many_headers (431), bad_host or invalid (400), "
+            "connection_cap (503).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in EDGE_REFUSAL_REASONS:
+            self.edge_refusals.labels(reason)
         self._served: Callable[[], Iterable[ServedVersion]] = list
         r.register(_ModelInfoCollector(lambda: self._served()))
 

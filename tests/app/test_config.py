@@ -139,6 +139,20 @@ def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPat
             "settings: grpc_port (8000) must differ from port (8000); 0 turns gRPC off",
         ),
         (
+            {"IMGSERVE_HEADER_TIMEOUT_S": "3"},
+            "settings: keep_alive_timeout_s (5) exceeds header_timeout_s (3.0), "
+            "which also runs between keep-alive requests",
+        ),
+        (
+            {"IMGSERVE_LINGERING_TIMEOUT_S": "60"},
+            "settings: lingering_timeout_s (60.0) exceeds lingering_time_s (30.0), "
+            "the bound on the whole lingering close",
+        ),
+        (
+            {"IMGSERVE_MAX_HEADER_BYTES": "100"},
+            "IMGSERVE_MAX_HEADER_BYTES: Input should be greater than or equal to 1024 (got '100')",
+        ),
+        (
             {"IMGSERVE_GRPC_PORT": "70000"},
             "IMGSERVE_GRPC_PORT: Input should be less than or equal to 65535 (got '70000')",
         ),
