@@ -22,6 +22,7 @@ from app.inference.errors import (
     InvalidRequestError,
     ModelFailedError,
     ModelNotFoundError,
+    RequestTooLargeError,
     UnavailableError,
     UndecodableImageError,
     UnsupportedFormatError,
@@ -60,6 +61,15 @@ class PayloadTooLargeError(ServiceError):
     status_code = 413
 
 
+class BusyError(ServiceError):
+    """The server cannot take this request now (a process-wide budget is spent); retry later."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
 class UnsupportedMediaTypeError(ServiceError):
     """A content type the route does not take."""
 
@@ -79,6 +89,7 @@ REST_STATUS: dict[type[InferenceError], int] = {
     UnsupportedFormatError: 415,
     UndecodableImageError: 422,
     ImageTooLargeError: 413,
+    RequestTooLargeError: 413,
     ModelNotFoundError: 404,
     UnavailableError: 503,
     DeadlineExceededError: 504,

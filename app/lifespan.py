@@ -15,7 +15,7 @@ from app.config import Settings
 from app.inference.batcher import BatcherConfig
 from app.inference.control import LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
-from app.inference.model import Decoder
+from app.inference.model import DecodeBudget, Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
 from app.inference.repository import DirectoryRepository, ModelSource, SingleModelFile
 from app.state import AppState
@@ -46,6 +46,7 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         decoder.start()
         state.control = control
         track_model_metrics(state)
+        state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
         state.lifecycle.ready = True
         grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
         try:
@@ -65,7 +66,10 @@ def create_decoder(settings: Settings, state: AppState) -> Decoder:
     limits = ImageLimits(
         allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels
     )
-    return Decoder(settings.decode_threads, limits, observer=state.metrics)
+    budget = DecodeBudget(
+        max_request_pixels=settings.max_request_pixels, max_decoding_pixels=settings.max_decoding_pixels
+    )
+    return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
 
 
 def create_model_source(settings: Settings) -> ModelSource:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app.body_budget import BodyBudget
 from app.config import Settings
 from app.inference.control import ModelControl
 from app.inference.errors import ModelNotFoundError, NotReadyError
@@ -55,6 +56,7 @@ class Lifecycle:
 class AppState:
     settings: Settings
     metrics: Metrics
+    body_budget: BodyBudget
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     control: ModelControl | None = None  # set by the lifespan once the models are loaded

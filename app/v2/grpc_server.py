@@ -32,6 +32,7 @@ from app.inference.errors import (
     InvalidRequestError,
     ModelFailedError,
     ModelNotFoundError,
+    RequestTooLargeError,
     UnavailableError,
 )
 from app.inference.model import NamedImage, ServedModel
@@ -54,6 +55,7 @@ _MESSAGE_OVERHEAD_BYTES = 64 * 1024
 GRPC_CODE: dict[type[InferenceError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     ImageError: grpc.StatusCode.INVALID_ARGUMENT,
+    RequestTooLargeError: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
