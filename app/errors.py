@@ -152,5 +152,6 @@ def describe_validation_errors(exc: RequestValidationError) -> str:
             f"{location[0]} parameter {'.'.join(location[1:])}" if len(location) > 1 else ".".join(location)
         )
         got = f" (got {error['input']!r})" if "input" in error and error["input"] is not None else ""
-        parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}{got}")
     return "; ".join(parts)

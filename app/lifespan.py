@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
             await control.stop(timeout_s=0.5)
             raise
         decoder.start()
+        # One thread: the multipart parser is pure Python and holds the GIL (app/api/uploads.py).
+        state.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
         state.control = control
         track_model_metrics(state)
         state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
@@ -57,6 +60,7 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
                 await grpc_server.stop()
             await control.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))
             decoder.stop()
+            state.parse_pool.shutdown(wait=False, cancel_futures=True)
             logger.info("models stopped")
 
     return lifespan

@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import docs, health, metrics, models, page, predict, repository, tfserving
-from app.api.deps import UNAUTHORIZED
+from app.api.deps import UNAUTHORIZED, reject_repeated_query_parameters
 from app.api.error_routes import drop_validation_responses
 from app.body_budget import BodyBudget, BodyBudgetMiddleware
 from app.config import Settings
@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
         docs_url=None,  # app.api.docs serves /docs with local Swagger UI assets
         redoc_url="/redoc" if settings.docs_public else None,
         openapi_url="/openapi.json" if settings.docs_public else None,
+        dependencies=[Depends(reject_repeated_query_parameters)],
     )
     app.state.imgserve = state
     protected = _api_key_dependencies(settings)

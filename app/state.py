@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from app.body_budget import BodyBudget
@@ -60,6 +61,8 @@ class AppState:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     control: ModelControl | None = None  # set by the lifespan once the models are loaded
+    # Parses request framing (multipart) off the event loop; started and stopped by the lifespan.
+    parse_pool: ThreadPoolExecutor | None = None
     _background: set[asyncio.Task[object]] = field(default_factory=set)
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ServedModel:

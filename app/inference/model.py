@@ -32,6 +32,10 @@ from model_card import ModelCard, Preprocessing
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+# The most classes one answer lists per image, whatever the model: 32 images x 1,000 labelled
+# scores would be a 2 MB answer for a request of a few KB. Every probability is still there
+# for whoever wants it (v2's probs output, TF Serving's ?probabilities=true).
+MAX_TOP_K = 100
 
 
 class InferenceObserver(Protocol):
@@ -287,13 +291,22 @@ class ServedModel:
         self._unloaded = True
         await self.batcher.stop(timeout_s=1.0)
 
-    def check_top_k(self, top_k: int) -> None:
-        """Raise ``InvalidRequestError`` unless 1 <= top_k <= the number of classes."""
+    @property
+    def max_top_k(self) -> int:
+        """The number of classes, at most ``MAX_TOP_K``."""
+        return min(self.card.num_classes, MAX_TOP_K)
+
+    def top_k_range(self) -> str:
+        """The accepted range in words: '1 and 6 (the number of classes)'."""
         classes = self.card.num_classes
-        if not 1 <= top_k <= classes:
-            raise InvalidRequestError(
-                f"top_k must be between 1 and {classes} (the number of classes), got {top_k}"
-            )
+        if classes <= MAX_TOP_K:
+            return f"1 and {classes} (the number of classes)"
+        return f"1 and {MAX_TOP_K} (the most one answer lists; the model has {classes} classes)"
+
+    def check_top_k(self, top_k: int) -> None:
+        """Raise ``InvalidRequestError`` unless 1 <= top_k <= ``max_top_k``."""
+        if not 1 <= top_k <= self.max_top_k:
+            raise InvalidRequestError(f"top_k must be between {self.top_k_range()}, got {top_k}")
 
     async def classify(self, images: Sequence[NamedImage], top_k: int) -> list[Classification]:
         """The labelled top-k (and the probabilities) of each image, in order; all or nothing.
