@@ -14,6 +14,7 @@ each failed on the code before the change (the figure it bounds is in its docstr
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import io
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -286,3 +288,97 @@ def test_healthz_stays_fast_during_a_crafted_multipart_flood(
     assert statuses and set(statuses) == {"422"}, statuses
     assert len(latencies) >= 100
     assert p99 <= 0.050, (p50, p99)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(start_module_server: StartServer, tiny_model_path: Path) -> ServerProcess:
+    """The tiny colour model: four classes."""
+    return start_module_server(tiny_model_path, max_images_per_request=4)
+
+
+def _predict(base: str, query: str, route: str = "/predict") -> httpx.Response:
+    files = {"file": ("red.jpg", photo(), "image/jpeg")}
+    return httpx.post(f"{base}{route}?{query}", files=files, timeout=30)
+
+
+def _tf_predict(base: str, name: str, query: str) -> httpx.Response:
+    body = {"instances": [{"b64": base64.b64encode(photo()).decode()}]}
+    return httpx.post(f"{base}/v1/models/{name}:predict?{query}", json=body, timeout=30)
+
+
+def test_top_k_must_be_plain_digits_once_and_at_most_100(cost_server: ServerProcess) -> None:
+    """The default model has 1,000 classes: top_k=100 answers 100 scores, 101 and '1_000' are
+    refused, and so is a top_k given twice. (Before: '1_000' answered all 1,000 classes, and
+    ?top_k=abc&top_k=2 answered 200 with 2.)"""
+    base = cost_server.base_url
+    answer = _predict(base, "top_k=100")
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]["top_k"]) == 100
+    refusals = {
+        "top_k=101": "query parameter top_k: Input should be less than or equal to 100 (got '101')",
+        "top_k=1_000": "query parameter top_k: write the number in plain decimal digits, without sign, "
+        "spaces or '_' (got '1_000')",
+        "top_k=abc&top_k=2": "query parameter top_k: given more than once; send it once (got ['abc', '2'])",
+        "top_k=2&top_k=2": "query parameter top_k: given more than once; send it once (got ['2', '2'])",
+    }
+    for query, detail in refusals.items():
+        response = _predict(base, query)
+        assert (response.status_code, response.json()) == (422, {"detail": detail}), query
+    model = httpx.get(f"{base}/v1/models").json()["models"][0]["name"]
+    tf = _tf_predict(base, model, "top_k=1&top_k=2")
+    assert (tf.status_code, tf.json()) == (
+        400,
+        {"error": "query parameter top_k: given more than once; send it once (got ['1', '2'])"},
+    )
+    assert _tf_predict(base, model, "top_k=101").status_code == 400
+    encoded = base64.b64encode(photo()).decode()
+    image = {"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": [encoded]}
+    v2 = httpx.post(
+        f"{base}/v2/models/{model}/infer",
+        json={
+            "inputs": [image],
+            "outputs": [{"name": "probs", "parameters": {"classification": 101}}],
+        },
+        timeout=30,
+    )
+    assert (v2.status_code, v2.json()) == (
+        400,
+        {
+            "error": "classification must be between 1 and 100 (the most one answer lists; the model has "
+            "1000 classes), got 101"
+        },
+    )
+
+
+def _top_k_maxima(schema: dict[str, Any]) -> dict[str, int]:
+    maxima = {}
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "top_k":
+                    bounds = parameter["schema"].get("anyOf", [parameter["schema"]])
+                    maxima[path] = next(b["maximum"] for b in bounds if b.get("type") == "integer")
+    return maxima
+
+
+def test_the_schema_declares_what_the_server_accepts(
+    cost_server: ServerProcess, tiny_server: ServerProcess
+) -> None:
+    """top_k's maximum is declared (the model's classes, at most 100), every value up to it is
+    served and the next is refused; maxItems is max_images_per_request. (Before: no maximum,
+    so a schema-valid top_k=2559 got 422.)"""
+    routes = ["/predict", "/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict"]
+    tf_routes = ["/v1/models/{name}:predict", "/v1/models/{name}/versions/{version}:predict"]
+    for server, classes in ((cost_server, 100), (tiny_server, 4)):
+        schema = httpx.get(f"{server.base_url}/openapi.json").json()
+        assert _top_k_maxima(schema) == dict.fromkeys(routes + tf_routes, classes)
+    schema = httpx.get(f"{tiny_server.base_url}/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["file"]["maxItems"] == 4
+    for k in range(1, 5):
+        assert _predict(tiny_server.base_url, f"top_k={k}").status_code == 200
+    assert _predict(tiny_server.base_url, "top_k=5").json() == {
+        "detail": "top_k must be between 1 and 4 (the number of classes), got 5"
+    }
+    files = [("file", ("red.jpg", photo(), "image/jpeg"))] * 5
+    too_many = httpx.post(f"{tiny_server.base_url}/predict", files=files, timeout=30)
+    assert too_many.status_code == 413
