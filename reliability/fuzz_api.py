@@ -31,6 +31,11 @@ LIMITS = {
     "IMGSERVE_MAX_BATCH_SIZE": "8",
     "IMGSERVE_MAX_DELAY_MS": "2",
     "IMGSERVE_REQUEST_TIMEOUT_S": "5",
+    # The cost budgets small enough that generated requests reach them (issue 16).
+    "IMGSERVE_MAX_IMAGE_PIXELS": "4000000",
+    "IMGSERVE_MAX_REQUEST_PIXELS": "8000000",
+    "IMGSERVE_MAX_DECODING_PIXELS": "16000000",
+    "IMGSERVE_MAX_BUFFERED_BODY_BYTES": "4000000",
 }
 
 
