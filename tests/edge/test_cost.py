@@ -382,3 +382,29 @@ def test_the_schema_declares_what_the_server_accepts(
     files = [("file", ("red.jpg", photo(), "image/jpeg"))] * 5
     too_many = httpx.post(f"{tiny_server.base_url}/predict", files=files, timeout=30)
     assert too_many.status_code == 413
+
+
+def test_every_front_end_gets_the_same_pixel_budget(start_server: StartServer, tiny_model_path: Path) -> None:
+    """/predict, /v1/models/{name}/predict, TF Serving's :predict and v2's infer share the
+    engine's admission: 3 x 25 MP over a 50-MP budget is 413 naming max_request_pixels on each."""
+    server = start_server(tiny_model_path, max_request_pixels=50 * MP)
+    base, image = server.base_url, flat_webp(5000)
+    detail = (
+        "the request's 3 images decode to 75000000 pixels, over the budget of 50000000 pixels per "
+        "request (max_request_pixels); send fewer or smaller images per request"
+    )
+    files = [("file", (f"{i}.webp", image, "image/webp")) for i in range(3)]
+    for route in ("/predict", "/v1/models/tiny-rgb/predict"):
+        response = httpx.post(f"{base}{route}", files=files, timeout=30)
+        assert (response.status_code, response.json()) == (413, {"detail": detail}), route
+    encoded = base64.b64encode(image).decode()
+    tf = httpx.post(
+        f"{base}/v1/models/tiny-rgb:predict", json={"instances": [{"b64": encoded}] * 3}, timeout=30
+    )
+    assert (tf.status_code, tf.json()) == (413, {"error": detail})
+    v2 = httpx.post(
+        f"{base}/v2/models/tiny-rgb/infer",
+        json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3, 1], "data": [encoded] * 3}]},
+        timeout=30,
+    )
+    assert (v2.status_code, v2.json()) == (413, {"error": detail})
