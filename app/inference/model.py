@@ -111,6 +111,7 @@ class Decoder:
     ) -> None:
         self.threads = threads
         self.limits = limits
+        # Without budgets (tests of other parts): 32 images at the per-image limit.
         self.budget = budget or DecodeBudget(limits.max_image_pixels * 32, limits.max_image_pixels * 32)
         self._observer = observer
         self._scheduler = FairScheduler(threads)
