@@ -153,7 +153,35 @@ class Settings(BaseSettings):
     # Limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_images_per_request: int = Field(default=32, ge=1)
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Width x height of one image, from its header, before decoding; more is 413.",
+    )
+    max_request_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description=(
+            "Pixels one request's images decode to, together (JPEG draft-mode scaling counted), "
+            "from their headers before decoding; more is 413."
+        ),
+    )
+    max_decoding_pixels: int = Field(
+        default=200_000_000,
+        ge=1,
+        description=(
+            "Pixels admitted for decoding and not yet decoded, across the process; a request "
+            "that would pass it gets 503 + Retry-After."
+        ),
+    )
+    max_buffered_body_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Request body bytes held at once across the process (Content-Length counted up front, "
+            "chunked bodies as they arrive); past it 503 + Retry-After."
+        ),
+    )
     allowed_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SUPPORTED_FORMATS))
 
     # Shutdown
@@ -220,6 +248,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) exceeds max_queue_images "
                 f"({self.max_queue_images}): such a request could never be admitted"
+            )
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_decoding_pixels:
+            raise ValueError(
+                f"need max_image_pixels ({self.max_image_pixels}) <= max_request_pixels "
+                f"({self.max_request_pixels}) <= max_decoding_pixels ({self.max_decoding_pixels}): "
+                f"otherwise an image or a request within its own limit could never be admitted"
+            )
+        if self.max_upload_bytes > self.max_buffered_body_bytes:
+            raise ValueError(
+                f"max_upload_bytes ({self.max_upload_bytes}) exceeds max_buffered_body_bytes "
+                f"({self.max_buffered_body_bytes}): a body at the limit could never be read"
             )
         if self.grpc_port and self.grpc_port == self.port:
             raise ValueError(

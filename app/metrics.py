@@ -83,6 +83,16 @@ class Metrics:
             registry=r,
         )
         self.running_images = Gauge("imgserve_running_images", "Images in the batch now running.", registry=r)
+        self.decoding_pixels = Gauge(
+            "imgserve_decoding_pixels",
+            "Pixels admitted for decoding and not yet decoded (the max_decoding_pixels budget).",
+            registry=r,
+        )
+        self.buffered_body_bytes = Gauge(
+            "imgserve_buffered_body_bytes",
+            "Request body bytes held by requests in progress (the max_buffered_body_bytes budget).",
+            registry=r,
+        )
         self.ready = Gauge(
             "imgserve_ready", "1 when ready to serve, 0 while starting or draining.", registry=r
         )
@@ -160,6 +170,10 @@ class Metrics:
     def track_queue(self, queued: Callable[[], float], running: Callable[[], float]) -> None:
         self.queue_images.set_function(queued)
         self.running_images.set_function(running)
+
+    def track_budgets(self, decoding_pixels: Callable[[], float], body_bytes: Callable[[], float]) -> None:
+        self.decoding_pixels.set_function(decoding_pixels)
+        self.buffered_body_bytes.set_function(body_bytes)
 
     def track_served(
         self, served: Callable[[], Iterable[ServedVersion]], sessions: Callable[[], float]

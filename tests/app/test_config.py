@@ -30,8 +30,10 @@ def test_defaults() -> None:
     assert (settings.max_upload_bytes, settings.max_images_per_request, settings.max_image_pixels) == (
         20 * 1024 * 1024,
         32,
-        40_000_000,
+        25_000_000,
     )
+    assert (settings.max_request_pixels, settings.max_decoding_pixels) == (100_000_000, 200_000_000)
+    assert settings.max_buffered_body_bytes == 256 * 1024 * 1024
     assert (settings.shutdown_delay_s, settings.drain_timeout_s) == (0.0, 30.0)
     assert settings.api_keys == [] and not settings.auth_enabled
     assert settings.docs_public is True and settings.cors_origins == []
