@@ -34,6 +34,7 @@ EDGE_REFUSAL_REASONS = (
     "bad_host",
     "invalid",
     "connection_cap",
+    "body_framing",
 )
 
 
