@@ -19,7 +19,7 @@ container-test:   ## build the image with podman, compose up 2 replicas + nginx,
 	scripts/bootstrap.sh export,cpu,dev
 	scripts/container-test.sh
 
-bench:            ## the full CPU benchmark (~8 min on 2 cores): bench/results/DATE/report.md, results.json, plots
+bench:            ## the full CPU benchmark, open-loop sweep included (35 points; 25 took 8 min on 2 cores): bench/results/DATE/report.md, results.json, plots
 	scripts/bootstrap.sh export,cpu,dev
 	.venv/bin/python -m bench run --out bench/results/$$(date +%F)
 

@@ -101,6 +101,34 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, description="Idle keep-alive connections close after this."
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "From a connection's start, or its previous response, until a request's headers are "
+            "complete; then 408 (part of a request came) or a silent close."
+        ),
+    )
+    max_header_bytes: int = Field(
+        default=16384, ge=1024, description="Request line plus headers, in bytes; 431 past it."
+    )
+    max_header_count: int = Field(default=100, ge=1, description="Header fields per request; 431 past it.")
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Open HTTP connections served; a request on one past it gets 503 + Retry-After, "
+            "except the probes (/healthz, /readyz, /v2/health/*)."
+        ),
+    )
+    lingering_time_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="After a response sent before its request was read: read and discard at most this long.",
+    )
+    lingering_timeout_s: float = Field(
+        default=5.0, gt=0, description="... and close sooner once the client sends nothing for this long."
+    )
     grpc_port: int = Field(
         default=8001,
         ge=0,
@@ -125,7 +153,35 @@ class Settings(BaseSettings):
     # Limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_images_per_request: int = Field(default=32, ge=1)
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Width x height of one image, from its header, before decoding; more is 413.",
+    )
+    max_request_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description=(
+            "Pixels one request's images decode to, together (JPEG draft-mode scaling counted), "
+            "from their headers before decoding; more is 413."
+        ),
+    )
+    max_decoding_pixels: int = Field(
+        default=200_000_000,
+        ge=1,
+        description=(
+            "Pixels admitted for decoding and not yet decoded, across the process; a request "
+            "that would pass it gets 503 + Retry-After."
+        ),
+    )
+    max_buffered_body_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Request body bytes held at once across the process (Content-Length counted up front, "
+            "chunked bodies as they arrive); past it 503 + Retry-After."
+        ),
+    )
     allowed_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SUPPORTED_FORMATS))
 
     # Shutdown
@@ -193,9 +249,30 @@ class Settings(BaseSettings):
                 f"max_images_per_request ({self.max_images_per_request}) exceeds max_queue_images "
                 f"({self.max_queue_images}): such a request could never be admitted"
             )
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_decoding_pixels:
+            raise ValueError(
+                f"need max_image_pixels ({self.max_image_pixels}) <= max_request_pixels "
+                f"({self.max_request_pixels}) <= max_decoding_pixels ({self.max_decoding_pixels}): "
+                f"otherwise an image or a request within its own limit could never be admitted"
+            )
+        if self.max_upload_bytes > self.max_buffered_body_bytes:
+            raise ValueError(
+                f"max_upload_bytes ({self.max_upload_bytes}) exceeds max_buffered_body_bytes "
+                f"({self.max_buffered_body_bytes}): a body at the limit could never be read"
+            )
         if self.grpc_port and self.grpc_port == self.port:
             raise ValueError(
                 f"grpc_port ({self.grpc_port}) must differ from port ({self.port}); 0 turns gRPC off"
+            )
+        if self.keep_alive_timeout_s > self.header_timeout_s:
+            raise ValueError(
+                f"keep_alive_timeout_s ({self.keep_alive_timeout_s}) exceeds header_timeout_s "
+                f"({self.header_timeout_s}), which also runs between keep-alive requests"
+            )
+        if self.lingering_timeout_s > self.lingering_time_s:
+            raise ValueError(
+                f"lingering_timeout_s ({self.lingering_timeout_s}) exceeds lingering_time_s "
+                f"({self.lingering_time_s}), the bound on the whole lingering close"
             )
         if self.shutdown_delay_s >= self.drain_timeout_s:
             raise ValueError(

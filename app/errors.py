@@ -22,6 +22,7 @@ from app.inference.errors import (
     InvalidRequestError,
     ModelFailedError,
     ModelNotFoundError,
+    RequestTooLargeError,
     UnavailableError,
     UndecodableImageError,
     UnsupportedFormatError,
@@ -60,6 +61,15 @@ class PayloadTooLargeError(ServiceError):
     status_code = 413
 
 
+class BusyError(ServiceError):
+    """The server cannot take this request now (a process-wide budget is spent); retry later."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
 class UnsupportedMediaTypeError(ServiceError):
     """A content type the route does not take."""
 
@@ -79,6 +89,7 @@ REST_STATUS: dict[type[InferenceError], int] = {
     UnsupportedFormatError: 415,
     UndecodableImageError: 422,
     ImageTooLargeError: 413,
+    RequestTooLargeError: 413,
     ModelNotFoundError: 404,
     UnavailableError: 503,
     DeadlineExceededError: 504,
@@ -141,5 +152,6 @@ def describe_validation_errors(exc: RequestValidationError) -> str:
             f"{location[0]} parameter {'.'.join(location[1:])}" if len(location) > 1 else ".".join(location)
         )
         got = f" (got {error['input']!r})" if "input" in error and error["input"] is not None else ""
-        parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}{got}")
     return "; ".join(parts)

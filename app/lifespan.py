@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from app.config import Settings
 from app.inference.batcher import BatcherConfig
 from app.inference.control import LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
-from app.inference.model import Decoder
+from app.inference.model import DecodeBudget, Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
 from app.inference.repository import DirectoryRepository, ModelSource, SingleModelFile
 from app.state import AppState
@@ -44,8 +45,11 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
             await control.stop(timeout_s=0.5)
             raise
         decoder.start()
+        # One thread: the multipart parser is pure Python and holds the GIL (app/api/uploads.py).
+        state.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
         state.control = control
         track_model_metrics(state)
+        state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
         state.lifecycle.ready = True
         grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
         try:
@@ -56,6 +60,7 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
                 await grpc_server.stop()
             await control.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))
             decoder.stop()
+            state.parse_pool.shutdown(wait=False, cancel_futures=True)
             logger.info("models stopped")
 
     return lifespan
@@ -65,7 +70,10 @@ def create_decoder(settings: Settings, state: AppState) -> Decoder:
     limits = ImageLimits(
         allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels
     )
-    return Decoder(settings.decode_threads, limits, observer=state.metrics)
+    budget = DecodeBudget(
+        max_request_pixels=settings.max_request_pixels, max_decoding_pixels=settings.max_decoding_pixels
+    )
+    return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
 
 
 def create_model_source(settings: Settings) -> ModelSource:

@@ -8,8 +8,9 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import docs, health, metrics, models, page, predict, repository, tfserving
-from app.api.deps import UNAUTHORIZED
+from app.api.deps import UNAUTHORIZED, reject_repeated_query_parameters
 from app.api.error_routes import drop_validation_responses
+from app.body_budget import BodyBudget, BodyBudgetMiddleware
 from app.config import Settings
 from app.errors import add_exception_handlers
 from app.inference.engine import create_engine
@@ -33,7 +34,8 @@ Or try it in the browser: [the demo page](./) (drop a photo, see the top-5 as ba
 
 def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine) -> FastAPI:
     """Build the app; the model is loaded and warmed up in the lifespan, before it serves."""
-    state = AppState(settings=settings, metrics=Metrics())
+    body_budget = BodyBudget(settings.max_buffered_body_bytes)
+    state = AppState(settings=settings, metrics=Metrics(), body_budget=body_budget)
     app = FastAPI(
         title="imgserve",
         description=DESCRIPTION + (PAGE_LINK if settings.demo_page else ""),
@@ -42,6 +44,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
         docs_url=None,  # app.api.docs serves /docs with local Swagger UI assets
         redoc_url="/redoc" if settings.docs_public else None,
         openapi_url="/openapi.json" if settings.docs_public else None,
+        dependencies=[Depends(reject_repeated_query_parameters)],
     )
     app.state.imgserve = state
     protected = _api_key_dependencies(settings)
@@ -66,6 +69,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(BodyBudgetMiddleware, budget=body_budget)  # inside: the log sees its 503s
     app.add_middleware(RequestMiddleware, metrics=state.metrics, lifecycle=state.lifecycle)
     return app
 

@@ -26,6 +26,16 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # The front ends, the values of the `protocol` label: our own REST API (/predict, /v1/models),
 # the Open Inference Protocol over HTTP and over gRPC, TensorFlow Serving's REST predict API.
 PROTOCOLS = ("rest", "v2_http", "v2_grpc", "tf_serving")
+# The values of imgserve_http_edge_refusals_total's `reason` label (app/edge.py's refusals).
+EDGE_REFUSAL_REASONS = (
+    "header_timeout",
+    "header_too_large",
+    "too_many_headers",
+    "bad_host",
+    "invalid",
+    "connection_cap",
+    "body_framing",
+)
 
 
 class Metrics:
@@ -74,6 +84,16 @@ class Metrics:
             registry=r,
         )
         self.running_images = Gauge("imgserve_running_images", "Images in the batch now running.", registry=r)
+        self.decoding_pixels = Gauge(
+            "imgserve_decoding_pixels",
+            "Pixels admitted for decoding and not yet decoded (the max_decoding_pixels budget).",
+            registry=r,
+        )
+        self.buffered_body_bytes = Gauge(
+            "imgserve_buffered_body_bytes",
+            "Request body bytes held by requests in progress (the max_buffered_body_bytes budget).",
+            registry=r,
+        )
         self.ready = Gauge(
             "imgserve_ready", "1 when ready to serve, 0 while starting or draining.", registry=r
         )
@@ -117,6 +137,20 @@ class Metrics:
             "ONNX Runtime sessions alive in the process: served, loading or draining versions.",
             registry=r,
         )
+        # The HTTP edge (app/edge.py): what it answers itself never reaches the request metrics.
+        self.http_connections = Gauge(
+            "imgserve_http_connections", "Open HTTP connections (max_connections caps them).", registry=r
+        )
+        self.edge_refusals = Counter(
+            "imgserve_http_edge_refusals",
+            "Requests answered by the HTTP edge itself, by reason: header_timeout (408), "
+            "header_too_large or too_many_headers (431), bad_host or invalid (400), "
+            "connection_cap (503).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in EDGE_REFUSAL_REASONS:
+            self.edge_refusals.labels(reason)
         self._served: Callable[[], Iterable[ServedVersion]] = list
         r.register(_ModelInfoCollector(lambda: self._served()))
 
@@ -137,6 +171,10 @@ class Metrics:
     def track_queue(self, queued: Callable[[], float], running: Callable[[], float]) -> None:
         self.queue_images.set_function(queued)
         self.running_images.set_function(running)
+
+    def track_budgets(self, decoding_pixels: Callable[[], float], body_bytes: Callable[[], float]) -> None:
+        self.decoding_pixels.set_function(decoding_pixels)
+        self.buffered_body_bytes.set_function(body_bytes)
 
     def track_served(
         self, served: Callable[[], Iterable[ServedVersion]], sessions: Callable[[], float]

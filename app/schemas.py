@@ -80,6 +80,9 @@ class LimitsInfo(BaseModel):
     max_upload_bytes: int
     max_images_per_request: int
     max_image_pixels: int
+    max_request_pixels: int = Field(
+        description="Pixels one request's images may decode to together (JPEG draft scaling counted)."
+    )
     allowed_formats: list[str]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 import time
@@ -31,9 +32,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.edge import EdgeHooks, EdgeLimits, create_edge_protocol
+from app.metrics import Metrics
 from app.state import Lifecycle
 
 logger = logging.getLogger(__name__)
+
+# File descriptors kept for what is not a client connection: the model files, the listening
+# sockets, gRPC, the log, the decode threads' files.
+_FILES_RESERVE = 128
 
 # Kept back from uvicorn's graceful timeout for the lifespan shutdown (stopping the batcher).
 _LIFESPAN_SHUTDOWN_RESERVE_S = 1.0
@@ -91,8 +98,46 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def edge_limits(settings: Settings) -> EdgeLimits:
+    return EdgeLimits(
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        max_connections=settings.max_connections,
+        lingering_time_s=settings.lingering_time_s,
+        lingering_timeout_s=settings.lingering_timeout_s,
+    )
+
+
+def raise_open_files_limit(max_connections: int) -> None:
+    """Raise the soft open-files limit towards the hard one when ``max_connections`` does not
+    fit (containers often start at 1,024), and warn when it still does not: past the limit,
+    accept() fails and every new client, probes included, is dropped before the cap answers."""
+    needed = max_connections + _FILES_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    except (ValueError, OSError) as exc:
+        logger.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    if soft < needed:
+        logger.warning(
+            "the open-files limit (%d) is below max_connections + %d (%d): raise it (ulimit -n) "
+            "or lower IMGSERVE_MAX_CONNECTIONS",
+            soft,
+            _FILES_RESERVE,
+            needed,
+        )
+
+
 def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
-    """One process (batching is per process), uvloop and httptools when installed."""
+    """One process (batching is per process), uvloop and httptools (app/edge.py's protocol)."""
+    raise_open_files_limit(settings.max_connections)
+    state = app.state.imgserve
+    metrics: Metrics = state.metrics
     graceful_s = max(
         1, int(settings.drain_timeout_s - settings.shutdown_delay_s - _LIFESPAN_SHUTDOWN_RESERVE_S)
     )
@@ -101,7 +146,8 @@ def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
+        http=create_edge_protocol(edge_limits(settings), EdgeHooks(on_refusal=_count_refusal(metrics))),
+        ws="none",  # no WebSocket routes; an upgrade would also leave the edge's connection count
         lifespan="on",
         log_config=None,
         access_log=False,  # app.middleware logs one JSON line per request instead
@@ -110,5 +156,15 @@ def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
         timeout_graceful_shutdown=graceful_s,
         workers=1,
     )
-    state = app.state.imgserve
-    return DrainingServer(config, state.lifecycle, settings.shutdown_delay_s, on_sighup=state.request_rescan)
+    server = DrainingServer(
+        config, state.lifecycle, settings.shutdown_delay_s, on_sighup=state.request_rescan
+    )
+    metrics.http_connections.set_function(lambda: len(server.server_state.connections))
+    return server
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
+    def count(reason: str) -> None:
+        metrics.edge_refusals.labels(reason).inc()
+
+    return count

@@ -7,8 +7,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from app.body_budget import BodyBudget
 from app.config import Settings
 from app.inference.control import ModelControl
 from app.inference.errors import ModelNotFoundError, NotReadyError
@@ -55,9 +57,12 @@ class Lifecycle:
 class AppState:
     settings: Settings
     metrics: Metrics
+    body_budget: BodyBudget
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     registry: ModelRegistry = field(default_factory=ModelRegistry)
     control: ModelControl | None = None  # set by the lifespan once the models are loaded
+    # Parses request framing (multipart) off the event loop; started and stopped by the lifespan.
+    parse_pool: ThreadPoolExecutor | None = None
     _background: set[asyncio.Task[object]] = field(default_factory=set)
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ServedModel:

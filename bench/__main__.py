@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--naive-model", type=Path, help="the naive baseline's model (default: a float-input twin)"
     )
-    run.add_argument("--duration", type=float, help="measured seconds per point (default 10, smoke 1)")
+    run.add_argument("--duration", type=float, help="measured seconds per point (default 10, smoke 2)")
     run.add_argument(
         "--warmup", type=float, help="unmeasured seconds before each point (default 2, smoke 0.5)"
     )
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(write_report(json.loads((args.folder / "results.json").read_text()), args.folder).read_text())
         return
-    defaults = (1.0, 0.5, 1.0) if args.smoke else (10.0, 2.0, 8.0)
+    # smoke: 2 s windows, so a point on a busy shared CI core still completes a few requests
+    defaults = (2.0, 0.5, 1.0) if args.smoke else (10.0, 2.0, 8.0)
     args.duration = args.duration or defaults[0]
     args.warmup = args.warmup if args.warmup is not None else defaults[1]
     args.ceiling_duration = args.ceiling_duration or defaults[2]

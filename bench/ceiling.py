@@ -8,7 +8,9 @@ So it is the same work, minus HTTP, multipart parsing, the event loop, batching 
 
 Reported: images/s (wall) and CPU-seconds per image from the process's own CPU accounting
 (``getrusage``, all threads); plus the split between preprocessing and the model, measured
-separately on one thread so each is a clean per-core cost.
+separately on one thread so each is a clean per-core cost; and the single-image latency: one
+image at a time from its bytes to probabilities (decode, preprocess, the model at batch 1),
+the least a lone request can take, which the server's c=1 latency is compared with.
 
 Run standalone: ``python -m bench.ceiling --model models/default/model.onnx --workload-dir DIR``.
 """
@@ -28,6 +30,7 @@ import numpy as np
 from app.config import Settings
 from app.inference.engine import Engine, EngineOptions, create_engine
 from app.inference.preprocess import ImageLimits, configure_pillow, preprocess
+from harness.loadgen import percentile
 
 
 def cpu_s() -> float:
@@ -89,6 +92,31 @@ def measure_preprocess(engine: Engine, images: list[bytes], settings: Settings, 
     return (cpu_s() - before) / count
 
 
+def measure_single_image(
+    engine: Engine, images: list[bytes], settings: Settings, duration_s: float
+) -> dict[str, float]:
+    """Wall milliseconds from an image's bytes to its probabilities, one image at a time on
+    this thread: decode + preprocess, then the model at batch 1 (its own intra-op threads)."""
+    spec, limits = engine.card.preprocessing, _limits(settings)
+
+    def classify(index: int) -> None:
+        engine.run(preprocess(images[index % len(images)], spec, limits, f"image{index}")[np.newaxis])
+
+    classify(0)  # untimed: allocators, caches
+    latencies: list[float] = []
+    wall = time.perf_counter()
+    while time.perf_counter() - wall < duration_s or not latencies:
+        start = time.perf_counter()
+        classify(len(latencies))
+        latencies.append(time.perf_counter() - start)
+    return {
+        "images": len(latencies),
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "mean_ms": 1000 * sum(latencies) / len(latencies),
+    }
+
+
 def measure_model(engine: Engine, batch_size: int, duration_s: float) -> dict[str, float]:
     """CPU-seconds and wall seconds per image of the model alone at ``batch_size``."""
     size = engine.card.preprocessing.crop_size
@@ -109,6 +137,7 @@ def run_ceiling(
     duration_s: float,
     pipeline_batch_sizes: dict[str, tuple[int, ...]] | None = None,
     model_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    single_image_duration_s: float | None = None,
 ) -> dict[str, object]:
     """Everything the report needs from the in-process side, per image set.
 
@@ -117,6 +146,7 @@ def run_ceiling(
     than its maximum, and the ceiling it is compared with should be at the batch size it reached.
     """
     configure_pillow(settings.max_image_pixels)
+    single_s = duration_s / 2 if single_image_duration_s is None else single_image_duration_s
     engine = create_engine(model_path, EngineOptions(intra_op_threads=settings.intra_op_threads))
     result: dict[str, object] = {
         "provider": engine.execution_provider,
@@ -136,6 +166,7 @@ def run_ceiling(
         figures: dict[str, object] = dict(by_batch[str(settings.max_batch_size)])
         figures["by_batch"] = by_batch
         figures["preprocess_cpu_s_per_image"] = measure_preprocess(engine, images, settings, duration_s / 2)
+        figures["single_image"] = measure_single_image(engine, images, settings, single_s)
         pipeline[name] = figures
     result["pipeline"] = pipeline
     return result
@@ -161,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         help="extra pipeline batch sizes for the other sets",
     )
     parser.add_argument("--model-batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument(
+        "--single-image-duration", type=float, help="seconds of one-at-a-time images (default: duration / 2)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     settings = Settings(model_path=args.model)  # IMGSERVE_* from the environment, as the server
@@ -173,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         args.duration,
         {name: tuple(args.batch_sizes if name == first else args.other_batch_sizes) for name in sets},
         tuple(args.model_batch_sizes),
+        args.single_image_duration,
     )
     text = json.dumps(result, indent=2)
     if args.out:

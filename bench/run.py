@@ -1,9 +1,11 @@
 """``python -m bench run``: every piece of the benchmark, side by side, in one run.
 
 Stages: describe the machine -> get the model (and its float twin for the naive baseline) ->
-build images and request bodies -> the in-process ceiling -> each topology in turn (ours with
-batching on, ours with batching off, the naive baseline, nginx + 1 and + 2 replicas) at fixed
-concurrency levels for a fixed time -> results.json, report.md, plots.
+build images and request bodies -> the in-process ceiling -> our server (batching on) and the
+naive baseline together, their points interleaved (closed loop at fixed concurrency levels,
+then an open-loop sweep of Poisson arrivals at fractions of each one's measured capacity) ->
+each other topology in turn (batching off, smaller batches, a small queue under overload,
+nginx + 1 and + 2 replicas) -> results.json, report.md, plots.
 
 Fairness on a small machine: by default (``--pin auto``) the load generator runs on the first
 core(s) and everything under test (servers, nginx, the ceiling) on the others, so the servers'
@@ -29,9 +31,10 @@ from typing import Any, Literal, NamedTuple
 from tqdm import tqdm
 
 from bench import servers
+from bench.report import OVERLOAD_CLIENTS, OVERLOAD_QUEUE
 from bench.servers import Topology
 from bench.workloads import ImageSet, Workload, build_image_sets, build_workloads
-from harness.loadgen import summarise
+from harness.loadgen import percentile, summarise
 from harness.nginx import find_nginx
 
 REPO_ROOT = servers.REPO_ROOT
@@ -45,7 +48,8 @@ class Point:
     topology: str
     workload: str
     concurrency: int = 0
-    rate_of: str = ""  # open loop: offered images/s = rate_fraction x images/s of this point key
+    # open loop: offered images/s = rate_fraction x capacity, the best images/s of these point keys
+    rate_of: tuple[str, ...] = ()
     rate_fraction: float = 0.0
     offered_images_per_s: float = 0.0  # open loop at a fixed offered rate
 
@@ -61,10 +65,14 @@ class Point:
 
 @dataclass
 class Plan:
-    """Which topologies exist and which points each runs."""
+    """Which topologies exist and which points each runs. The ``interleaved`` topologies are up
+    together and their points run in plan order (one loaded at a time, the others idle), so
+    their comparison is not skewed by what else the machine did minutes apart; every other
+    topology runs alone, its points one after another."""
 
     topologies: dict[str, dict[str, Any]]  # name -> {"kind": ..., "settings": {...}}
     points: list[Point] = field(default_factory=list)
+    interleaved: tuple[str, ...] = ()
 
 
 BATCHING_ON: dict[str, str] = {}  # the server's defaults: max_batch_size 32, max_delay_ms 5
@@ -72,59 +80,74 @@ BATCHING_OFF = {"max_batch_size": "1"}
 # On CPU the model's cost per image grows with the batch (see docs/BENCHMARKS.md): smaller maxima
 BATCH_SMALL = {"batch4": {"max_batch_size": "4"}, "batch8": {"max_batch_size": "8"}}
 MAIN = "jpeg_500x375"
+# Overload: a queue of 8 images under 64 clients, so most requests must be shed
+OVERLOAD = {"max_queue_images": str(OVERLOAD_QUEUE), "max_images_per_request": str(OVERLOAD_QUEUE)}
+OVERLOAD_CONCURRENCY = OVERLOAD_CLIENTS
 CONCURRENCY = (1, 8, 32, 128)
+CAPACITY_CONCURRENCY = (32, 128)  # capacity: the best closed-loop images/s at these
+SWEEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # open loop: offered load as a fraction of capacity
+SMOKE_SWEEP_FRACTIONS = (0.1, 0.5)
+PAIR = ("batching_on", "naive")  # measured interleaved, point by point
 CEILING_BATCH_SIZES = (1, 4, 8, 16)  # besides max_batch_size, for the main image set
+
+
+def interleave(*points: Point) -> list[Point]:
+    """The same load on each topology of the pair, one after the other."""
+    return [Point(topology, p.workload, p.concurrency) for p in points for topology in PAIR]
+
+
+def sweep(fractions: tuple[float, ...], capacity_concurrency: tuple[int, ...]) -> list[Point]:
+    """Open loop at each fraction of each pair member's own capacity, interleaved."""
+    return [
+        Point(topology, MAIN, rate_of=tuple(f"{topology}/{MAIN}/c{c}" for c in capacity_concurrency),
+              rate_fraction=fraction)
+        for fraction in fractions
+        for topology in PAIR
+    ]  # fmt: skip
 
 
 def full_plan(replicas: bool, gpu: bool) -> Plan:
     topologies: dict[str, dict[str, Any]] = {
         "batching_on": {"kind": "ours", "settings": BATCHING_ON},
-        "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
         "naive": {"kind": "naive"},
+        "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
+        "overload": {"kind": "ours", "settings": OVERLOAD},
     }
-    points = [Point("batching_on", MAIN, c) for c in CONCURRENCY]
-    points += [
-        Point("batching_on", "jpeg_12mp", 1),
-        Point("batching_on", "jpeg_12mp", 32),
-        Point("batching_on", "png_512", 32),
-        Point("batching_on", "multi8_500x375", 8),
-        Point("batching_on", "raw_500x375", 32),
-        Point("batching_on", MAIN, rate_of=f"batching_on/{MAIN}/c32", rate_fraction=0.7),
-    ]
-    points += [Point("batching_off", MAIN, c) for c in CONCURRENCY]
+    points = interleave(*(Point("", MAIN, c) for c in CONCURRENCY))
+    points += interleave(Point("", "jpeg_12mp", 1), Point("", "jpeg_12mp", 32), Point("", "png_512", 32))
+    points += [Point("batching_on", "multi8_500x375", 8), Point("batching_on", "raw_500x375", 32)]
+    points += sweep(SWEEP_FRACTIONS, CAPACITY_CONCURRENCY)
     if gpu:
         # the issue's GPU latency target: p99 at 2,000 images/s offered
         points += [Point("batching_on", MAIN, offered_images_per_s=2000.0)]
-    else:
+    points += [Point("batching_off", MAIN, c) for c in CONCURRENCY]
+    if not gpu:
         for name, settings in BATCH_SMALL.items():
             topologies[name] = {"kind": "ours", "settings": settings}
             points += [Point(name, MAIN, 32)]
-    points += [Point("naive", MAIN, c) for c in CONCURRENCY]
-    points += [Point("naive", "jpeg_12mp", 1), Point("naive", "jpeg_12mp", 32), Point("naive", "png_512", 32)]
+    points += [Point("overload", MAIN, OVERLOAD_CONCURRENCY)]
     if replicas:
         topologies["nginx_1"] = {"kind": "replicas", "replicas": 1, "settings": BATCHING_ON}
         topologies["nginx_2"] = {"kind": "replicas", "replicas": 2, "settings": BATCHING_ON}
         points += [Point("nginx_1", MAIN, 32), Point("nginx_2", MAIN, 32)]
-    return Plan(topologies, points)
+    return Plan(topologies, points, PAIR)
 
 
 def smoke_plan(replicas: bool) -> Plan:
     topologies: dict[str, dict[str, Any]] = {
         "batching_on": {"kind": "ours", "settings": BATCHING_ON},
-        "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
         "naive": {"kind": "naive"},
+        "batching_off": {"kind": "ours", "settings": BATCHING_OFF},
+        "overload": {"kind": "ours", "settings": OVERLOAD},
     }
-    points = [
-        Point("batching_on", MAIN, 1),
-        Point("batching_on", MAIN, 8),
-        Point("batching_on", "multi8_500x375", 2),
-        Point("batching_off", MAIN, 8),
-        Point("naive", MAIN, 8),
-    ]
+    points = interleave(Point("", MAIN, 1), Point("", MAIN, 8))
+    points += [Point("batching_on", "multi8_500x375", 2)]
+    points += sweep(SMOKE_SWEEP_FRACTIONS, (8,))
+    points += [Point("batching_off", MAIN, 8), Point("overload", MAIN, OVERLOAD_CONCURRENCY)]
     if replicas:
         topologies["nginx_2"] = {"kind": "replicas", "replicas": 2, "settings": BATCHING_ON}
         points.append(Point("nginx_2", MAIN, 8))
-    return Plan(topologies, points)
+    return Plan(topologies, points, PAIR)
 
 
 # --- the machine ----------------------------------------------------------------------------------
@@ -318,7 +341,8 @@ def measure_point(
             str(result_path),
         ]
         if rate:
-            argv += ["--rate", repr(rate / client_procs)]
+            # one Poisson stream per process, each seeded apart: together a Poisson stream of ``rate``
+            argv += ["--rate", repr(rate / client_procs), "--arrivals", "poisson", "--seed", str(index)]
         else:
             share = point.concurrency // client_procs + (1 if index < point.concurrency % client_procs else 0)
             if share == 0:
@@ -355,6 +379,7 @@ def merge(
     rate: float,
 ) -> dict[str, Any]:
     latencies = sorted(lat for c in clients for lat in c["latencies_s"])
+    shed = [lat for c in clients for lat in c["shed_latencies_s"]]
     ipr = clients[0]["images_per_request"]
     errors: Counter[str] = Counter()
     for c in clients:
@@ -373,8 +398,15 @@ def merge(
         "mode": "open" if rate else "closed",
         "concurrency": point.concurrency,
         "offered_images_per_s": rate * ipr if rate else None,
+        "rate_fraction": point.rate_fraction or None,
         "duration_s": duration_s,
         **window,
+        "requests_sent": client_requests,
+        "shed": {
+            "count": len(shed),
+            "with_retry_after": sum(c["shed_with_retry_after"] for c in clients),
+            "latency_ms": {f"p{q}": 1000 * percentile(shed, q) for q in (50, 99)},
+        },
         "sample_error_body": next((c["sample_error_body"] for c in clients if c["sample_error_body"]), ""),
         "server_cpu_s": server_cpu_s,
         "server_images": server_images,
@@ -411,6 +443,8 @@ def run_ceiling(
         *([] if args.smoke else ["1"]),
         "--model-batch-sizes",
         *map(str, (1,) if args.smoke else (1, 2, 4, 8, 16, 32)),
+        "--single-image-duration",
+        str(args.ceiling_duration / 2),
     ]
     env = {**os.environ, **{f"IMGSERVE_{k.upper()}": v for k, v in BATCHING_ON.items()}}
     subprocess.run(
@@ -519,30 +553,45 @@ def measure_ceiling(run: Run) -> dict[str, Any]:
 
 
 def measure_points(run: Run) -> dict[str, dict[str, Any]]:
-    """Every point of the plan, topology by topology; the figures by point key."""
+    """Every point of the plan: the interleaved topologies up together, then each other
+    topology alone; the figures by point key."""
     results: dict[str, dict[str, Any]] = {}
     used = [t for t in run.plan.topologies if any(p.topology == t for p in run.plan.points)]
+    together = [t for t in used if t in run.plan.interleaved]
     with tqdm(total=len(run.plan.points), desc="load points", unit="point") as bar:
+        if together:
+            measure_topologies(run, together, results, bar)
         for topo_name in used:
-            measure_topology(run, topo_name, results, bar)
+            if topo_name not in together:
+                measure_topologies(run, [topo_name], results, bar)
     return results
 
 
-def measure_topology(run: Run, name: str, results: dict[str, dict[str, Any]], bar: tqdm[Any]) -> None:
-    """Start one topology, measure each of its points into ``results``, stop it."""
-    spec = run.plan.topologies[name]
-    topo = start_topology(
-        name, spec, run.model, run.naive_model, run.out, run.pinning.server_cpus, server_settings(run.args)
-    )
+def measure_topologies(
+    run: Run, names: list[str], results: dict[str, dict[str, Any]], bar: tqdm[Any]
+) -> None:
+    """Start these topologies, measure their points in plan order into ``results``, stop them."""
+    topos: dict[str, Topology] = {}
     try:
-        for point in (p for p in run.plan.points if p.topology == name):
+        for name in names:
+            topos[name] = start_topology(
+                name,
+                run.plan.topologies[name],
+                run.model,
+                run.naive_model,
+                run.out,
+                run.pinning.server_cpus,
+                server_settings(run.args),
+            )
+        for point in (p for p in run.plan.points if p.topology in topos):
             rate = offered_rate(point, run.workloads[point.workload], results)
             if rate is None:
+                tqdm.write(f"{point.key}: skipped, none of {', '.join(point.rate_of)} served anything")
                 bar.update()
                 continue
             bar.set_postfix_str(point.key)
             results[point.key] = measure_point(
-                topo,
+                topos[point.topology],
                 point,
                 run.out / "workloads" / point.workload,
                 run.args,
@@ -551,10 +600,13 @@ def measure_topology(run: Run, name: str, results: dict[str, dict[str, Any]], ba
                 rate,
                 run.out,
             )
+            if point.rate_of:
+                results[point.key]["capacity_images_per_s"] = capacity_of(point, results)
             bar.update()
             tqdm.write(one_line(results[point.key]))
     finally:
-        topo.stop()
+        for topo in reversed(topos.values()):
+            topo.stop()
 
 
 def server_settings(args: Any) -> dict[str, str]:
@@ -566,15 +618,21 @@ def server_settings(args: Any) -> dict[str, str]:
     return settings
 
 
+def capacity_of(point: Point, results: dict[str, dict[str, Any]]) -> float | None:
+    """Images/s the point's rate is a fraction of: the best of its ``rate_of`` points (closed
+    loop at high concurrency) that ran; None when none ran or served anything."""
+    measured = [results[key]["images_per_s"] for key in point.rate_of if key in results]
+    return max(measured) if measured and max(measured) > 0 else None
+
+
 def offered_rate(point: Point, workload: Workload, results: dict[str, dict[str, Any]]) -> float | None:
-    """Requests/s for an open-loop point (0: closed loop); None when the point its rate is a
-    fraction of did not run or served nothing."""
+    """Requests/s for an open-loop point (0: closed loop); None when its capacity is unknown."""
     if not point.rate_of:
         return point.offered_images_per_s / workload.images_per_request
-    base = results.get(point.rate_of)
-    if base is None or not base["images_per_s"]:
+    capacity = capacity_of(point, results)
+    if capacity is None:
         return None
-    return point.rate_fraction * base["images_per_s"] / workload.images_per_request
+    return point.rate_fraction * capacity / workload.images_per_request
 
 
 def assemble_report(
@@ -633,9 +691,11 @@ def one_line(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     cpu = r["server_cpu_s_per_image"]
     batch = r["mean_batch_size"]
+    shed = r["shed"]["count"]
+    shed_text = f" ({shed} shed, p50 {r['shed']['latency_ms']['p50']:.1f} ms)" if shed else ""
     return (
         f"{r['key']:40s} {r['images_per_s']:8.1f} img/s  p50 {lat['p50']:7.1f}  p99 {lat['p99']:7.1f} ms  "
         f"server {1000 * cpu if cpu else float('nan'):6.2f} CPU-ms/img  "
         f"batch {batch if batch else float('nan'):5.1f}  "
-        f"errors {r['error_count']}"
+        f"errors {r['error_count']}{shed_text}"
     )

@@ -11,11 +11,13 @@ Two loops, each bounded in time:
 
 - closed loop: ``concurrency`` keep-alive connections, each sends its next request as soon as
   the previous answer arrives;
-- open loop: requests fall due on a fixed schedule of ``rate_per_s`` whatever the server does
-  (as real traffic comes), on as many connections as needed up to ``max_in_flight``; a request
-  due while that many are outstanding is not sent and is counted as dropped. Latency counts
-  from the moment a request was due, so a stalled server cannot hide its queueing (no
-  coordinated omission).
+- open loop: requests fall due on a schedule of ``rate_per_s`` made before the load starts,
+  whatever the server does (as real traffic comes): evenly spaced (``uniform``) or with
+  exponential gaps (``poisson``: independent users, bursts included; seeded, so repeatable).
+  They go out on as many connections as needed up to ``max_in_flight``; a request due while
+  that many are outstanding is not sent and is counted as dropped. Latency counts from the
+  moment a request was due, not from when it was written, so neither a stalled server nor a
+  late client can hide queueing (no coordinated omission).
 
 In process, ``closed_loop`` and ``open_loop`` return one ``Result`` per request. As a command,
 ``python -m harness.loadgen --workload DIR --port 8000 --connections 32`` (the benchmarks run
@@ -32,13 +34,14 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
 import time
 from collections import Counter
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -48,6 +51,9 @@ ERROR_BODY_CHARS = 300  # enough of a non-200 body to say what went wrong
 # as the server closes the connection: that race ends in a reset that is the client's doing.
 MAX_IDLE_S = 2.0
 
+
+# How the requests of an open loop fall due: evenly spaced, or a Poisson process
+Arrivals = Literal["uniform", "poisson"]
 
 # A request body: (bytes, content type), or (bytes, content type, extra headers).
 Body = tuple[bytes, str] | tuple[bytes, str, Mapping[str, str]]
@@ -195,8 +201,28 @@ async def _closed_loop(
     return results
 
 
+def arrival_offsets(
+    rate_per_s: float, duration_s: float, arrivals: Arrivals = "uniform", seed: int = 0
+) -> list[float]:
+    """When each request of an open loop falls due, in seconds from its start, all before
+    ``duration_s``: every 1/rate s from 0 (``uniform``), or after gaps drawn from an exponential
+    distribution of mean 1/rate (``poisson``, from a generator seeded with ``seed``)."""
+    if rate_per_s <= 0:
+        raise ValueError(f"an open loop needs a rate above 0 requests/s; got {rate_per_s}")
+    if arrivals not in get_args(Arrivals):
+        raise ValueError(f"arrivals must be one of {get_args(Arrivals)}; got {arrivals!r}")
+    if arrivals == "uniform":
+        return [n / rate_per_s for n in range(math.ceil(rate_per_s * duration_s))]
+    rng, offsets = random.Random(seed), []
+    due = rng.expovariate(rate_per_s)
+    while due < duration_s:
+        offsets.append(due)
+        due += rng.expovariate(rate_per_s)
+    return offsets
+
+
 async def _open_loop(
-    target: Target, rate_per_s: float, duration_s: float, max_in_flight: int, t0: float, offset: int
+    target: Target, offsets: Sequence[float], max_in_flight: int, t0: float, offset: int
 ) -> tuple[list[Result], int]:
     requests, (host, port) = build_requests(target), _address(target.url)
     results: list[Result] = []
@@ -209,8 +235,7 @@ async def _open_loop(
         results.append(await _send(conn, request, due, t0, target.timeout_s))
         idle.append(conn)
 
-    n = 0
-    while (due := t0 + n / rate_per_s) < t0 + duration_s:
+    for n, due in enumerate(t0 + x for x in offsets):
         # sleep(0) too: when behind schedule the answers still get read
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         if len(in_flight) >= max_in_flight:
@@ -219,7 +244,6 @@ async def _open_loop(
             task = asyncio.create_task(send(requests[(offset + n) % len(requests)], due))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-        n += 1
     if in_flight:
         await asyncio.wait(in_flight, timeout=target.timeout_s + 1)
     for conn in idle:
@@ -255,11 +279,15 @@ def open_loop(
     *,
     t0: float | None = None,
     offset: int = 0,
+    arrivals: Arrivals = "uniform",
+    seed: int = 0,
 ) -> tuple[list[Result], int]:
-    """Requests due at ``rate_per_s`` for ``duration_s`` from ``t0`` (default now); returns
-    (the results in order of start, how many were dropped because ``max_in_flight`` were out)."""
+    """Requests due at ``rate_per_s`` (``arrival_offsets``) for ``duration_s`` from ``t0``
+    (default now); returns (the results in order of due time, each timed from it, and how many
+    were dropped because ``max_in_flight`` were out)."""
     start = time.monotonic() if t0 is None else t0
-    results, dropped = _run(_open_loop(target, rate_per_s, duration_s, max_in_flight, start, offset))
+    offsets = arrival_offsets(rate_per_s, duration_s, arrivals, seed)
+    results, dropped = _run(_open_loop(target, offsets, max_in_flight, start, offset))
     return sorted(results, key=lambda r: r.started_s), dropped
 
 
@@ -342,7 +370,14 @@ def measure(args: argparse.Namespace, workload: SavedWorkload) -> dict[str, Any]
     cpu_before, wall_before = os.times(), time.monotonic()
     if args.rate:
         results, dropped = open_loop(
-            target, args.rate, total_s, args.max_in_flight, t0=args.t0, offset=args.offset
+            target,
+            args.rate,
+            total_s,
+            args.max_in_flight,
+            t0=args.t0,
+            offset=args.offset,
+            arrivals=args.arrivals,
+            seed=args.seed,
         )
     else:
         results, dropped = closed_loop(target, args.connections, total_s, t0=args.t0, offset=args.offset), 0
@@ -352,18 +387,23 @@ def measure(args: argparse.Namespace, workload: SavedWorkload) -> dict[str, Any]
     if dropped:
         errors["dropped"] = dropped  # over the whole run: a dropped request has no finish time
     latencies_s = [r.latency_s for r in window if r.status == 200]
+    shed = [r for r in window if r.status == 503]
     return summarise(latencies_s, dict(errors), args.duration, workload.images_per_request) | {
         "workload": workload.name,
         "images_per_request": workload.images_per_request,
         "mode": "open" if args.rate else "closed",
         "connections": args.connections,
         "rate": args.rate,
+        "arrivals": args.arrivals if args.rate else None,
         "duration_s": args.duration,
         "requests_sent": len(results),
         "sample_error_body": next((r.error_body for r in window if r.error_body), ""),
         "client_cpu_s": (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system),
         "client_wall_s": time.monotonic() - wall_before,
         "latencies_s": latencies_s,
+        # load shedding: how fast a refused client learns it, and whether it is told when to retry
+        "shed_latencies_s": [r.latency_s for r in shed],
+        "shed_with_retry_after": sum(1 for r in shed if r.retry_after is not None),
     }
 
 
@@ -378,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
         "--rate", type=float, default=0.0, help="open loop: requests/s (overrides --connections)"
     )
     parser.add_argument("--max-in-flight", type=int, default=512, help="open loop: most requests out")
+    parser.add_argument(
+        "--arrivals", choices=get_args(Arrivals), default="uniform", help="open loop: the schedule's gaps"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="open loop: the Poisson schedule's seed")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per request")
     parser.add_argument("--t0", type=float, default=0.0, help="absolute time.monotonic() to start at")
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -392,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(result))
     else:
         latencies = result.pop("latencies_s")
+        result.pop("shed_latencies_s")
         print(json.dumps(result, indent=2), f"\n{len(latencies)} latencies")
 
 

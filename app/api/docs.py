@@ -12,6 +12,9 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from app.config import Settings
+from app.inference.errors import InferenceError, NotReadyError
+from app.inference.model import MAX_TOP_K
+from app.state import AppState
 
 # Swagger UI's JS/CSS, served from the swagger-ui-bundle-v2 wheel rather than FastAPI's default
 # CDN (cdn.jsdelivr.net), so /docs works offline and behind egress filters. Always public:
@@ -58,8 +61,12 @@ def _add_protected_docs(app: FastAPI, dependencies: list[Any]) -> None:
 
 
 def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
-    """The schema says how many files one request may carry (a setting, so known only here)."""
+    """The schema says what the settings and the served models allow, so that it matches what
+    the server accepts: how many files one request may carry, and ``top_k``'s maximum (the
+    model's classes, at most ``MAX_TOP_K``). The models can change while the server runs (a
+    swap), so the schema is rebuilt when the served models' class counts change."""
     generate = app.openapi
+    built: dict[object, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -70,6 +77,38 @@ def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
             files = predict_body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
             files["maxItems"] = settings.max_images_per_request
             app.openapi_schema = schema
-        return app.openapi_schema
+        maxima = _top_k_maxima(app)
+        if maxima not in built:
+            built.clear()
+            built[maxima] = _with_top_k_maxima(app.openapi_schema, *maxima)
+        return built[maxima]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _top_k_maxima(app: FastAPI) -> tuple[int, int]:
+    """(top_k's maximum on /predict: the default model's; on the named-model routes: the largest)."""
+    state: AppState = app.state.imgserve
+    try:
+        models = state.served_models()
+    except NotReadyError:
+        return MAX_TOP_K, MAX_TOP_K
+    largest = max((model.max_top_k for model in models), default=MAX_TOP_K)
+    try:
+        default = state.get_model().max_top_k
+    except InferenceError:  # several models and no default: /predict answers 404
+        default = largest
+    return default, largest
+
+
+def _with_top_k_maxima(schema: dict[str, Any], default: int, largest: int) -> dict[str, Any]:
+    schema = copy.deepcopy(schema)
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and parameter["name"] == "top_k":
+                    bounds = parameter["schema"].get("anyOf", [parameter["schema"]])
+                    for bound in bounds:
+                        if bound.get("type") == "integer":
+                            bound["maximum"] = default if path == "/predict" else largest
+    return schema

@@ -30,6 +30,7 @@ from app.inference.errors import (
     InvalidRequestError,
     ModelFailedError,
     ModelNotFoundError,
+    RequestTooLargeError,
     UnavailableError,
 )
 
@@ -38,11 +39,12 @@ logger = logging.getLogger(__name__)
 # The core's errors as statuses of the {"error"} front ends. Triton's v2 HTTP server and TF
 # Serving's REST API both map gRPC codes to HTTP the same way: the client's fault is 400 (a
 # bad, undecodable or disallowed image included), an unknown model 404, not ready or overloaded
-# 503. An image over the pixel limit is 413, like the byte and image-count limits.
+# 503. An image or a request over its pixel limit is 413, like the byte and image-count limits.
 ERROR_BODY_STATUS: dict[type[InferenceError], int] = {
     InvalidRequestError: 400,
     ImageError: 400,
     ImageTooLargeError: 413,
+    RequestTooLargeError: 413,
     ModelNotFoundError: 404,
     UnavailableError: 503,
     DeadlineExceededError: 504,

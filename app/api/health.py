@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import NOT_READY, StateDep
 from app.schemas import HealthResponse
@@ -22,3 +22,16 @@ async def readyz(state: StateDep) -> HealthResponse:
     draining; 503 otherwise."""
     state.check_ready()
     return HealthResponse(status="ready")
+
+
+# HEAD, as a load balancer's or uptime checker's cheap probe: the GET's status, no body. Not
+# in the OpenAPI schema, as FastAPI lists no HEAD operations (README, API section).
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head() -> Response:
+    return Response()
+
+
+@router.head("/readyz", include_in_schema=False)
+async def readyz_head(state: StateDep) -> Response:
+    state.check_ready()
+    return Response()

@@ -97,6 +97,7 @@ def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
             max_upload_bytes=settings.max_upload_bytes,
             max_images_per_request=settings.max_images_per_request,
             max_image_pixels=settings.max_image_pixels,
+            max_request_pixels=settings.max_request_pixels,
             allowed_formats=settings.allowed_formats,
         ),
     )

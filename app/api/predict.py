@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from app.api.deps import NOT_READY, StateDep, error_response
+from app.api.deps import NOT_READY, TOP_K_DESCRIPTION, StateDep, WholeNumber, error_response
 from app.api.disconnect import unless_disconnected
 from app.api.uploads import FILE_FIELD, FORMAT_MEDIA_TYPES, OCTET_STREAM, UploadLimits, read_uploads
 from app.config import SUPPORTED_FORMATS
 from app.inference.deadline import request_deadline
+from app.inference.model import MAX_TOP_K
 from app.inference.postprocess import Classification
 from app.middleware import get_request_context
 from app.schemas import ClassScore, ImagePrediction, PredictResponse
@@ -58,10 +59,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-TopK = Annotated[
-    int,
-    Query(ge=1, description="Classes per image: 1 to the number of classes (default 5, or all if fewer)."),
-]
+TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description=TOP_K_DESCRIPTION), WholeNumber]
 ModelName = Annotated[str, Path(description="A served model's name.")]
 ModelVersion = Annotated[str, Path(description="One of its served versions.")]
 _ROUTE_OPTIONS: dict[str, Any] = {
@@ -108,7 +106,7 @@ async def classify_request(
         allowed_formats=frozenset(settings.allowed_formats),
     )
     async with request_deadline(settings.request_timeout_s):
-        uploads = await read_uploads(request, limits)
+        uploads = await read_uploads(request, limits, state.parse_pool)
         context = get_request_context(request.scope)
         if context is not None:
             context.images = len(uploads)

@@ -20,14 +20,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from app.api.body import read_body
-from app.api.deps import StateDep
+from app.api.deps import TOP_K_DESCRIPTION, StateDep, WholeNumber
 from app.api.disconnect import unless_disconnected
 from app.api.error_routes import ERROR_BODY_STATUS, ErrorBodyRoute, error_body_schema
 from app.api.models import describe_model
 from app.api.version_status import with_version_status
 from app.errors import BadRequestError, PayloadTooLargeError
 from app.inference.deadline import request_deadline
-from app.inference.model import NamedImage
+from app.inference.model import MAX_TOP_K, NamedImage
 from app.inference.postprocess import Classification
 from app.middleware import get_request_context
 from app.schemas import ModelStatusInfo
@@ -75,7 +75,7 @@ REQUEST_BODY: dict[str, Any] = {
         }
     },
 }
-TopK = Annotated[int | None, Query(ge=1, description="Classes per image (default 5, or all if fewer).")]
+TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description=TOP_K_DESCRIPTION), WholeNumber]
 WithProbabilities = Annotated[bool, Query(description="Also return every class's probability.")]
 
 

@@ -3,12 +3,23 @@
 Two shapes: ``multipart/form-data`` with one or more parts named ``file``, or a raw body with
 an image content type. Multipart is parsed with python-multipart's streaming parser directly
 (Starlette's ``request.form()`` would spool files to temporary files first); each part's bytes
-are kept as views of the received chunks and joined once.
+are gathered in one buffer.
+
+The parser is pure Python, and crafted framing (a one-character boundary, the body full of
+``CRLF--a`` and one more byte) cost it ~100x a normal body's time. Two things bound that: a
+body may hold no more boundary delimiters than its parts allow (counted in C, see
+:class:`_Framing`), and the parser never runs on the event loop: the chunks are gathered as
+they arrive and handed, ``PARSE_BATCH_BYTES`` at a time, to the parse thread (one per process:
+parsing holds the GIL, so more threads would only take it from the event loop more often).
+Limits still apply while the body streams in: bytes at once, parts, names and delimiters at
+each batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -36,6 +47,9 @@ FORMAT_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
     "GIF": ("image/gif",),
 }
 OCTET_STREAM = "application/octet-stream"
+# Bytes of multipart body parsed in one step on the parse thread: a crafted batch costs it
+# ~25 ms, the most a normal upload's parse waits per crafted request ahead of it.
+PARSE_BATCH_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,10 @@ class Upload(NamedImage):
     filename: str | None = None
 
 
-async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
-    """All images of the request, in order; raises a typed error naming what is wrong."""
+async def read_uploads(request: Request, limits: UploadLimits, parse_pool: Executor | None) -> list[Upload]:
+    """All images of the request, in order; raises a typed error naming what is wrong.
+
+    ``parse_pool`` parses multipart bodies off the event loop (None: on it, for tests)."""
     content_type, options = parse_options_header(request.headers.get("content-type"))
     media_type = content_type.decode("latin-1").lower()
     check_content_length(request, limits.max_upload_bytes)
@@ -64,7 +80,8 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequestError("multipart/form-data without a boundary parameter")
-        uploads = await _read_multipart(body_chunks(request, limits.max_upload_bytes), boundary, limits)
+        chunks = body_chunks(request, limits.max_upload_bytes)
+        uploads = await _read_multipart(chunks, boundary, limits, parse_pool)
     elif media_type in limits.raw_media_types:
         data = b"".join([chunk async for chunk in body_chunks(request, limits.max_upload_bytes)])
         uploads = [Upload(name=RAW_BODY_NAME, data=data, filename=None)]
@@ -90,7 +107,7 @@ class _MultipartCollector:
     _header_field: bytearray = field(default_factory=bytearray)
     _header_value: bytearray = field(default_factory=bytearray)
     _disposition: bytes = b""
-    _pieces: list[memoryview] = field(default_factory=list)
+    _data: bytearray = field(default_factory=bytearray)
     _filename: str | None = None
 
     def callbacks(self) -> dict[str, object]:
@@ -107,7 +124,7 @@ class _MultipartCollector:
 
     def on_part_begin(self) -> None:
         self._disposition = b""
-        self._pieces = []
+        self._data = bytearray()
         self._filename = None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -139,34 +156,86 @@ class _MultipartCollector:
         self._filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        # Received chunks are immutable bytes: keep a view, copy once at the part's end. The
-        # parser's own lookbehind buffer is a bytearray it reuses, so that one is copied now.
-        piece = memoryview(data)[start:end] if isinstance(data, bytes) else memoryview(bytes(data[start:end]))
-        self._pieces.append(piece)
+        # Copied into one buffer, not kept as views of the chunks: crafted framing makes the
+        # parser report a part in millions of 6-byte pieces, and a view each would cost ~200
+        # bytes of memory per piece (500 MB for a 19 MB body) and a long join.
+        self._data += memoryview(data)[start:end]
 
     def on_part_end(self) -> None:
         number = len(self.uploads) + 1
         label = f"file #{number}" + (f" {self._filename!r}" if self._filename else "")
-        self.uploads.append(Upload(name=label, data=b"".join(self._pieces), filename=self._filename))
-        self._pieces = []
+        self.uploads.append(Upload(name=label, data=bytes(self._data), filename=self._filename))
+        self._data = bytearray()
 
     def on_end(self) -> None:
         self.finished = True
 
 
 async def _read_multipart(
-    chunks: AsyncIterator[bytes], boundary: bytes, limits: UploadLimits
+    chunks: AsyncIterator[bytes], boundary: bytes, limits: UploadLimits, parse_pool: Executor | None
 ) -> list[Upload]:
     collector = _MultipartCollector(limits)
-    try:
-        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-        async for chunk in chunks:
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as exc:
-        raise UnprocessableError(f"malformed multipart body: {exc}") from exc
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    framing = _Framing(parser, b"\r\n--" + boundary, max_delimiters=limits.max_images_per_request + 1)
+    batch: list[bytes] = []
+    batch_bytes = 0
+    async for chunk in chunks:
+        batch.append(chunk)
+        batch_bytes += len(chunk)
+        if batch_bytes >= PARSE_BATCH_BYTES:
+            await _parse(framing, batch, parse_pool, finish=False)
+            batch, batch_bytes = [], 0
+    await _parse(framing, batch, parse_pool, finish=True)
     if not collector.finished:
         raise UnprocessableError("malformed multipart body: it ends before the closing boundary")
     if not collector.uploads:
         raise UnprocessableError(f"no images: send one or more multipart parts named {FILE_FIELD!r}")
     return collector.uploads
+
+
+@dataclass
+class _Framing:
+    """The parser, and a count of the boundary delimiters in the body, taken before parsing.
+
+    RFC 2046 forbids the delimiter (CRLF, "--", the boundary) inside a part, so a body of at
+    most N parts holds at most N + 1 of them (the closing one included). Counting is one C scan
+    (``bytes.count``); the parser, pure Python, steps byte by byte after each delimiter it
+    finds. A body with more delimiters than allowed is refused before the parser sees them:
+    without that, 19 MB of "CRLF--a" under the boundary "a" would be ~2.7 million Python steps.
+    """
+
+    parser: MultipartParser
+    delimiter: bytes
+    max_delimiters: int
+    seen: int = 0
+    tail: bytes = b""  # the last len(delimiter) - 1 bytes fed, for a delimiter across chunks
+
+    def feed(self, chunks: list[bytes], finish: bool) -> None:
+        try:
+            for chunk in chunks:
+                self._count(chunk)
+                self.parser.write(chunk)
+            if finish:
+                self.parser.finalize()
+        except FormParserError as exc:
+            raise UnprocessableError(f"malformed multipart body: {exc}") from exc
+
+    def _count(self, chunk: bytes) -> None:
+        keep = len(self.delimiter) - 1
+        across = (self.tail + chunk[:keep]).count(self.delimiter)
+        self.seen += across + chunk.count(self.delimiter)
+        self.tail = (self.tail + chunk[-keep:])[-keep:]
+        if self.seen > self.max_delimiters:
+            raise UnprocessableError(
+                f"malformed multipart body: the boundary delimiter occurs more than {self.max_delimiters} "
+                f"times, but a request holds at most {self.max_delimiters - 1} parts and the delimiter "
+                f"must not occur inside a part (RFC 2046); choose a boundary that is not in the data"
+            )
+
+
+async def _parse(framing: _Framing, chunks: list[bytes], pool: Executor | None, finish: bool) -> None:
+    """Feed ``chunks`` to the parser on ``pool``'s thread (one batch at a time, in order)."""
+    if pool is None:
+        framing.feed(chunks, finish)
+    else:
+        await asyncio.get_running_loop().run_in_executor(pool, framing.feed, chunks, finish)

@@ -39,6 +39,10 @@ class ImageTooLargeError(ImageError):
     """More pixels than the limit, found from the header before decoding."""
 
 
+class RequestTooLargeError(InferenceError):
+    """The request's images together decode to more pixels than one request may bring."""
+
+
 class ModelNotFoundError(InferenceError):
     """No model (or no version of it) by the name the request gave."""
 
@@ -60,6 +64,10 @@ class NotReadyError(UnavailableError):
 
 class QueueFullError(UnavailableError):
     """The batcher's queue has no room for the request's images."""
+
+
+class DecodeBusyError(UnavailableError):
+    """The process's budget of pixels admitted for decoding is spent; the request may fit later."""
 
 
 class DeadlineExceededError(InferenceError):

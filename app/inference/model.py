@@ -2,8 +2,10 @@
 
 ``ServedModel.classify`` is the whole inference core as a front end sees it: named image bytes
 and a ``top_k`` in, a labelled :class:`Classification` per image out, or one of the core's
-errors (``app.inference.errors``). Decoding runs in a thread pool shared by every model of
-the process (:class:`Decoder`); the model runs on its batcher's own thread. Nothing here
+errors (``app.inference.errors``). Admission reads every image's header first and counts
+the pixels decoding will produce against a per-request and a process-wide budget; decoding
+runs on threads shared by every model of the process (:class:`Decoder`), scheduled fairly
+across requests; the model runs on its batcher's own thread. Nothing here
 knows about HTTP.
 """
 
@@ -13,22 +15,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 
-from app.inference.batcher import Batcher, BatcherConfig
+from app.inference.batcher import Batcher, BatcherConfig, retry_after_s
 from app.inference.engine import Engine
-from app.inference.errors import InvalidRequestError, NotReadyError
+from app.inference.errors import DecodeBusyError, InvalidRequestError, NotReadyError, RequestTooLargeError
 from app.inference.postprocess import Classification, classify
-from app.inference.preprocess import ImageLimits, preprocess
+from app.inference.preprocess import ImageCost, ImageLimits, preprocess, probe
+from app.inference.scheduler import FairScheduler, Job
 from model_card import ModelCard, Preprocessing
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+# The most classes one answer lists per image, whatever the model: 32 images x 1,000 labelled
+# scores would be a 2 MB answer for a request of a few KB. Every probability is still there
+# for whoever wants it (v2's probs output, TF Serving's ?probabilities=true).
+MAX_TOP_K = 100
 
 
 class InferenceObserver(Protocol):
@@ -44,41 +51,152 @@ class NamedImage:
     data: bytes
 
 
-class Decoder:
-    """The decode and preprocess thread pool, one per process; start/stop from a lifespan."""
+@dataclass(frozen=True)
+class DecodeBudget:
+    """Bounds on decode work, in pixels the decoder will produce (JPEG draft scaling counted).
 
-    def __init__(self, threads: int, limits: ImageLimits, observer: InferenceObserver | None = None) -> None:
+    ``max_request_pixels``: one request's images together; more is refused for good.
+    ``max_decoding_pixels``: every request's images admitted and not yet decoded, across the
+    process; a request that would pass it is refused for now (retry later).
+    """
+
+    max_request_pixels: int
+    max_decoding_pixels: int
+
+
+# An image that decodes to more pixels than this is heavy: it takes the heavy lane, which
+# leaves one decode thread to the rest (app.inference.scheduler). 4 MP is ~40-80 ms of decode
+# on one core: a lossless 2000x2000 PNG; a 12-MP phone JPEG (draft mode) is far below it.
+HEAVY_IMAGE_PIXELS = 4_000_000
+
+
+@dataclass(eq=False)
+class Admission:
+    """A request's images, their costs and the pixels of the process budget they still hold."""
+
+    images: Sequence[NamedImage]
+    costs: list[ImageCost]
+    spec: Preprocessing
+    _decoder: Decoder = field(repr=False)
+    held_pixels: int = 0
+
+    def release(self, pixels: int | None = None) -> None:
+        """Give back ``pixels`` (an image decoded), or everything still held."""
+        amount = self.held_pixels if pixels is None else min(pixels, self.held_pixels)
+        self.held_pixels -= amount
+        self._decoder._release(amount)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class Decoder:
+    """The decode and preprocess threads, one set per process; start/stop from a lifespan.
+
+    Admission (:meth:`admit`) reads every image's header in a decode thread, before any decoding:
+    format allowlist and per-image pixel limit, then the request's pixels against the per-request
+    and process budgets. :meth:`decode_all` then decodes the images on the fair scheduler
+    (round-robin across requests, heavy images in their own lane).
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        limits: ImageLimits,
+        observer: InferenceObserver | None = None,
+        budget: DecodeBudget | None = None,
+    ) -> None:
         self.threads = threads
         self.limits = limits
+        # Without budgets (tests of other parts): 32 images at the per-image limit.
+        self.budget = budget or DecodeBudget(limits.max_image_pixels * 32, limits.max_image_pixels * 32)
         self._observer = observer
-        self._pool: ThreadPoolExecutor | None = None
+        self._scheduler = FairScheduler(threads)
+        self._started = False
+        self._decoding_pixels = 0
+        self._seconds_per_pixel = 0.0  # moving average over recent decodes
+
+    @property
+    def decoding_pixels(self) -> int:
+        """Pixels admitted and not yet decoded, across the process."""
+        return self._decoding_pixels
 
     def start(self) -> None:
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        self._scheduler.start()
+        self._started = True
 
     def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._started = False
+        self._scheduler.stop()
 
-    async def decode_all(self, images: Sequence[NamedImage], spec: Preprocessing) -> list[np.ndarray]:
-        """Every image as the graph's uint8 HWC array, in order; the first bad image's error."""
-        if self._pool is None:
+    async def admit(self, images: Sequence[NamedImage], spec: Preprocessing) -> Admission:
+        """Read the headers and hold the images' pixels in the process budget, or raise the
+        first bad image's error (in request order), ``RequestTooLargeError`` or ``DecodeBusyError``."""
+        if not self._started:
             raise NotReadyError("the server is shutting down")
-        loop = asyncio.get_running_loop()
-        tasks = [loop.run_in_executor(self._pool, self._decode, image, spec) for image in images]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        [result] = await self._scheduler.run(object(), [Job(partial(self._probe_all, images, spec))])
+        if isinstance(result, BaseException):
+            raise result
+        costs: list[ImageCost] = result
+        total = sum(cost.pixels for cost in costs)
+        limit = self.budget.max_request_pixels
+        if total > limit:
+            raise RequestTooLargeError(
+                f"the request's {len(costs)} images decode to {total} pixels, over the budget of "
+                f"{limit} pixels per request (max_request_pixels); send fewer or smaller images per request"
+            )
+        busy = self._decoding_pixels
+        if busy + total > self.budget.max_decoding_pixels:
+            wait_s = retry_after_s(busy, self._seconds_per_pixel / self.threads)
+            raise DecodeBusyError(
+                f"overloaded: {busy} pixels are waiting to be decoded and this request brings {total}, "
+                f"over the process budget of {self.budget.max_decoding_pixels} pixels "
+                f"(max_decoding_pixels); retry after {wait_s} s",
+                wait_s,
+            )
+        self._decoding_pixels += total
+        return Admission(images, costs, spec, self, held_pixels=total)
+
+    def _release(self, pixels: int) -> None:
+        self._decoding_pixels -= pixels
+
+    async def decode_all(self, admission: Admission) -> list[np.ndarray]:
+        """Every image as the graph's uint8 HWC array, in order; the first bad image's error."""
+        if not self._started:
+            raise NotReadyError("the server is shutting down")
+        jobs = [
+            Job(
+                partial(self._decode, image, admission.spec, cost.pixels),
+                heavy=cost.pixels > HEAVY_IMAGE_PIXELS,
+                on_done=partial(admission.release, cost.pixels),
+            )
+            for image, cost in zip(admission.images, admission.costs, strict=True)
+        ]
+        results = await self._scheduler.run(admission, jobs)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return results  # type: ignore[return-value]
+        return results
 
-    def _decode(self, image: NamedImage, spec: Preprocessing) -> np.ndarray:
+    def _probe_all(self, images: Sequence[NamedImage], spec: Preprocessing) -> list[ImageCost]:
+        return [probe(image.data, spec, self.limits, image.name) for image in images]
+
+    def _decode(self, image: NamedImage, spec: Preprocessing, pixels: int) -> np.ndarray:
         start = time.perf_counter()
         array = preprocess(image.data, spec, self.limits, image.name)
+        seconds = time.perf_counter() - start
+        # Written from decode threads without a lock: a lost sample only slows the average.
+        self._seconds_per_pixel = _moving_average(self._seconds_per_pixel, seconds / pixels)
         if self._observer is not None:
-            self._observer.observe_preprocess(time.perf_counter() - start)
+            self._observer.observe_preprocess(seconds)
         return array
+
+
+def _moving_average(average: float, sample: float, weight: float = 0.2) -> float:
+    return sample if average == 0.0 else average + weight * (sample - average)
 
 
 class ServedModel:
@@ -174,19 +292,30 @@ class ServedModel:
         self._unloaded = True
         await self.batcher.stop(timeout_s=1.0)
 
-    def check_top_k(self, top_k: int) -> None:
-        """Raise ``InvalidRequestError`` unless 1 <= top_k <= the number of classes."""
+    @property
+    def max_top_k(self) -> int:
+        """The number of classes, at most ``MAX_TOP_K``."""
+        return min(self.card.num_classes, MAX_TOP_K)
+
+    def top_k_range(self) -> str:
+        """The accepted range in words: '1 and 6 (the number of classes)'."""
         classes = self.card.num_classes
-        if not 1 <= top_k <= classes:
-            raise InvalidRequestError(
-                f"top_k must be between 1 and {classes} (the number of classes), got {top_k}"
-            )
+        if classes <= MAX_TOP_K:
+            return f"1 and {classes} (the number of classes)"
+        return f"1 and {MAX_TOP_K} (the most one answer lists; the model has {classes} classes)"
+
+    def check_top_k(self, top_k: int) -> None:
+        """Raise ``InvalidRequestError`` unless 1 <= top_k <= ``max_top_k``."""
+        if not 1 <= top_k <= self.max_top_k:
+            raise InvalidRequestError(f"top_k must be between {self.top_k_range()}, got {top_k}")
 
     async def classify(self, images: Sequence[NamedImage], top_k: int) -> list[Classification]:
         """The labelled top-k (and the probabilities) of each image, in order; all or nothing.
 
         Raises the core's typed error of the first bad image (in request order),
-        ``QueueFullError`` when the queue has no room, ``ModelFailedError`` when the model fails.
+        ``RequestTooLargeError`` past the per-request pixel budget, ``DecodeBusyError`` when the
+        process's pixel budget is spent, ``QueueFullError`` when the queue has no room,
+        ``ModelFailedError`` when the model fails.
         """
         self.check_top_k(top_k)
         if self._unloaded:
@@ -194,10 +323,11 @@ class ServedModel:
         self._in_flight += 1
         self._idle.clear()
         try:
-            reservation = self.batcher.reserve(len(images))
-            with reservation:
-                arrays = await self.decoder.decode_all(images, self.card.preprocessing)
-                rows = await self.batcher.infer(arrays, reservation)
+            with await self.decoder.admit(images, self.card.preprocessing) as admission:
+                reservation = self.batcher.reserve(len(images))
+                with reservation:
+                    arrays = await self.decoder.decode_all(admission)
+                    rows = await self.batcher.infer(arrays, reservation)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:

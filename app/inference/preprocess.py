@@ -76,9 +76,40 @@ def open_image(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     if width * height > limits.max_image_pixels:
         raise ImageTooLargeError(
             f"{name}: image is {width}x{height} = {width * height} pixels, "
-            f"over the limit of {limits.max_image_pixels} pixels"
+            f"over the limit of {limits.max_image_pixels} pixels per image (max_image_pixels)"
         )
     return image
+
+
+@dataclass(frozen=True)
+class ImageCost:
+    """What decoding one image will cost, known from its header alone."""
+
+    width: int
+    height: int
+    pixels: int  # pixels the decoder produces: width x height, less JPEG draft-mode scaling
+
+
+def draft_scale(width: int, height: int, draft_size: int) -> int:
+    """The factor (1, 2, 4 or 8) libjpeg's draft mode divides each side by, as Pillow picks it."""
+    ratio = min(width, height) // draft_size
+    return next(factor for factor in (8, 4, 2, 1) if ratio >= factor)
+
+
+def probe(data: bytes, spec: Preprocessing, limits: ImageLimits, name: str, exact: bool = False) -> ImageCost:
+    """The cost of decoding ``data`` from its header (format allowlist and pixel limit checked),
+    without decoding it: what admission counts before any decode work is queued.
+
+    Animated GIF and WebP count one frame (the canvas): only the first is ever decoded.
+    """
+    image = open_image(data, limits, name)
+    width, height = image.size
+    scale = 1
+    draft_size = None if exact else DRAFT_FACTOR * spec.resize_size
+    if draft_size is not None and image.format == "JPEG" and min(width, height) >= 2 * draft_size:
+        scale = draft_scale(width, height, draft_size)
+    pixels = -(-width // scale) * -(-height // scale)
+    return ImageCost(width, height, max(pixels, 1))
 
 
 def _not_allowed_or_undecodable(data: bytes, limits: ImageLimits, name: str) -> Exception:

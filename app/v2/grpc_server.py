@@ -32,6 +32,7 @@ from app.inference.errors import (
     InvalidRequestError,
     ModelFailedError,
     ModelNotFoundError,
+    RequestTooLargeError,
     UnavailableError,
 )
 from app.inference.model import NamedImage, ServedModel
@@ -54,6 +55,7 @@ _MESSAGE_OVERHEAD_BYTES = 64 * 1024
 GRPC_CODE: dict[type[InferenceError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     ImageError: grpc.StatusCode.INVALID_ARGUMENT,
+    RequestTooLargeError: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -266,11 +268,10 @@ def _images(request: pb.ModelInferRequest, max_images: int) -> list[bytes]:
 def _top_k(model: ServedModel, requested: int | None) -> int:
     if requested is None:
         return model.default_top_k
-    classes = model.card.num_classes
-    if requested > classes:
+    if requested > model.max_top_k:
         raise RpcError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"classification must be between 1 and {classes} (the number of classes), got {requested}",
+            f"classification must be between {model.top_k_range()}, got {requested}",
         )
     return requested
 

@@ -256,9 +256,6 @@ def checked_top_k(model: ServedModel, requested: int | None) -> int:
     """The classification count asked for (within the model's classes), else the default."""
     if requested is None:
         return model.default_top_k
-    classes = model.card.num_classes
-    if requested > classes:
-        raise BadRequestError(
-            f"classification must be between 1 and {classes} (the number of classes), got {requested}"
-        )
+    if requested > model.max_top_k:
+        raise BadRequestError(f"classification must be between {model.top_k_range()}, got {requested}")
     return requested

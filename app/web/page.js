@@ -6,6 +6,7 @@
 (() => {
   const MAX_BUSY_RETRIES = 20;
   const DEFAULT_TOP_K = 5;
+  const MAX_TOP_K = 100; // the server's documented maximum (app/inference/model.py)
   const TITLES = {
     400: "Bad request",
     401: "API key needed",
@@ -194,12 +195,12 @@
     if (model.limits) parts.push(`up to ${model.limits.max_images_per_request} images per request`);
     if (model.execution_provider) parts.push(model.execution_provider.replace("ExecutionProvider", ""));
     el.modelInfo.textContent = parts.join(" · ");
-    el.topK.max = String(model.num_classes);
+    el.topK.max = String(Math.min(model.num_classes, MAX_TOP_K));
     if (!state.topKTouched) el.topK.value = String(Math.min(DEFAULT_TOP_K, model.num_classes));
   }
 
   function topK() {
-    const max = state.model ? state.model.num_classes : Number.MAX_SAFE_INTEGER;
+    const max = state.model ? Math.min(state.model.num_classes, MAX_TOP_K) : MAX_TOP_K;
     let k = Number.parseInt(el.topK.value, 10);
     if (!Number.isFinite(k)) k = Math.min(DEFAULT_TOP_K, max);
     k = Math.min(Math.max(k, 1), max);

@@ -276,7 +276,12 @@ def test_too_many_pixels_is_413(make_client: Callable[..., Any]) -> None:
         response = client.post(
             "/predict", files=[("file", ("big.png", png(RED, size=(40, 30)), "image/png"))]
         )
-        error(response, 413, "file #1 'big.png': image is 40x30 = 1200 pixels, over the limit of 1000 pixels")
+        error(
+            response,
+            413,
+            "file #1 'big.png': image is 40x30 = 1200 pixels, over the limit of 1000 pixels per image "
+            "(max_image_pixels)",
+        )
 
 
 def test_format_allowlist_is_configurable(make_client: Callable[..., Any]) -> None:
@@ -415,7 +420,8 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
         "limits": {
             "max_upload_bytes": 20971520,
             "max_images_per_request": 32,
-            "max_image_pixels": 40000000,
+            "max_image_pixels": 25000000,
+            "max_request_pixels": 100000000,
             "allowed_formats": ["JPEG", "PNG", "WEBP", "BMP", "GIF"],
         },
     }

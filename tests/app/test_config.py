@@ -30,8 +30,10 @@ def test_defaults() -> None:
     assert (settings.max_upload_bytes, settings.max_images_per_request, settings.max_image_pixels) == (
         20 * 1024 * 1024,
         32,
-        40_000_000,
+        25_000_000,
     )
+    assert (settings.max_request_pixels, settings.max_decoding_pixels) == (100_000_000, 200_000_000)
+    assert settings.max_buffered_body_bytes == 256 * 1024 * 1024
     assert (settings.shutdown_delay_s, settings.drain_timeout_s) == (0.0, 30.0)
     assert settings.api_keys == [] and not settings.auth_enabled
     assert settings.docs_public is True and settings.cors_origins == []
@@ -137,6 +139,20 @@ def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPat
         (
             {"IMGSERVE_GRPC_PORT": "8000"},
             "settings: grpc_port (8000) must differ from port (8000); 0 turns gRPC off",
+        ),
+        (
+            {"IMGSERVE_HEADER_TIMEOUT_S": "3"},
+            "settings: keep_alive_timeout_s (5) exceeds header_timeout_s (3.0), "
+            "which also runs between keep-alive requests",
+        ),
+        (
+            {"IMGSERVE_LINGERING_TIMEOUT_S": "60"},
+            "settings: lingering_timeout_s (60.0) exceeds lingering_time_s (30.0), "
+            "the bound on the whole lingering close",
+        ),
+        (
+            {"IMGSERVE_MAX_HEADER_BYTES": "100"},
+            "IMGSERVE_MAX_HEADER_BYTES: Input should be greater than or equal to 1024 (got '100')",
         ),
         (
             {"IMGSERVE_GRPC_PORT": "70000"},

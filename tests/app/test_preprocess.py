@@ -153,7 +153,9 @@ def test_too_many_pixels_is_413_before_decoding() -> None:
     small_limit = ImageLimits(allowed_formats=LIMITS.allowed_formats, max_image_pixels=100)
     with pytest.raises(ImageTooLargeError) as excinfo:
         preprocess(encode(gradient(11, 10), "PNG"), SPEC, small_limit, "img")
-    assert excinfo.value.message == "img: image is 11x10 = 110 pixels, over the limit of 100 pixels"
+    assert excinfo.value.message == (
+        "img: image is 11x10 = 110 pixels, over the limit of 100 pixels per image (max_image_pixels)"
+    )
 
 
 def test_a_decompression_bomb_is_413_from_the_header_alone() -> None:

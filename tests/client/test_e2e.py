@@ -144,7 +144,8 @@ def test_the_cli_classifies_the_good_photos_and_reports_each_bad_file_with_the_s
         ),
         "huge.png": (
             413,
-            "file #1 'huge.png': image is 10000x5000 = 50000000 pixels, over the limit of 40000000 pixels",
+            "file #1 'huge.png': image is 10000x5000 = 50000000 pixels, over the limit of 25000000 pixels "
+            "per image (max_image_pixels)",
         ),
     }
     for name, (status, detail) in rejected.items():

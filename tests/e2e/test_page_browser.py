@@ -589,7 +589,8 @@ def test_busy_shows_a_countdown_and_retries_by_itself(browser: Browser, busy_ser
             )
             expect(page.get_by_test_id("retry-countdown")).to_have_text("1")
             assert error_text(page) == (
-                "Busy: overloaded: 1 images are queued (limit 1); retry later. "
+                "Busy: overloaded: 1 images are queued and this request brings 1, over the queue "
+                "limit of 1 (max_queue_images); retry after 1 s. "
                 "Trying again in 1 s (attempt 2 of 21). Cancel"
             )
             (card,) = wait_results(page, 1)

@@ -13,11 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from harness.server import ServerProcess
+from tests.conftest import StartServer
 
 from . import corpus
 from .conftest import LABELS, LIMITS
@@ -224,19 +226,23 @@ def test_oversized_content_length_is_refused_before_the_body_is_sent(limited_ser
     )
 
 
-def test_oversized_chunked_body_is_413_after_the_limit(limited_server: ServerProcess) -> None:
-    """No Content-Length: the server must count what it reads, answer 413 once past the limit
-    and close the connection rather than read on. The client reads between chunks, so the
-    413 is seen even when the close then resets the connection under the client's writes."""
+def test_oversized_chunked_body_is_413_after_the_limit(start_server: StartServer, tiny_model: Path) -> None:
+    """No Content-Length: the server must count what it reads and answer 413 once past the
+    limit. Then it lingers (reads and discards, so that a client still sending can read the
+    413 instead of a reset) for at most lingering_time_s, and closes: a client that sends on
+    is cut off. The client reads between chunks, so the 413 is seen either way."""
+    server = start_server(tiny_model, **LIMITS, lingering_time_s=1, lingering_timeout_s=1)
     limit = int(LIMITS["max_upload_bytes"])  # type: ignore[call-overload]
     chunk = b"\x89PNG" + bytes(65_532)
     head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked"
     sent = 0
     received = b""
-    with socket.create_connection(("127.0.0.1", limited_server.port), timeout=10) as sock:
+    start = time.monotonic()
+    cut_off_after_s = None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head + b"\r\n\r\n")
         try:
-            while sent < 20 * limit:  # the server must stop us long before this
+            while time.monotonic() - start < 10:  # the server must stop us long before this
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 sent += len(chunk)
                 sock.setblocking(False)
@@ -244,7 +250,7 @@ def test_oversized_chunked_body_is_413_after_the_limit(limited_server: ServerPro
                     received += sock.recv(65536)
                 sock.setblocking(True)
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            cut_off_after_s = time.monotonic() - start
         sock.setblocking(True)
         with contextlib.suppress(OSError):
             received += read_response(sock, 5)[1]
@@ -252,7 +258,10 @@ def test_oversized_chunked_body_is_413_after_the_limit(limited_server: ServerPro
     assert status == 413, (sent, received[:300])
     assert response_json(received) == {"detail": "request body exceeds the limit of 1000000 bytes"}
     assert re.search(rb"(?im)^connection:\s*close", received.partition(b"\r\n\r\n")[0]), received[:300]
-    assert sent < 20 * limit, f"the server read {sent} bytes of a body it had refused at {limit}"
+    assert sent > limit
+    assert cut_off_after_s is not None and cut_off_after_s < 1 + 2, (
+        f"a client sending on after its 413 was cut off after {cut_off_after_s} s; lingering_time_s is 1"
+    )
 
 
 def test_oversized_multipart_body_is_413(limited_server: ServerProcess) -> None:

@@ -47,7 +47,14 @@ def schemathesis_run(
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     start_server: StartServer, tiny_model: Path, tmp_path: Path, auth: bool
 ) -> None:
-    settings: dict[str, Any] = dict(LIMITS)
+    # The cost budgets as reliability/fuzz_api.py sets them, so that generated requests reach them.
+    settings: dict[str, Any] = {
+        **LIMITS,
+        "max_image_pixels": 4_000_000,
+        "max_request_pixels": 8_000_000,
+        "max_decoding_pixels": 16_000_000,
+        "max_buffered_body_bytes": 4_000_000,
+    }
     extra: tuple[str, ...] = ()
     if auth:
         settings["api_keys"] = KEY

@@ -127,20 +127,27 @@ def test_a_full_queue_refuses_every_protocol_with_retry_after(held_v2: V2Server)
         while held_v2.metrics()["imgserve_queue_images"] < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert held_v2.metrics()["imgserve_queue_images"] == 8
-        message = "overloaded: 8 images are queued (limit 8); retry later"
+
+        def message(retry_after: str) -> str:
+            return (
+                "overloaded: 8 images are queued and this request brings 1, over the queue limit of 8 "
+                f"(max_queue_images); retry after {retry_after} s"
+            )
+
         body = {
             "inputs": [
                 {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(png).decode()]}
             ]
         }
         response = httpx.post(f"{held_v2.http}/v2/models/{TINY}/infer", json=body)
-        assert (response.status_code, response.json()) == (503, {"error": message})
-        assert int(response.headers["retry-after"]) >= 1
+        retry_after = response.headers["retry-after"]
+        assert (response.status_code, response.json()) == (503, {"error": message(retry_after)})
+        assert int(retry_after) >= 1
         tf = httpx.post(
             f"{held_v2.http}/v1/models/{TINY}:predict",
             json={"instances": [{"b64": body["inputs"][0]["data"][0]}]},
         )
-        assert (tf.status_code, tf.json()) == (503, {"error": message})
+        assert (tf.status_code, tf.json()) == (503, {"error": message(tf.headers["retry-after"])})
         with grpc.insecure_channel(held_v2.grpc_address) as channel:
             request = service_pb2.ModelInferRequest(model_name=TINY)
             request.inputs.add(name="image", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(
@@ -148,8 +155,11 @@ def test_a_full_queue_refuses_every_protocol_with_retry_after(held_v2: V2Server)
             )
             with pytest.raises(grpc.RpcError) as caught:
                 service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
-        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, message)
         trailers = dict(caught.value.trailing_metadata())
+        assert (caught.value.code(), caught.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            message(trailers["retry-after"]),
+        )
         assert int(trailers["retry-after"]) >= 1 and trailers["x-request-id"]
     finally:
         holder.join(30)
