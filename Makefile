@@ -13,6 +13,7 @@ lint:             ## ruff and mypy
 	.venv/bin/ruff format --check app model_card model_export harness tests bench reliability scripts docker client
 	.venv/bin/mypy
 	.venv/bin/mypy --strict client/imgserve_client
+	.venv/bin/mypy --strict model_export
 
 container-test:   ## build the image with podman, compose up 2 replicas + nginx, fail one over, compose down
 	scripts/bootstrap.sh export,cpu,dev

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model_export.config import TrainConfig
 from model_export.data import mean_std_tensors, normalize_uint8
 from model_export.models import create_model
-from model_export.train import StagePlan, TrainConfig, apply_stage, plan_stages, set_train_mode
+from model_export.train import StagePlan, apply_stage, plan_stages, set_train_mode
 
 
 @dataclass

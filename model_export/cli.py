@@ -1,4 +1,4 @@
-"""The ``model-export`` commands: train, lr-find, export, evaluate, default.
+"""The ``model-export`` commands: train, lr-find, export, evaluate, default, sample-data.
 
 Each command's ``run_*`` function reads as a list of named stages; the work lives in the
 modules it calls.
@@ -12,15 +12,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from model_card import CardError
 
-if TYPE_CHECKING:
-    from .train import TrainConfig
+from .config import TRAIN_DEFAULTS, AugmentConfig, TrainConfig
 
 log = logging.getLogger("model_export")
 
@@ -100,76 +100,73 @@ def _print_export_summary(result: object, elapsed_s: float) -> None:
     )
 
 
+# Help for the TrainConfig / AugmentConfig fields that are options; their defaults and types come
+# from the dataclasses (model_export/config.py), the one place a default is written.
+MODEL_OPTIONS = {
+    "val_ratio": "validation share when DIR has no train/ and val/",
+    "seed": "seed for the split, initialisation and augmentation",
+    "arch": "simple_cnn, efficientnet_lite0 or a torchvision classifier (resnet50, convnext_tiny, ...)",
+    "weights": "'default' (pretrained), 'none' (from scratch) or PATH to a state dict",
+    "batch_size": "images per batch",
+    "workers": "data-loading processes (0: in the main process)",
+    "device": "auto, cpu, cuda, cuda:1, ...",
+}
+OPTIMIZER_OPTIONS = {
+    "optimizer": "adamw or sgd",
+    "weight_decay": "decoupled (AdamW) or L2 (SGD) weight decay",
+}
+STAGE_OPTIONS = {
+    "head_epochs": "stage 1: epochs training only the new head",
+    "epochs": "stage 2 (fine-tuning) epochs, or all epochs from scratch",
+    "lr": "learning rate of the head (of everything from scratch)",
+    "backbone_lr_scale": "stage 2: pretrained layers' lr = lr x this",
+    "unfreeze_blocks": "stage 2: how many of the last backbone blocks learn (-1: all)",
+    "momentum": "SGD momentum (Nesterov)",
+    "scheduler": "per-stage lr schedule: cosine, step or none",
+    "warmup_epochs": "linear lr warm-up at the start of each stage (keeps Adam's first fine-tuning "
+    "steps from wrecking the pretrained blocks)",
+    "label_smoothing": "cross-entropy label smoothing",
+    "patience": "early stopping: epochs without val-loss gain (0: never stop)",
+    "min_delta": "early stopping: smallest val-loss gain that counts",
+    "histogram_every": "TensorBoard: weight and gradient histograms every N epochs (0: never)",
+}
+AUGMENT_OPTIONS = {
+    "min_scale": "augmentation: random resized crop keeps at least this area fraction",
+    "shear_deg": "augmentation: random shear (0: off)",
+    "rotation_deg": "augmentation: random rotation (0: off)",
+    "hflip_prob": "augmentation: horizontal flip probability (0 for digits, text)",
+    "color_jitter": "augmentation: brightness/contrast/saturation jitter",
+}
+CHOICES = {"optimizer": ["adamw", "sgd"], "scheduler": ["cosine", "step", "none"]}
+
+
+def add_config_options(parser: argparse.ArgumentParser, defaults: object, helps: dict[str, str]) -> None:
+    """``--name-with-dashes`` for each field in ``helps``, typed and defaulted by ``defaults``."""
+    for name, help_text in helps.items():
+        default = getattr(defaults, name)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            choices=CHOICES.get(name),
+            help=help_text,
+        )
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "train",
         help="train or fine-tune a classifier on an ImageFolder tree",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Two-stage transfer learning for pretrained models (head on a frozen backbone, then the "
-        "last blocks at a smaller rate); one stage from scratch "
-        "otherwise. Writes best.pt, last.pt, split.json, "
-        "history.json, metrics.json and PNG plots to --output-dir.",
+        "last blocks at a smaller rate); one stage from scratch otherwise. Writes best.pt, last.pt, "
+        "split.json, history.json, metrics.json, PNG plots and TensorBoard event files to --output-dir.",
     )
     add_data_and_model_arguments(parser)
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/train"), help="run folder")
+    parser.add_argument("--output-dir", type=Path, default=TRAIN_DEFAULTS.output_dir, help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
-    parser.add_argument(
-        "--head-epochs", type=int, default=3, help="stage 1: epochs training only the new head"
-    )
-    parser.add_argument(
-        "--epochs", type=int, default=10, help="stage 2 (fine-tuning) epochs, or all epochs from scratch"
-    )
-    parser.add_argument(
-        "--lr", type=float, default=1e-3, help="learning rate of the head (of everything from scratch)"
-    )
-    parser.add_argument(
-        "--backbone-lr-scale", type=float, default=0.1, help="stage 2: pretrained layers' lr = lr x this"
-    )
-    parser.add_argument(
-        "--unfreeze-blocks",
-        type=int,
-        default=4,
-        help="stage 2: how many of the last backbone blocks learn (-1: all)",
-    )
-    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument(
-        "--scheduler", choices=["cosine", "step", "none"], default="cosine", help="per-stage lr schedule"
-    )
-    parser.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=0.5,
-        help="linear lr warm-up at the start of each stage (keeps Adam's first fine-tuning steps "
-        "from wrecking the pretrained blocks)",
-    )
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument(
-        "--patience", type=int, default=3, help="early stopping: epochs without val-loss gain (0: never stop)"
-    )
-    parser.add_argument(
-        "--min-delta", type=float, default=0.0, help="early stopping: smallest val-loss gain that counts"
-    )
-    parser.add_argument(
-        "--min-scale",
-        type=float,
-        default=0.5,
-        help="augmentation: random resized crop keeps at least this area fraction",
-    )
-    parser.add_argument("--shear-deg", type=float, default=10.0, help="augmentation: random shear (0: off)")
-    parser.add_argument(
-        "--rotation-deg", type=float, default=0.0, help="augmentation: random rotation (0: off)"
-    )
-    parser.add_argument(
-        "--hflip-prob",
-        type=float,
-        default=0.5,
-        help="augmentation: horizontal flip probability (0 for digits, text)",
-    )
-    parser.add_argument(
-        "--color-jitter", type=float, default=0.0, help="augmentation: brightness/contrast/saturation jitter"
-    )
+    add_config_options(parser, TRAIN_DEFAULTS, OPTIMIZER_OPTIONS | STAGE_OPTIONS)
+    add_config_options(parser, TRAIN_DEFAULTS.augment, AUGMENT_OPTIONS)
     parser.add_argument(
         "--bn-train",
         dest="freeze_bn_stats",
@@ -179,6 +176,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     )
     parser.add_argument(
         "--no-amp", dest="amp", action="store_false", help="disable mixed precision (used on CUDA only)"
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=TRAIN_DEFAULTS.tensorboard,
+        help="write TensorBoard event files into --output-dir (default: on when the tensorboard "
+        "package is installed)",
     )
     parser.add_argument(
         "--export",
@@ -194,38 +198,19 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", type=Path, required=True, help="ImageFolder tree: DIR/CLASS/*.jpg, or DIR/train + DIR/val"
+        "--data",
+        dest="data_dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="ImageFolder tree: DIR/CLASS/*.jpg, or DIR/train + DIR/val",
     )
-    parser.add_argument(
-        "--val-ratio", type=float, default=0.2, help="validation share when DIR has no train/ and val/"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for the split, initialisation and augmentation"
-    )
-    parser.add_argument(
-        "--arch",
-        default="efficientnet_lite0",
-        help="simple_cnn, efficientnet_lite0 or a torchvision classifier (resnet50, convnext_tiny, ...)",
-    )
-    parser.add_argument(
-        "--weights",
-        default="default",
-        help="'default' (pretrained), 'none' (from scratch) or PATH to a state dict",
-    )
-    parser.add_argument(
-        "--crop-size",
-        type=int,
-        default=None,
-        help="input size (default: the weights' own, 224; simple_cnn 64)",
-    )
-    parser.add_argument(
-        "--resize-size", type=int, default=None, help="short side before the centre crop (default crop/0.875)"
-    )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--workers", type=int, default=2, help="data-loading processes (0: in the main process)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_config_options(parser, TRAIN_DEFAULTS, MODEL_OPTIONS)
+    sizes = {"crop_size": "input size (None: the weights' own, 224; simple_cnn 64)"}
+    sizes["resize_size"] = "short side before the centre crop (None: crop/0.875)"
+    for name, help_text in sizes.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(TRAIN_DEFAULTS, name), help=help_text)
 
 
 def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -241,8 +226,7 @@ def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
     parser.add_argument("--min-lr", type=float, default=1e-7)
     parser.add_argument("--max-lr", type=float, default=1.0)
     parser.add_argument("--num-steps", type=int, default=100, help="batches in the sweep")
-    parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    add_config_options(parser, TRAIN_DEFAULTS, OPTIMIZER_OPTIONS)
     parser.set_defaults(run=run_lr_find_command)
 
 
@@ -301,48 +285,38 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         default=None,
         help="metrics.json + confusion_matrix.png (default: MODEL_DIR/evaluation)",
     )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="also log the metrics, confusion matrix and PR curves to TensorBoard here (a train run's "
+        "folder: they show beside its training, under evaluate/NAME/)",
+    )
     parser.set_defaults(run=run_evaluate)
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    from .data import AugmentConfig
-    from .train import TrainConfig
+def add_sample_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from .sample_data import SAMPLE_DATASETS
 
-    return TrainConfig(
-        data_dir=args.data,
-        output_dir=args.output_dir,
-        arch=args.arch,
-        weights=args.weights,
-        val_ratio=args.val_ratio,
-        seed=args.seed,
-        crop_size=args.crop_size,
-        resize_size=args.resize_size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        head_epochs=getattr(args, "head_epochs", 0),
-        epochs=getattr(args, "epochs", 1),
-        lr=getattr(args, "lr", 1e-3),
-        backbone_lr_scale=getattr(args, "backbone_lr_scale", 0.1),
-        unfreeze_blocks=getattr(args, "unfreeze_blocks", 4),
-        optimizer=args.optimizer,
-        momentum=getattr(args, "momentum", 0.9),
-        weight_decay=args.weight_decay,
-        scheduler=getattr(args, "scheduler", "none"),
-        warmup_epochs=getattr(args, "warmup_epochs", 0.0),
-        label_smoothing=getattr(args, "label_smoothing", 0.0),
-        freeze_bn_stats=getattr(args, "freeze_bn_stats", True),
-        patience=getattr(args, "patience", 0),
-        min_delta=getattr(args, "min_delta", 0.0),
-        amp=getattr(args, "amp", True),
-        device=args.device,
-        augment=AugmentConfig(
-            min_scale=getattr(args, "min_scale", 0.5),
-            shear_deg=getattr(args, "shear_deg", 10.0),
-            hflip_prob=getattr(args, "hflip_prob", 0.5),
-            rotation_deg=getattr(args, "rotation_deg", 0.0),
-            color_jitter=getattr(args, "color_jitter", 0.0),
-        ),
+    parser = subparsers.add_parser(
+        "sample-data",
+        help="write a sample dataset from an installed package as an ImageFolder tree (no download)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("dataset", choices=SAMPLE_DATASETS, help="digits: scikit-learn's handwritten digits")
+    parser.add_argument("--output-dir", type=Path, default=Path("data/digits64"), help="the tree's root")
+    parser.add_argument("--size", type=int, default=64, help="side of each square image in pixels")
+    parser.set_defaults(run=run_sample_data)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The options this command has; every other field keeps its TrainConfig default."""
+    options = vars(args)
+
+    def given(config_class: type) -> dict[str, Any]:
+        return {f.name: options[f.name] for f in fields(config_class) if f.name in options}
+
+    return TrainConfig(**given(TrainConfig), augment=AugmentConfig(**given(AugmentConfig)))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -351,11 +325,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     started_s = time.perf_counter()
     result = run_training(_train_config(args), resume=args.resume)
+    elapsed_s = time.perf_counter() - started_s
+    logging = f" (TensorBoard logging {result.tensorboard_s:.1f} s)" if result.tensorboard_s else ""
     print(
         f"trained into {result.output_dir}: best checkpoint {result.best_checkpoint}, "
         f"validation {headline(result.metrics)}, best epoch "
         f"{result.metrics['best_epoch']} of {len(result.history)}, "
-        f"{result.train_images_per_s:.0f} train images/s; {time.perf_counter() - started_s:.0f} s"
+        f"{result.train_images_per_s:.0f} train images/s; {elapsed_s:.1f} s{logging}"
     )
     if args.export_dir is not None:
         export_checkpoint(
@@ -442,6 +418,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         output_dir=args.output_dir,
         threads=args.threads,
+        log_dir=args.log_dir,
     )
     skipped = f", {result.skipped_files} unreadable files skipped" if result.skipped_files else ""
     print(
@@ -449,6 +426,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f"ONNX Runtime: {headline(result.metrics)}{skipped}; "
         f"wrote {result.metrics_path}"
     )
+    return 0
+
+
+def run_sample_data(args: argparse.Namespace) -> int:
+    from .sample_data import write_digits_image_folder
+
+    root = write_digits_image_folder(args.output_dir, side_px=args.size)
+    count = sum(1 for path in root.rglob("*.png"))
+    print(f"wrote {count} {args.size}x{args.size} PNGs of {args.dataset} to {root} (one folder per class)")
     return 0
 
 
@@ -465,6 +451,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_default_parser(subparsers)
+    add_sample_data_parser(subparsers)
     return parser
 
 

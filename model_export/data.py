@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from model_card import Preprocessing
 
+from .config import AugmentConfig
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -209,10 +211,15 @@ def load_split(path: Path) -> DatasetSplit:
 
 
 def load_dataset_split(data_dir: Path, val_ratio: float, seed: int) -> DatasetSplit:
-    """``data_dir/train`` + ``data_dir/val`` when both exist, else one tree split by ``val_ratio``."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    """``data_dir/train`` + ``data_dir/val`` when both exist, else one tree split by ``val_ratio``.
+
+    Sample paths are absolute, whatever ``data_dir`` is: the split file stores them relative to
+    the resolved root, and checkpoints name validation images that ``export`` must find from
+    any working directory.
+    """
+    if not Path(data_dir).is_dir():
         raise DatasetError(f"dataset folder {data_dir} does not exist or is not a folder")
+    data_dir = Path(data_dir).resolve()
     if (data_dir / "train").is_dir() and (data_dir / "val").is_dir():
         train_scan = scan_image_folder(data_dir / "train")
         val_scan = scan_image_folder(data_dir / "val", classes=train_scan.classes)
@@ -220,7 +227,7 @@ def load_dataset_split(data_dir: Path, val_ratio: float, seed: int) -> DatasetSp
             classes=train_scan.classes,
             train=train_scan.samples,
             val=val_scan.samples,
-            source={"root": str(data_dir.resolve()), "layout": "train/val folders"},
+            source={"root": str(data_dir), "layout": "train/val folders"},
             skipped_files=len(train_scan.skipped) + len(val_scan.skipped),
         )
     scan = scan_image_folder(data_dir)
@@ -230,7 +237,7 @@ def load_dataset_split(data_dir: Path, val_ratio: float, seed: int) -> DatasetSp
         train=train,
         val=val,
         source={
-            "root": str(data_dir.resolve()),
+            "root": str(data_dir),
             "layout": "single tree",
             "val_ratio": val_ratio,
             "seed": seed,
@@ -252,24 +259,14 @@ def create_eval_transform(preprocessing: Preprocessing) -> Callable[[Image.Image
 
     The server replicates this (docs/ARCHITECTURE.md); keep it free of anything else.
     """
-    return T.Compose(
+    transform: Callable[[Image.Image], torch.Tensor] = T.Compose(
         [
             T.Resize(preprocessing.resize_size, interpolation=_interpolation(preprocessing.interpolation)),
             T.CenterCrop(preprocessing.crop_size),
             T.PILToTensor(),
         ]
     )
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentation; every field is a command-line option of ``train``."""
-
-    min_scale: float = 0.5  # random resized crop ("zoom"): fraction of the image area kept
-    shear_deg: float = 10.0
-    hflip_prob: float = 0.5
-    rotation_deg: float = 0.0
-    color_jitter: float = 0.0
+    return transform
 
 
 def create_train_transform(
@@ -292,7 +289,8 @@ def create_train_transform(
         jitter = augment.color_jitter
         steps.append(T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     steps.append(T.PILToTensor())
-    return T.Compose(steps)
+    transform: Callable[[Image.Image], torch.Tensor] = T.Compose(steps)
+    return transform
 
 
 def load_rgb(path: Path) -> Image.Image:

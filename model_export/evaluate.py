@@ -71,8 +71,10 @@ def evaluate_onnx(
     workers: int = 0,
     output_dir: Path | None = None,
     threads: int = 0,
+    log_dir: Path | None = None,
 ) -> EvaluationResult:
-    """Run ``model_path`` over the images; write metrics.json and a confusion-matrix PNG."""
+    """Run ``model_path`` over the images; write metrics.json and a confusion-matrix PNG, and with
+    ``log_dir`` the same to TensorBoard (``model_export/tensorboard_log.py``)."""
     import onnxruntime as ort
 
     card = load_card(model_path)
@@ -99,7 +101,8 @@ def evaluate_onnx(
             feed = normalize_uint8(pixels, mean, std).numpy().astype(input_dtype)
         probabilities.append(session.run(None, {card.input.name: feed})[0].astype(np.float32))
         targets.append(batch_targets.numpy())
-    metrics = compute_metrics(np.concatenate(probabilities), np.concatenate(targets), card.labels)
+    all_probabilities, all_targets = np.concatenate(probabilities), np.concatenate(targets)
+    metrics = compute_metrics(all_probabilities, all_targets, card.labels)
     metrics["model"] = str(model_path)
     metrics["skipped_files"] = skipped
     output_dir = output_dir or model_path.parent / "evaluation"
@@ -113,4 +116,8 @@ def evaluate_onnx(
             output_dir / "confusion_matrix.png",
             f"{card.name} ({card.precision}), top-1 {metrics['top1']:.3f}",
         )
+    if log_dir is not None:
+        from .tensorboard_log import log_evaluation
+
+        log_evaluation(log_dir, card.name, metrics, all_probabilities, all_targets)
     return EvaluationResult(metrics, metrics_path, card, skipped)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -55,9 +55,13 @@ class PixelsToProbabilities(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = normalize_uint8(pixels.permute(0, 3, 1, 2), self.mean, self.std)
-        return self.model(x).softmax(dim=-1)
+        logits: torch.Tensor = self.model(x)
+        return logits.softmax(dim=-1)
 
 
 class FloatToProbabilities(nn.Module):
@@ -68,7 +72,8 @@ class FloatToProbabilities(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).softmax(dim=-1)
+        logits: torch.Tensor = self.model(x)
+        return logits.softmax(dim=-1)
 
 
 @dataclass
@@ -146,7 +151,8 @@ def load_parity_images(
 
 def _torch_probabilities(wrapper: nn.Module, inputs: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        return wrapper(torch.from_numpy(inputs)).float().numpy()
+        probabilities: torch.Tensor = wrapper(torch.from_numpy(inputs))
+        return probabilities.float().numpy()
 
 
 def check_parity(
@@ -285,7 +291,7 @@ def export_model(
     path = output_dir / MODEL_FILENAME
     preprocessing = preprocessing.model_copy(update={"normalization_in_graph": not float_input})
     images = load_parity_images(preprocessing, parity_paths)
-    output_dtype = "float16" if fp16 else "float32"
+    output_dtype: Literal["float16", "float32"] = "float16" if fp16 else "float32"
     wrapper: nn.Module
     if float_input:
         wrapper = FloatToProbabilities(model).eval()

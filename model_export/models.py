@@ -89,7 +89,8 @@ class SimpleCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 def create_simple_cnn(num_classes: int, crop_size: int, resize_size: int) -> CreatedModel:
@@ -151,8 +152,10 @@ def map_lite0_state_dict(source: Mapping[str, torch.Tensor], model: nn.Module) -
     (``_blocks.N``). Every source key must map to a target key of the same shape, and every
     target key must be covered, or :class:`ModelError` names the offending keys.
     """
-    stages = model.blocks  # type: ignore[attr-defined]
-    block_positions = [(s, i) for s, stage in enumerate(stages) for i in range(len(stage))]
+    stages = _module(model, "blocks")
+    block_positions = [
+        (s, i) for s, stage in enumerate(stages.children()) for i in range(len(list(stage.children())))
+    ]
     target = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
@@ -210,9 +213,15 @@ def lite0_preprocessing(crop_size: int = 224, resize_size: int | None = None) ->
 
 
 def _timm_efficientnet_blocks(model: nn.Module) -> list[nn.Module]:
-    stem = nn.ModuleList([model.conv_stem, model.bn1])  # type: ignore[list-item]
-    head = nn.ModuleList([model.conv_head, model.bn2])  # type: ignore[list-item]
-    return [stem, *[block for stage in model.blocks for block in stage], head]  # type: ignore[attr-defined]
+    stem = nn.ModuleList([_module(model, "conv_stem"), _module(model, "bn1")])
+    head = nn.ModuleList([_module(model, "conv_head"), _module(model, "bn2")])
+    stages = _module(model, "blocks")
+    return [stem, *[block for stage in stages.children() for block in stage.children()], head]
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    """A named child of a timm model (``nn.Module.__getattr__`` is typed ``Tensor | Module``)."""
+    return model.get_submodule(name)
 
 
 def create_lite0(num_classes: int, weights: str, crop_size: int, resize_size: int | None) -> CreatedModel:
@@ -228,7 +237,7 @@ def create_lite0(num_classes: int, weights: str, crop_size: int, resize_size: in
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         load_local_state_dict(model, Path(weights), num_classes)
         source, pretrained = f"local state dict {weights}", True
-    if model.num_classes != num_classes:  # type: ignore[attr-defined]
+    if model.num_classes != num_classes:
         model.reset_classifier(num_classes)  # type: ignore[operator]
     return CreatedModel(
         model=model,
@@ -286,7 +295,7 @@ def _torchvision_pretrained_state(arch: str) -> tuple[dict[str, torch.Tensor], s
     from torchvision.models import get_model_weights
 
     try:
-        weights_enum = get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
+        weights_enum = get_model_weights(arch).DEFAULT
     except (ValueError, AttributeError) as exc:
         raise ModelError(
             f"torchvision has no pretrained weights for {arch!r}; use --weights none or PATH"

@@ -1,4 +1,5 @@
-"""PNG plots: training curves, the confusion matrix, the learning-rate sweep."""
+"""Plots: training curves, the confusion matrix, the learning-rate sweep (PNG files), and the
+figures TensorBoard shows (confusion matrix, augmented samples)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
@@ -38,6 +40,14 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str = "") -> Path:
+    fig = confusion_matrix_figure(matrix, labels, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_figure(matrix: list[list[int]], labels: list[str], title: str = "") -> Figure:
+    """Counts, true class by row, predicted by column; the numbers written in for up to 30 classes."""
     counts = np.asarray(matrix)
     size_in = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size_in, size_in))
@@ -59,9 +69,20 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
                 color="white" if value > threshold else "black",
             )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def samples_figure(images: list[np.ndarray], titles: list[str], columns: int = 4) -> Figure:
+    """A grid of uint8 HWC images, each titled (with its label)."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_lr_sweep(lrs: list[float], losses: list[float], suggested_lr: float | None, path: Path) -> Path:

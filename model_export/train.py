@@ -13,6 +13,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,9 @@ from tqdm import tqdm
 
 from model_card import Preprocessing
 
+from .config import TrainConfig
 from .data import (
     SPLIT_FILENAME,
-    AugmentConfig,
     DatasetSplit,
     ImageListDataset,
     create_eval_transform,
@@ -41,6 +43,7 @@ from .data import (
 from .metrics import compute_metrics, headline, summary_metrics
 from .models import WEIGHTS_NONE, CreatedModel, create_model
 from .plots import plot_confusion_matrix, plot_history, plot_lr_sweep
+from .tensorboard_log import TrainingBoard, create_training_board
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +54,6 @@ CHECKPOINT_FORMAT = 1
 
 class TrainingError(RuntimeError):
     """Training cannot start or continue as configured."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a ``train`` run needs; stored in every checkpoint so a run can be resumed."""
-
-    data_dir: Path
-    output_dir: Path
-    arch: str = "efficientnet_lite0"
-    weights: str = "default"
-    val_ratio: float = 0.2
-    seed: int = 0
-    crop_size: int | None = None
-    resize_size: int | None = None
-    batch_size: int = 32
-    workers: int = 2
-    head_epochs: int = 3
-    epochs: int = 10
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1
-    unfreeze_blocks: int = 4
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    freeze_bn_stats: bool = True
-    patience: int = 3
-    min_delta: float = 0.0
-    amp: bool = True
-    device: str = "auto"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def to_json(self) -> dict[str, Any]:
-        raw = asdict(self)
-        raw["data_dir"], raw["output_dir"] = str(self.data_dir), str(self.output_dir)
-        return raw
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
-        raw = dict(raw)
-        raw["augment"] = AugmentConfig(**raw["augment"])
-        raw["data_dir"], raw["output_dir"] = Path(raw["data_dir"]), Path(raw["output_dir"])
-        return cls(**raw)
 
 
 @dataclass
@@ -160,7 +118,8 @@ def resolve_device(name: str) -> torch.device:
 
 def create_loaders(
     split: DatasetSplit, preprocessing: Preprocessing, config: TrainConfig
-) -> tuple[DataLoader[Any], DataLoader[Any]]:
+) -> tuple[DataLoader[Any], DataLoader[Any], torch.Generator]:
+    """Shuffled training and ordered validation loaders, and the generator behind the shuffle."""
     train_set = ImageListDataset(split.train, create_train_transform(preprocessing, config.augment))
     val_set = ImageListDataset(split.val, create_eval_transform(preprocessing))
     generator = torch.Generator().manual_seed(config.seed)
@@ -174,7 +133,7 @@ def create_loaders(
     drop_last = len(train_set) > config.batch_size
     train_loader = DataLoader(train_set, shuffle=True, generator=generator, drop_last=drop_last, **common)
     val_loader = DataLoader(val_set, shuffle=False, **common)
-    return train_loader, val_loader
+    return train_loader, val_loader, generator
 
 
 def plan_stages(created: CreatedModel, config: TrainConfig) -> list[StagePlan]:
@@ -294,6 +253,7 @@ def train_one_epoch(
     amp: bool,
     description: str,
     freeze_bn_stats: bool = False,
+    board: TrainingBoard | None = None,
 ) -> EpochStats:
     set_train_mode(created, freeze_bn_stats)
     mean, std = mean_std_tensors(created.preprocessing, device)
@@ -314,8 +274,11 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        batch_loss = loss.item()
+        if board is not None:
+            board.log_step(batch_loss, len(targets), optimizer)  # before the lr moves on
         scheduler.step()
-        total_loss += loss.item() * len(targets)
+        total_loss += batch_loss * len(targets)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(targets)
         progress.set_postfix(loss=f"{total_loss / seen:.4f}", top1=f"{correct / seen:.3f}")
@@ -343,6 +306,19 @@ def predict(
         all_probabilities.append(logits.float().softmax(1).cpu().numpy())
         all_targets.append(targets.numpy())
     return np.concatenate(all_probabilities), np.concatenate(all_targets)
+
+
+def evaluate(
+    created: CreatedModel,
+    loader: DataLoader[Any],
+    device: torch.device,
+    amp: bool,
+    labels: list[str],
+    description: str = "validate",
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Metrics over ``loader`` (:func:`compute_metrics`), with the probabilities and targets."""
+    probabilities, targets = predict(created, loader, device, amp, description)
+    return compute_metrics(probabilities, targets, labels), probabilities, targets
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,6 +411,56 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     train_images_per_s: float
+    tensorboard_s: float = 0.0  # spent logging to TensorBoard, in the training process
+
+
+@dataclass
+class TrainingRun:
+    """What the stages and epochs of one run share, and what they accumulate."""
+
+    config: TrainConfig
+    created: CreatedModel
+    split: DatasetSplit
+    device: torch.device
+    train_loader: DataLoader[Any]
+    val_loader: DataLoader[Any]
+    generator: torch.Generator
+    criterion: nn.Module
+    board: TrainingBoard
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    speeds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class StageOptimization:
+    """One stage's optimizer, per-step schedule, AMP scaler and early stopping, and its first epoch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    first_epoch: int = 0
+
+
+def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train (or resume) into ``config.output_dir``: checkpoints, split, history, metrics, plots and
+    TensorBoard event files."""
+    if resume:
+        config = TrainConfig.from_json(load_checkpoint(config.output_dir / LAST_CHECKPOINT)["config"])
+    seed_everything(config.seed)
+    created, split, state = prepare_run(config, resume)
+    stages = plan_stages(created, config)
+    if not stages:
+        raise TrainingError("nothing to train: --head-epochs and --epochs are both 0")
+    with create_run(config, created, split, state) as run:
+        log_plan(run, stages)
+        for stage_index in range(state["stage_index"] if state else 0, len(stages)):
+            train_stage(run, stages, stage_index, state)
+            state = None
+        result = finish_run(run)
+    result.tensorboard_s = run.board.logging_s  # the writer's close included
+    return result
 
 
 def prepare_run(
@@ -455,163 +481,238 @@ def prepare_run(
     return created, split, None
 
 
-def run_training(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train (or resume) into ``config.output_dir``: checkpoints, split, history, metrics and plots."""
-    if resume:
-        config = TrainConfig.from_json(load_checkpoint(config.output_dir / LAST_CHECKPOINT)["config"])
-    seed_everything(config.seed)
+@contextmanager
+def create_run(
+    config: TrainConfig, created: CreatedModel, split: DatasetSplit, state: dict[str, Any] | None
+) -> Iterator[TrainingRun]:
+    """Device, loaders, loss and the TensorBoard board of a run; a resumed run gets its history,
+    best loss and random state back, and its board continues (and purges) from the last step."""
     device = resolve_device(config.device)
-    created, split, state = prepare_run(config, resume)
     created.model.to(device)
-    train_loader, val_loader = create_loaders(split, created.preprocessing, config)
-    stages = plan_stages(created, config)
-    if not stages:
-        raise TrainingError("nothing to train: --head-epochs and --epochs are both 0")
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    train_loader, val_loader, generator = create_loaders(split, created.preprocessing, config)
     history: list[dict[str, Any]] = state["history"] if state else []
-    best_val_loss: float = state["best_val_loss"] if state else math.inf
-    start_stage = state["stage_index"] if state else 0
-    if state:
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+    steps_done = len(history) * max(1, len(train_loader))
+    board = create_training_board(
+        config.output_dir,
+        config.tensorboard,
+        split.classes,
+        config.histogram_every,
+        purge_step=steps_done if state else None,
+    )
+    run = TrainingRun(
+        config,
+        created,
+        split,
+        device,
+        train_loader,
+        val_loader,
+        generator,
+        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        board,
+        history,
+        state["best_val_loss"] if state else math.inf,
+    )
+    with board:
+        if state:
+            restore_rng(state["rng"])
+            board.set_step(steps_done)
+        else:
+            pixels, _ = next(iter(val_loader))
+            mean, std = mean_std_tensors(created.preprocessing, device)
+            example = normalize_uint8(pixels[:1].to(device), mean, std)
+            board.log_start(created.model, example, train_loader.dataset, config.seed)
+        yield run
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+
+
+def log_plan(run: TrainingRun, stages: list[StagePlan]) -> None:
     log.info(
         "training %s (%s) on %d images, validating on %d, %d classes, %s, stages %s",
-        created.arch,
-        created.weights_source,
-        len(split.train),
-        len(split.val),
-        len(split.classes),
-        device,
+        run.created.arch,
+        run.created.weights_source,
+        len(run.split.train),
+        len(run.split.val),
+        len(run.split.classes),
+        run.device,
         [f"{s.name}:{s.epochs}" for s in stages],
     )
-    speeds: list[float] = []
-    for stage_index in range(start_stage, len(stages)):
-        stage = stages[stage_index]
-        groups = apply_stage(created, stage)
-        optimizer = create_optimizer(groups, config)
-        steps_per_epoch = max(1, len(train_loader))
-        scheduler = create_scheduler(optimizer, config, stage.epochs * steps_per_epoch, steps_per_epoch)
-        scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-        stopper = EarlyStopping(config.patience, config.min_delta)
-        first_epoch = 0
-        if state and stage_index == state["stage_index"] and state["optimizer_state"] is not None:
-            optimizer.load_state_dict(state["optimizer_state"])
-            scheduler.load_state_dict(state["scheduler_state"])
-            scaler.load_state_dict(state["scaler_state"])
-            stopper = EarlyStopping(**state["stopper"])
-            first_epoch = state["epoch_in_stage"]
-        trainable = sum(p.numel() for p in created.model.parameters() if p.requires_grad)
-        log.info(
-            "stage %s: %d epochs, %d trainable parameters, lr %s",
-            stage.name,
-            stage.epochs,
-            trainable,
-            {g["name"]: g.get("initial_lr", g["lr"]) for g in optimizer.param_groups},
-        )
-        epochs = tqdm(
-            range(first_epoch, stage.epochs), desc=f"stage {stage.name}", unit="epoch", dynamic_ncols=True
-        )
-        for epoch in epochs:
-            global_epoch = len(history) + 1
-            # Shuffle order depends on the epoch alone, so a resumed run sees the batches it would have.
-            train_loader.generator.manual_seed(config.seed * 10_000 + global_epoch)  # type: ignore[union-attr]
-            stats = train_one_epoch(
-                created,
-                train_loader,
-                optimizer,
-                scheduler,
-                scaler,
-                criterion,
-                device,
-                config.amp,
-                f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                freeze_bn_stats=created.pretrained and config.freeze_bn_stats,
-            )
-            speeds.append(stats.images_per_s)
-            probabilities, targets = predict(created, val_loader, device, config.amp)
-            val = compute_metrics(probabilities, targets, split.classes)
-            history.append(
-                {
-                    "epoch": global_epoch,
-                    "stage": stage.name,
-                    "train_loss": stats.loss,
-                    "train_top1": stats.top1,
-                    "val_loss": val["log_loss"],
-                    "val_top1": val["top1"],
-                    "lr": scheduler.get_last_lr(),
-                    "train_images_per_s": stats.images_per_s,
-                }
-            )
-            epochs.set_postfix(
-                train_loss=f"{stats.loss:.4f}",
-                val_loss=f"{val['log_loss']:.4f}",
-                val_top1=f"{val['top1']:.4f}",
-            )
-            if val["log_loss"] < best_val_loss:
-                best_val_loss = val["log_loss"]
-                save_checkpoint(
-                    checkpoint_payload(
-                        created,
-                        config,
-                        split,
-                        stage_index=stage_index,
-                        epoch_in_stage=epoch + 1,
-                        history=history,
-                        best_val_loss=best_val_loss,
-                        metrics=summary_metrics(val),
-                    ),
-                    config.output_dir / BEST_CHECKPOINT,
-                )
-            stop = stopper.step(val["log_loss"])
-            done = stop or epoch + 1 == stage.epochs
-            save_checkpoint(
-                checkpoint_payload(
-                    created,
-                    config,
-                    split,
-                    stage_index=stage_index + 1 if done else stage_index,
-                    epoch_in_stage=0 if done else epoch + 1,
-                    history=history,
-                    best_val_loss=best_val_loss,
-                    optimizer=None if done else optimizer,
-                    scheduler=None if done else scheduler,
-                    scaler=None if done else scaler,
-                    stopper=None if done else stopper,
-                ),
-                config.output_dir / LAST_CHECKPOINT,
-            )
-            (config.output_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-            if stop:
-                log.info(
-                    "stage %s: early stop after epoch %d (no val-loss gain in %d epochs)",
-                    stage.name,
-                    epoch + 1,
-                    config.patience,
-                )
-                break
-        # Keras' restore_best_weights: the next stage, and the result, start from the best epoch.
-        if (config.output_dir / BEST_CHECKPOINT).is_file():
-            created.model.load_state_dict(load_checkpoint(config.output_dir / BEST_CHECKPOINT)["model_state"])
-        state = None
-    return finish_run(created, split, config, val_loader, device, history, speeds)
 
 
-def finish_run(
-    created: CreatedModel,
-    split: DatasetSplit,
-    config: TrainConfig,
-    val_loader: DataLoader[Any],
-    device: torch.device,
-    history: list[dict[str, Any]],
-    speeds: list[float],
-) -> TrainResult:
-    """Evaluate the best checkpoint on the validation set; write metrics.json and the plots."""
+def train_stage(
+    run: TrainingRun, stages: list[StagePlan], stage_index: int, state: dict[str, Any] | None
+) -> None:
+    """The epochs of one stage, until its last or an early stop; then back to its best weights."""
+    stage = stages[stage_index]
+    resumed = state if state and stage_index == state["stage_index"] else None
+    optimization = create_stage_optimization(run, stage, resumed)
+    log_stage(run, stage, stage_index, optimization)
+    epochs = tqdm(
+        range(optimization.first_epoch, stage.epochs),
+        desc=f"stage {stage.name}",
+        unit="epoch",
+        dynamic_ncols=True,
+    )
+    for epoch in epochs:
+        val = run_epoch(run, stage, epoch, optimization)
+        epochs.set_postfix(
+            train_loss=f"{run.history[-1]['train_loss']:.4f}",
+            val_loss=f"{val['log_loss']:.4f}",
+            val_top1=f"{val['top1']:.4f}",
+        )
+        stop = optimization.stopper.step(val["log_loss"])
+        save_epoch(run, stage_index, epoch, val, optimization, done=stop or epoch + 1 == stage.epochs)
+        if stop:
+            log.info(
+                "stage %s: early stop after epoch %d (no val-loss gain in %d epochs)",
+                stage.name,
+                epoch + 1,
+                run.config.patience,
+            )
+            break
+    # Keras' restore_best_weights: the next stage, and the result, start from the best epoch.
+    if (run.config.output_dir / BEST_CHECKPOINT).is_file():
+        best = load_checkpoint(run.config.output_dir / BEST_CHECKPOINT)
+        run.created.model.load_state_dict(best["model_state"])
+
+
+def create_stage_optimization(
+    run: TrainingRun, stage: StagePlan, state: dict[str, Any] | None
+) -> StageOptimization:
+    """Freeze and unfreeze for ``stage``, and its optimizer and schedule (restored when resuming
+    inside this stage)."""
+    optimizer = create_optimizer(apply_stage(run.created, stage), run.config)
+    steps_per_epoch = max(1, len(run.train_loader))
+    scheduler = create_scheduler(optimizer, run.config, stage.epochs * steps_per_epoch, steps_per_epoch)
+    device_type = run.device.type
+    scaler = torch.amp.GradScaler(device_type, enabled=run.config.amp and device_type == "cuda")
+    optimization = StageOptimization(
+        optimizer, scheduler, scaler, EarlyStopping(run.config.patience, run.config.min_delta)
+    )
+    if state and state["optimizer_state"] is not None:
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        scaler.load_state_dict(state["scaler_state"])
+        optimization.stopper = EarlyStopping(**state["stopper"])
+        optimization.first_epoch = state["epoch_in_stage"]
+    return optimization
+
+
+def _group_lrs(optimizer: torch.optim.Optimizer, initial: bool = False) -> dict[str, float]:
+    return {
+        group["name"]: float(group.get("initial_lr", group["lr"]) if initial else group["lr"])
+        for group in optimizer.param_groups
+    }
+
+
+def log_stage(run: TrainingRun, stage: StagePlan, stage_index: int, optimization: StageOptimization) -> None:
+    trainable = sum(p.numel() for p in run.created.model.parameters() if p.requires_grad)
+    lrs = _group_lrs(optimization.optimizer, initial=True)
+    log.info("stage %s: %d epochs, %d trainable parameters, lr %s", stage.name, stage.epochs, trainable, lrs)
+    run.board.log_stage(stage.name, len(run.history) + 1, lrs)
+
+
+def run_epoch(
+    run: TrainingRun, stage: StagePlan, epoch: int, optimization: StageOptimization
+) -> dict[str, Any]:
+    """Train one epoch, evaluate on the validation set, record both; the validation metrics."""
+    global_epoch = len(run.history) + 1
+    # Shuffle order depends on the epoch alone, so a resumed run sees the batches it would have.
+    run.generator.manual_seed(run.config.seed * 10_000 + global_epoch)
+    run.board.epoch_started()
+    stats = train_one_epoch(
+        run.created,
+        run.train_loader,
+        optimization.optimizer,
+        optimization.scheduler,
+        optimization.scaler,
+        run.criterion,
+        run.device,
+        run.config.amp,
+        f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+        freeze_bn_stats=run.created.pretrained and run.config.freeze_bn_stats,
+        board=run.board,
+    )
+    run.speeds.append(stats.images_per_s)
+    val, _, _ = evaluate(run.created, run.val_loader, run.device, run.config.amp, run.split.classes)
+    run.history.append(
+        {
+            "epoch": global_epoch,
+            "stage": stage.name,
+            "train_loss": stats.loss,
+            "train_top1": stats.top1,
+            "val_loss": val["log_loss"],
+            "val_top1": val["top1"],
+            "lr": optimization.scheduler.get_last_lr(),
+            "train_images_per_s": stats.images_per_s,
+        }
+    )
+    run.board.log_epoch(
+        global_epoch,
+        0 if stage.name in ("head", "full") else 1,
+        {"loss": stats.loss, "top1": stats.top1, "images_per_s": stats.images_per_s},
+        val,
+        run.created.model,
+    )
+    return val
+
+
+def save_epoch(
+    run: TrainingRun,
+    stage_index: int,
+    epoch: int,
+    val: dict[str, Any],
+    optimization: StageOptimization,
+    done: bool,
+) -> None:
+    """``best.pt`` on a new best validation loss; ``last.pt`` (resumable) and history.json always."""
+    output_dir = run.config.output_dir
+
+    def payload(**fields: Any) -> dict[str, Any]:
+        common: dict[str, Any] = {"history": run.history, "best_val_loss": run.best_val_loss}
+        return checkpoint_payload(run.created, run.config, run.split, **common, **fields)
+
+    if val["log_loss"] < run.best_val_loss:
+        run.best_val_loss = val["log_loss"]
+        save_checkpoint(
+            payload(stage_index=stage_index, epoch_in_stage=epoch + 1, metrics=summary_metrics(val)),
+            output_dir / BEST_CHECKPOINT,
+        )
+    resumable: dict[str, Any] = (
+        {}
+        if done
+        else {
+            "optimizer": optimization.optimizer,
+            "scheduler": optimization.scheduler,
+            "scaler": optimization.scaler,
+            "stopper": optimization.stopper,
+        }
+    )
+    save_checkpoint(
+        payload(
+            stage_index=stage_index + 1 if done else stage_index,
+            epoch_in_stage=0 if done else epoch + 1,
+            **resumable,
+        ),
+        output_dir / LAST_CHECKPOINT,
+    )
+    (output_dir / "history.json").write_text(json.dumps(run.history, indent=1) + "\n")
+
+
+def finish_run(run: TrainingRun) -> TrainResult:
+    """Evaluate the best checkpoint on the validation set; write metrics.json, the plots, and the
+    PR curves and hyperparameters to TensorBoard."""
+    config, created, history = run.config, run.created, run.history
     best_path = config.output_dir / BEST_CHECKPOINT
     best = load_checkpoint(best_path)
     created.model.load_state_dict(best["model_state"])
-    probabilities, targets = predict(created, val_loader, device, config.amp, "evaluate best")
-    metrics = compute_metrics(probabilities, targets, split.classes)
+    metrics, probabilities, targets = evaluate(
+        created, run.val_loader, run.device, config.amp, run.split.classes, "evaluate best"
+    )
     metrics["best_epoch"] = int(np.argmin([h["val_loss"] for h in history]) + 1) if history else None
     best["metrics"] = summary_metrics(metrics)
     save_checkpoint(best, best_path)
@@ -621,11 +722,13 @@ def finish_run(
         plot_history(history, config.output_dir / "history.png")
     plot_confusion_matrix(
         metrics["confusion_matrix"],
-        split.classes,
+        run.split.classes,
         config.output_dir / "confusion_matrix.png",
         f"{created.arch}: validation, top-1 {metrics['top1']:.3f}",
     )
-    speed = float(np.median(speeds)) if speeds else 0.0
+    run.board.log_best(probabilities, targets, metrics["best_epoch"] or 0)
+    run.board.log_hparams(config.to_json(), metrics)
+    speed = float(np.median(run.speeds)) if run.speeds else 0.0
     log.info("best epoch %s: %s", metrics["best_epoch"], headline(metrics))
     return TrainResult(config.output_dir, best_path, metrics, history, speed)
 
@@ -661,7 +764,7 @@ def run_lr_find(
         config.arch, len(split.classes), config.weights, config.crop_size, config.resize_size
     )
     created.model.to(device)
-    train_loader, _ = create_loaders(split, created.preprocessing, config)
+    train_loader, _, _ = create_loaders(split, created.preprocessing, config)
     stage = plan_stages(created, config)[0]
     groups = apply_stage(created, stage)
     for group in groups:

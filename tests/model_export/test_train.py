@@ -13,7 +13,8 @@ import torch
 
 from model_card import load_card
 from model_export import train as train_module
-from model_export.cli import main
+from model_export.cli import _train_config, get_args_parser, main
+from model_export.config import TrainConfig
 from model_export.models import create_lite0_imagenet
 from model_export.train import load_checkpoint
 
@@ -197,3 +198,12 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "--lr LR learning rate of the head (of everything from scratch) (default: 0.001)" in out
     assert "(default: efficientnet_lite0)" in out
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_every_default_comes_from_train_config(command: str) -> None:
+    args = get_args_parser().parse_args([command, "--data", "d", "--output-dir", "o"])
+    assert _train_config(args) == TrainConfig(data_dir=Path("d"), output_dir=Path("o"))
+    changed = get_args_parser().parse_args(["train", "--data", "d", "--head-epochs", "1", "--shear-deg", "0"])
+    config = _train_config(changed)
+    assert (config.head_epochs, config.augment.shear_deg, config.epochs) == (1, 0.0, 10)
