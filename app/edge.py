@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -279,7 +280,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self.server_state.total_requests += 1
             return
         super().on_response_complete()
-        if self.closing or not self.cycle.response_complete:
+        if self.closing or (self._running is not None and not self._running.response_complete):
             return  # closed, or a pipelined request whose headers are in has started
         if self._pending_refusal is not None:
             self._refuse(self._pending_refusal)
@@ -317,10 +318,16 @@ class EdgeProtocol(HttpToolsProtocol):
     def _refuse_running(self, refusal: Refusal) -> None:
         """Answer for a request whose app is reading its body: the app sees a disconnect (its
         response, if any, goes nowhere), the client the refusal, then a lingering close."""
-        self._log_refusal(refusal)
         cycle = self.cycle
         cycle.disconnected = True
         cycle.message_event.set()
+        if cycle is not self._running:
+            # Pipelined behind a request still running: it never starts, and its refusal is
+            # answered after that request's response (``_refuse``'s pending path).
+            self.pipeline = deque(entry for entry in self.pipeline if entry[0] is not cycle)
+            self._refuse(refusal)
+            return
+        self._log_refusal(refusal)
         if not cycle.response_started:
             self.transport.write(refusal.response())
         self._close_lingering()

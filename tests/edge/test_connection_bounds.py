@@ -21,6 +21,7 @@ from PIL import Image
 
 from harness.metrics import parse_prometheus
 from harness.server import ServerProcess
+from harness.tiny_model import write_model
 from tests.conftest import StartServer
 
 KEY = "k-edge-3c9e1f"
@@ -395,3 +396,37 @@ def test_one_byte_chunks_are_refused_and_probes_stay_fast(server: ServerProcess)
         headers={"Content-Type": "image/png", "X-API-Key": KEY},
     )
     assert served.status_code == 200, served.text
+
+
+def test_one_byte_chunks_pipelined_behind_a_running_request(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A request pipelined behind one still running, its body in one-byte chunks: the running
+    request's 200 comes first and whole, then the 400, then the close; nothing at error level."""
+    slow = start_server(write_model(tmp_path / "slow", slow_matmuls=1000), warmup_batch_sizes="1")
+    body = _png()
+    first = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    second = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"1\r\n\0\r\n" * 2000
+        + b"0\r\n\r\n"
+    )
+    answer = _exchange(slow.port, first + second, timeout_s=30)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
+    assert json.loads(rest[:length])["predictions"]
+    status, headers, refusal = _status_and_body(rest[length:])
+    assert (status, headers["connection"]) == (400, "close"), rest[length:][:300]
+    assert json.loads(refusal)["detail"].startswith("request body framed in 1025 pieces")
+    time.sleep(0.5)
+    errors = [
+        line for line in slow.log_lines() if line.get("level") in ("error", "critical") or "raw" in line
+    ]
+    assert errors == []
