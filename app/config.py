@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         ge=0,
         description="ONNX Runtime intra-op threads; default: the cores available; 0 = ONNX Runtime's choice.",
     )
+    model_instances: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Batches run at once on the CPU, each on one thread (a second session of the model); "
+            "a lone image on an idle model still runs on every intra-op thread. "
+            "0: one per intra-op thread; 1: one batch at a time on every intra-op thread. "
+            "With CUDA, always 1."
+        ),
+    )
     warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = Field(
         default=None,
         description="Batch sizes run once before ready; default: powers of two up to max_batch_size.",

@@ -95,7 +95,11 @@ def create_model_control(
     settings: Settings, state: AppState, load_engine: EngineLoader, decoder: Decoder
 ) -> ModelControl:
     options = LoadOptions(
-        engine=EngineOptions(require_cuda=settings.require_cuda, intra_op_threads=settings.intra_op_threads),
+        engine=EngineOptions(
+            require_cuda=settings.require_cuda,
+            intra_op_threads=settings.intra_op_threads,
+            instances=settings.model_instances,
+        ),
         batcher=batcher_config(settings),
         warmup_batch_sizes=settings.warmup_batch_sizes or [],
         max_loaded_versions=settings.max_loaded_versions,

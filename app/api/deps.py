@@ -15,7 +15,9 @@ from app.schemas import ErrorResponse
 from app.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def`` one in
+# its thread pool, two thread hand-offs on every request for a dictionary lookup.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.imgserve
     return state
 
@@ -41,7 +43,7 @@ NOT_READY: dict[int | str, dict[str, Any]] = {
 }
 
 
-def reject_repeated_query_parameters(request: Request) -> None:
+async def reject_repeated_query_parameters(request: Request) -> None:
     """A query parameter the route takes, given more than once, is refused (422; 400 on the
     ``{"error"}`` front ends): which of ``?top_k=abc&top_k=2`` counts would be a guess."""
     route = request.scope.get("route")

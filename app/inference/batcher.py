@@ -12,9 +12,16 @@ The queue is bounded in images: ``reserve`` refuses at once (``QueueFullError``)
 letting latency grow without bound, with a ``retry_after_s`` estimated from the queue and the
 recent time per image. A reservation is taken before decoding, so decode work is bounded too.
 
+Model instances (Triton's instance groups): on a CPU, this model's per-image cost hardly
+falls with the batch size, and one run spread over every core loses time to its threads
+meeting at each layer, while a batch on one thread per core does not. So ``run_batch`` may run
+on ``instances`` threads at once, each batch on its own thread; a lone image that finds every
+instance idle runs on ``run_alone`` instead (all cores on one image: the lowest latency), and
+holds every instance while it runs. When several instances are free, the queue is spread over
+them.
+
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
-and runs ``run_batch`` in a dedicated single thread, so the event loop never blocks on the
-model. Each image has its own future; a failing batch fails exactly the images (and so the
+and runs them in dedicated threads, so the event loop never blocks on the model. Each image has its own future; a failing batch fails exactly the images (and so the
 requests) in it. A cancelled request (deadline, disconnected client) drops its images that
 have not run yet.
 
@@ -78,6 +85,17 @@ def seconds_to_wait(
     return remaining
 
 
+def next_batch_size(config: BatcherConfig, *, queued: int, instances: int) -> int:
+    """Images for the next batch: the queue spread evenly over every instance, at most
+    ``max_batch_size``; a pure function.
+
+    Not over the free instances only: one instance that frees while the others run would
+    then take the whole queue, and the images at its end would wait for that long run when
+    the next instance to free could have run them sooner (c=32: p99 +25%, same images/s).
+    """
+    return max(1, min(config.max_batch_size, math.ceil(queued / instances)))
+
+
 def retry_after_s(images_ahead: int, seconds_per_image: float) -> int:
     """Whole seconds until the queue ahead has likely run, within the documented bounds."""
     estimate = math.ceil(images_ahead * seconds_per_image)
@@ -113,18 +131,34 @@ class Reservation:
 
 
 class Batcher:
-    """Dynamic batching in front of a blocking ``run_batch(uint8 [N,...]) -> [N, ...]``."""
+    """Dynamic batching in front of a blocking ``run_batch(uint8 [N,...]) -> [N, ...]``.
+
+    ``run_batch`` must be safe to call from ``instances`` threads at once; ``run_alone`` (by
+    default ``run_batch``) runs a lone image while no other batch runs.
+    """
 
     def __init__(
-        self, run_batch: RunBatch, config: BatcherConfig, on_batch: BatchObserver | None = None
+        self,
+        run_batch: RunBatch,
+        config: BatcherConfig,
+        on_batch: BatchObserver | None = None,
+        *,
+        instances: int = 1,
+        run_alone: RunBatch | None = None,
     ) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, not {instances}")
         self._run_batch = run_batch
+        self._run_alone = run_alone or run_batch
         self.config = config
+        self.instances = instances
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._queued = 0  # live (not dropped) items in _queue
         self._reserved = 0  # admitted images not yet enqueued (being decoded)
-        self._running = 0  # images in the batch now running
+        self._running = 0  # images in the batches now running
+        self._busy = 0  # instances held by running batches (a lone image's holds them all)
+        self._runs: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -139,6 +173,7 @@ class Batcher:
 
     @property
     def running_images(self) -> int:
+        """Images in the batches now running."""
         return self._running
 
     @property
@@ -155,7 +190,7 @@ class Batcher:
         """Start the batching task on the running loop."""
         if self._task is not None:
             raise RuntimeError("batcher already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="inference")
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="batcher")
 
     async def stop(self, timeout_s: float = 30.0) -> None:
@@ -171,6 +206,9 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            for run in self._runs:
+                run.cancel()
+            await asyncio.gather(*self._runs, return_exceptions=True)
         self._fail_queued(NotReadyError("the server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -246,43 +284,54 @@ class Batcher:
 
     # -- the batching task ------------------------------------------------------------------
     async def _serve(self) -> None:
-        while True:
-            await self._wait_for_batch()
-            items = self._take_batch()
-            if items:
-                await self._run(items)
-            elif self._stopping:
-                return
+        while await self._wait_for_batch():
+            self._launch_batches()
 
-    async def _wait_for_batch(self) -> None:
-        """Return when the policy says run (see :func:`seconds_to_wait`), or on stop."""
-        while not self._stopping:
+    async def _wait_for_batch(self) -> bool:
+        """True when a batch should start now (see :func:`seconds_to_wait`) on a free instance;
+        False once stopping, with the queue empty and every batch finished."""
+        while True:
             self._discard_dropped_head()
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            remaining = seconds_to_wait(
-                self.config,
-                now=time.monotonic(),
-                oldest_enqueued_at=self._queue[0].enqueued_at,
-                queued=self._queued,
-                decoding=self._reserved,
-            )
-            if remaining <= 0:
-                return
+            timeout: float | None = None
+            if self._queue and self._busy < self.instances:
+                if self._stopping:
+                    return True  # drain: no more images are coming
+                timeout = seconds_to_wait(
+                    self.config,
+                    now=time.monotonic(),
+                    oldest_enqueued_at=self._queue[0].enqueued_at,
+                    queued=self._queued,
+                    decoding=self._reserved,
+                )
+                if timeout <= 0:
+                    return True
+            elif self._stopping and not self._queue and not self._runs:
+                return False
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
 
     def _discard_dropped_head(self) -> None:
         while self._queue and not self._queue[0].in_queue:
             self._queue.popleft()
 
-    def _take_batch(self) -> list[_Item]:
+    def _launch_batches(self) -> None:
+        """Start a batch on each free instance that the queue has a share for (see
+        :func:`next_batch_size`); a lone image on an idle model runs alone, on every instance."""
+        if self._queued == 1 and self._busy == 0:
+            self._launch(self._take(1), alone=True)
+            return
+        share = next_batch_size(self.config, queued=self._queued, instances=self.instances)
+        while self._queued > 0 and self._busy < self.instances:
+            items = self._take(share)
+            if not items:
+                return
+            self._launch(items, alone=False)
+
+    def _take(self, size: int) -> list[_Item]:
         items: list[_Item] = []
-        while self._queue and len(items) < self.config.max_batch_size:
+        while self._queue and len(items) < size:
             item = self._queue.popleft()
             if item.in_queue:
                 item.in_queue = False
@@ -290,13 +339,21 @@ class Batcher:
         self._queued -= len(items)
         return items
 
-    async def _run(self, items: list[_Item]) -> None:
+    def _launch(self, items: list[_Item], alone: bool) -> None:
+        held = self.instances if alone else 1
+        self._busy += held
+        self._running += len(items)
+        run = asyncio.get_running_loop().create_task(self._run(items, alone, held))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)  # also when cancelled before it started
+
+    async def _run(self, items: list[_Item], alone: bool, held: int) -> None:
         loop = asyncio.get_running_loop()
-        self._running = len(items)
         start = time.perf_counter()
         try:
             batch = np.stack([item.array for item in items])
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            runner = self._run_alone if alone else self._run_batch
+            outputs = await loop.run_in_executor(self._executor, runner, batch)
             if len(outputs) != len(items):
                 raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {len(items)}")
         except asyncio.CancelledError:
@@ -317,9 +374,14 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(row)
         finally:
-            self._running = 0
+            self._busy -= held
+            self._running -= len(items)
+            self._runs.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._wakeup.set()  # an instance is free; when stopping, maybe the last one
         seconds = time.perf_counter() - start
-        self._seconds_per_image = _moving_average(self._seconds_per_image, seconds / len(items))
+        # Per image of throughput: under load every instance runs a batch like this one.
+        sample = seconds / len(items) / (1 if alone else self.instances)
+        self._seconds_per_image = _moving_average(self._seconds_per_image, sample)
         if self._on_batch is not None:
             self._on_batch(len(items), seconds)
 

@@ -222,7 +222,13 @@ class ServedModel:
         self.name = name or engine.card.name
         self.version = version or engine.card.version
         on_batch = observer.observe_batch if observer is not None else None
-        self.batcher = Batcher(engine.run, batcher_config, on_batch=on_batch)
+        self.batcher = Batcher(
+            partial(engine.run, instance=True),
+            batcher_config,
+            on_batch=on_batch,
+            instances=engine.instances,
+            run_alone=engine.run,
+        )
         self._in_flight = 0  # classify calls that have started and not returned
         self._idle = asyncio.Event()
         self._idle.set()

@@ -323,15 +323,15 @@ def test_past_the_deadline_is_504_and_the_work_is_dropped(make_client: Callable[
 class PoisonedEngine(Engine):
     """Fails any batch holding a mostly blue image: a model error, not a client error."""
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, *, instance: bool = False) -> np.ndarray:
         if (batch[..., 2].mean(axis=(1, 2)) > 200).any():
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super().run(batch)
+        return super().run(batch, instance=instance)
 
 
 def load_poisoned(path: Path, options: EngineOptions) -> Engine:
     engine = create_engine(path, options)
-    return PoisonedEngine(engine.session, engine.card, engine.source)
+    return PoisonedEngine(engine.session, engine.card, engine.source, engine.instance_session, engine.instances)
 
 
 def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
@@ -347,9 +347,13 @@ def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
 # -- batching, in process ---------------------------------------------------------------------
 
 
-def test_concurrent_requests_are_batched(make_client: Callable[..., Any]) -> None:
-    # fixed: the adaptive policy may run a batch as soon as no other image is decoding
-    with make_client(max_batch_size=8, max_delay_ms=2000, batch_policy="fixed") as client:
+@pytest.mark.parametrize(("instances", "batches"), [(1, 1), (2, 2)])
+def test_concurrent_requests_are_batched(make_client: Callable[..., Any], instances: int, batches: int) -> None:
+    # fixed: the adaptive policy may run a batch as soon as no other image is decoding; with
+    # two instances the full queue is shared between them at once, 4 + 4
+    with make_client(
+        max_batch_size=8, max_delay_ms=2000, batch_policy="fixed", model_instances=instances, intra_op_threads=2
+    ) as client:
         statuses: list[int] = []
 
         def send() -> None:
@@ -364,7 +368,7 @@ def test_concurrent_requests_are_batched(make_client: Callable[..., Any]) -> Non
             thread.join(30)
         assert statuses == [200] * 8
         metrics = client.get("/metrics").text
-        assert "imgserve_batch_size_count 1.0" in metrics
+        assert f"imgserve_batch_size_count {batches:.1f}" in metrics
         assert "imgserve_batch_size_sum 8.0" in metrics
         assert 'imgserve_images_total{protocol="rest"} 8.0' in metrics
 

@@ -18,6 +18,7 @@ from app.inference.batcher import (
     MAX_RETRY_AFTER_S,
     Batcher,
     BatcherConfig,
+    next_batch_size,
     retry_after_s,
     seconds_to_wait,
 )
@@ -56,8 +57,19 @@ def images(*values: int) -> list[np.ndarray]:
 async def make_batcher() -> AsyncIterator[object]:
     started: list[Batcher] = []
 
-    def make(model: RecordingModel, policy: str = "fixed", **config: float) -> Batcher:
-        batcher = Batcher(model, BatcherConfig(policy=policy, **config))  # type: ignore[arg-type]
+    def make(
+        model: RecordingModel,
+        policy: str = "fixed",
+        instances: int = 1,
+        run_alone: RecordingModel | None = None,
+        **config: float,
+    ) -> Batcher:
+        batcher = Batcher(
+            model,
+            BatcherConfig(policy=policy, **config),  # type: ignore[arg-type]
+            instances=instances,
+            run_alone=run_alone,
+        )
         batcher.start()
         started.append(batcher)
         return batcher
@@ -344,3 +356,72 @@ async def test_retry_after_comes_from_the_queue_and_the_recent_time_per_image(ma
     assert excinfo.value.retry_after_s == 2  # ceil(9 images x 0.2 s)
     model.gate.set()
     await asyncio.wait_for(asyncio.gather(*stuck), 10)
+
+
+# -- model instances: several batches at once, a lone image alone -----------------------------
+
+
+def test_the_queue_is_spread_over_every_instance_within_max_batch_size() -> None:
+    config = BatcherConfig(max_batch_size=8)
+    assert next_batch_size(config, queued=1, instances=2) == 1
+    assert next_batch_size(config, queued=5, instances=2) == 3
+    assert next_batch_size(config, queued=6, instances=3) == 2
+    assert next_batch_size(config, queued=40, instances=2) == 8
+    assert next_batch_size(config, queued=7, instances=1) == 7
+
+
+class BarrierModel(RecordingModel):
+    """Passes only when ``parties`` batches are in it at once."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=5)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.barrier.wait()
+        return super().__call__(batch)
+
+
+async def test_instances_run_batches_at_once_on_their_own_threads(make_batcher) -> None:
+    model = BarrierModel(parties=2)
+    batcher = make_batcher(model, policy="adaptive", instances=2, max_batch_size=8, max_delay_ms=0)
+    rows = await asyncio.wait_for(batcher.submit(images(1, 2)), 10)
+    assert [float(r[0]) for r in rows] == [10.0, 20.0]
+    assert sorted(model.batches) == [[1], [2]]  # one image each: the queue spread over both
+    assert len(model.threads) == 2 and all(name.startswith("inference") for name in model.threads)
+
+
+async def test_a_lone_image_on_an_idle_model_runs_alone_and_holds_every_instance(make_batcher) -> None:
+    alone, instance = RecordingModel(), RecordingModel()
+    batcher = make_batcher(
+        instance, policy="adaptive", instances=2, run_alone=alone, max_batch_size=8, max_delay_ms=0
+    )
+    alone.gate.clear()
+    first = asyncio.create_task(batcher.submit(images(1)))
+    while batcher.running_images == 0:
+        await asyncio.sleep(0.01)
+    later = [asyncio.create_task(batcher.submit(images(v))) for v in (2, 3)]
+    await asyncio.sleep(0.05)
+    assert instance.batches == [] and batcher.queued_images == 2  # the lone run holds both
+    alone.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert alone.batches == [[1]]
+    assert sorted(instance.batches) == [[2], [3]]
+
+
+async def test_stop_drains_batches_running_on_every_instance(make_batcher) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, policy="adaptive", instances=3, max_batch_size=2, max_delay_ms=0)
+    model.gate.clear()
+    requests = [asyncio.create_task(batcher.submit(images(v, v + 100))) for v in range(6)]
+    while batcher.running_images < 6:
+        await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(batcher.stop(timeout_s=5))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    model.gate.set()
+    await asyncio.wait_for(stopping, 5)
+    results = await asyncio.gather(*requests)
+    assert [[float(r[0]) for r in rows] for rows in results] == [[10.0 * v, 10.0 * (v + 100)] for v in range(6)]
+    with pytest.raises(NotReadyError):
+        batcher.reserve(1)

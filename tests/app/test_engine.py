@@ -103,6 +103,26 @@ def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
         create_engine(tiny_model_path, EngineOptions(require_cuda=True))
 
 
+@pytest.mark.skipif(
+    CUDA_PROVIDER in ort.get_available_providers(), reason="instances are the CPU provider's"
+)
+@pytest.mark.parametrize(
+    ("intra_op_threads", "instances", "expected"), [(2, 0, 2), (3, 0, 3), (1, 0, 1), (2, 3, 3), (4, 1, 1)]
+)
+def test_cpu_instances_are_one_thread_runs_that_agree_with_the_whole_session(
+    tiny_model_path: Path, intra_op_threads: int, instances: int, expected: int
+) -> None:
+    engine = create_engine(tiny_model_path, EngineOptions(intra_op_threads=intra_op_threads, instances=instances))
+    assert engine.instances == expected
+    assert engine.session.get_session_options().intra_op_num_threads == intra_op_threads
+    if expected == 1:
+        assert engine.instance_session is None  # one session, as before instances
+    else:
+        assert engine.instance_session is not None
+        assert engine.instance_session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(engine.run(flat_batch(), instance=True), engine.run(flat_batch()), atol=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     CUDA_PROVIDER not in ort.get_available_providers(), reason="needs onnxruntime-gpu with CUDA"
@@ -110,6 +130,7 @@ def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
 def test_cuda_provider_is_active_on_a_gpu(tiny_model_path: Path) -> None:
     engine = create_engine(tiny_model_path, EngineOptions(require_cuda=True))
     assert engine.execution_provider == CUDA_PROVIDER
+    assert engine.instances == 1 and engine.instance_session is None  # batches already run on the GPU
     np.testing.assert_allclose(engine.run(flat_batch()), expected_probabilities(COLOURS / 255), atol=1e-4)
 
 

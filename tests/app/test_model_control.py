@@ -57,9 +57,9 @@ class Gates:
         if gate is not None:
             run = engine.run
 
-            def gated_run(batch: np.ndarray) -> np.ndarray:
+            def gated_run(batch: np.ndarray, *, instance: bool = False) -> np.ndarray:
                 gate.wait(10)
-                return run(batch)
+                return run(batch, instance=instance)
 
             engine.run = gated_run  # type: ignore[method-assign]
         return engine
