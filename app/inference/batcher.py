@@ -17,13 +17,13 @@ falls with the batch size, and one run spread over every core loses time to its 
 meeting at each layer, while a batch on one thread per core does not. So ``run_batch`` may run
 on ``instances`` threads at once, each batch on its own thread; a lone image that finds every
 instance idle runs on ``run_alone`` instead (all cores on one image: the lowest latency), and
-holds every instance while it runs. When several instances are free, the queue is spread over
-them.
+holds every instance while it runs. When the policy says run, each free instance takes its
+share of the queue (see :func:`next_batch_size`).
 
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
-and runs them in dedicated threads, so the event loop never blocks on the model. Each image has its own future; a failing batch fails exactly the images (and so the
-requests) in it. A cancelled request (deadline, disconnected client) drops its images that
-have not run yet.
+and runs them in dedicated threads, so the event loop never blocks on the model. Each image
+has its own future; a failing batch fails exactly the images (and so the requests) in it. A
+cancelled request (deadline, disconnected client) drops its images that have not run yet.
 
 Nothing here knows about HTTP; any protocol front end can feed it.
 """
@@ -376,7 +376,7 @@ class Batcher:
         finally:
             self._busy -= held
             self._running -= len(items)
-            self._runs.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._runs.discard(asyncio.current_task())
             self._wakeup.set()  # an instance is free; when stopping, maybe the last one
         seconds = time.perf_counter() - start
         # Per image of throughput: under load every instance runs a batch like this one.

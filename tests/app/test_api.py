@@ -331,7 +331,9 @@ class PoisonedEngine(Engine):
 
 def load_poisoned(path: Path, options: EngineOptions) -> Engine:
     engine = create_engine(path, options)
-    return PoisonedEngine(engine.session, engine.card, engine.source, engine.instance_session, engine.instances)
+    return PoisonedEngine(
+        engine.session, engine.card, engine.source, engine.instance_session, engine.instances
+    )
 
 
 def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
@@ -348,11 +350,17 @@ def test_a_failing_batch_fails_its_request_only_and_the_server_survives(
 
 
 @pytest.mark.parametrize(("instances", "batches"), [(1, 1), (2, 2)])
-def test_concurrent_requests_are_batched(make_client: Callable[..., Any], instances: int, batches: int) -> None:
+def test_concurrent_requests_are_batched(
+    make_client: Callable[..., Any], instances: int, batches: int
+) -> None:
     # fixed: the adaptive policy may run a batch as soon as no other image is decoding; with
     # two instances the full queue is shared between them at once, 4 + 4
     with make_client(
-        max_batch_size=8, max_delay_ms=2000, batch_policy="fixed", model_instances=instances, intra_op_threads=2
+        max_batch_size=8,
+        max_delay_ms=2000,
+        batch_policy="fixed",
+        model_instances=instances,
+        intra_op_threads=2,
     ) as client:
         statuses: list[int] = []
 

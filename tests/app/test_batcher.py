@@ -422,6 +422,8 @@ async def test_stop_drains_batches_running_on_every_instance(make_batcher) -> No
     model.gate.set()
     await asyncio.wait_for(stopping, 5)
     results = await asyncio.gather(*requests)
-    assert [[float(r[0]) for r in rows] for rows in results] == [[10.0 * v, 10.0 * (v + 100)] for v in range(6)]
+    assert [[float(r[0]) for r in rows] for rows in results] == [
+        [10.0 * v, 10.0 * (v + 100)] for v in range(6)
+    ]
     with pytest.raises(NotReadyError):
         batcher.reserve(1)

@@ -103,16 +103,16 @@ def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
         create_engine(tiny_model_path, EngineOptions(require_cuda=True))
 
 
-@pytest.mark.skipif(
-    CUDA_PROVIDER in ort.get_available_providers(), reason="instances are the CPU provider's"
-)
+@pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="instances are the CPU provider's")
 @pytest.mark.parametrize(
     ("intra_op_threads", "instances", "expected"), [(2, 0, 2), (3, 0, 3), (1, 0, 1), (2, 3, 3), (4, 1, 1)]
 )
 def test_cpu_instances_are_one_thread_runs_that_agree_with_the_whole_session(
     tiny_model_path: Path, intra_op_threads: int, instances: int, expected: int
 ) -> None:
-    engine = create_engine(tiny_model_path, EngineOptions(intra_op_threads=intra_op_threads, instances=instances))
+    engine = create_engine(
+        tiny_model_path, EngineOptions(intra_op_threads=intra_op_threads, instances=instances)
+    )
     assert engine.instances == expected
     assert engine.session.get_session_options().intra_op_num_threads == intra_op_threads
     if expected == 1:
