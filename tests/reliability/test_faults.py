@@ -119,7 +119,10 @@ def test_an_error_in_one_batch_fails_only_that_batch(start_server: StartServer, 
     """The poison model fails any batch holding an image whose top-left red value is 255.
     With a fixed 400 ms batching delay, three concurrent requests share one batch: all three get a
     500 with one plain message; the next batch, of good images only, succeeds."""
-    server = start_server(model=poison_model, max_batch_size=8, max_delay_ms=400, batch_policy="fixed")
+    # One instance: with two, the three images would be shared between two batches.
+    server = start_server(
+        model=poison_model, max_batch_size=8, max_delay_ms=400, batch_policy="fixed", model_instances=1
+    )
     good, poison = (0, 200, 0), (255, 0, 0)
     with ThreadPoolExecutor(3) as pool:
         first = list(pool.map(lambda c: _post(server.base_url, c), [good, poison, good]))

@@ -39,6 +39,7 @@ def held_v2(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         max_queue_images=8,
         max_images_per_request=8,
         decode_threads=1,
+        model_instances=1,  # one batch of every image, not a share per instance
         warmup_batch_sizes=1,
     )
     with server as process:
