@@ -16,8 +16,8 @@ Model instances (Triton's instance groups): on a CPU, this model's per-image cos
 falls with the batch size, and one run spread over every core loses time to its threads
 meeting at each layer, while a batch on one thread per core does not. So ``run_batch`` may run
 on ``instances`` threads at once, each batch on its own thread; a lone image that finds every
-instance idle runs on ``run_alone`` instead (all cores on one image: the lowest latency), and
-holds every instance while it runs. When the policy says run, each free instance takes its
+instance idle and no other image decoding runs on ``run_alone`` instead (all cores on one
+image: the lowest latency), and holds every instance while it runs. When the policy says run, each free instance takes its
 share of the queue (see :func:`next_batch_size`).
 
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
@@ -318,8 +318,10 @@ class Batcher:
 
     def _launch_batches(self) -> None:
         """Start a batch on each free instance that the queue has a share for (see
-        :func:`next_batch_size`); a lone image on an idle model runs alone, on every instance."""
-        if self._queued == 1 and self._busy == 0:
+        :func:`next_batch_size`). A lone image runs alone, on every core, only when nothing else
+        needs one: no batch running and no admitted image still decoding (decoders on the other
+        cores would make a run spread over every core wait for its slowest thread)."""
+        if self._queued == 1 and self._busy == 0 and self._reserved == 0:
             self._launch(self._take(1), alone=True)
             return
         share = next_batch_size(self.config, queued=self._queued, instances=self.instances)

@@ -407,6 +407,10 @@ async def test_a_lone_image_on_an_idle_model_runs_alone_and_holds_every_instance
     await asyncio.wait_for(asyncio.gather(first, *later), 5)
     assert alone.batches == [[1]]
     assert sorted(instance.batches) == [[2], [3]]
+    # An image still decoding needs a core: the lone image beside it runs on one instance.
+    with batcher.reserve(1):
+        await asyncio.wait_for(batcher.submit(images(4)), 5)
+    assert alone.batches == [[1]] and instance.batches[-1] == [4]
 
 
 async def test_stop_drains_batches_running_on_every_instance(make_batcher) -> None:
