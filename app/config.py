@@ -81,7 +81,9 @@ class Settings(BaseSettings):
         description="The model that answers /predict; default: the only model served.",
     )
     max_loaded_versions: int = Field(
-        default=8, ge=1, description="Model versions served at once, each its own ONNX Runtime session."
+        default=8,
+        ge=1,
+        description="Model versions served at once, each its own ONNX Runtime sessions (two with instances).",
     )
     require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
     intra_op_threads: int = Field(

@@ -17,8 +17,8 @@ falls with the batch size, and one run spread over every core loses time to its 
 meeting at each layer, while a batch on one thread per core does not. So ``run_batch`` may run
 on ``instances`` threads at once, each batch on its own thread; a lone image that finds every
 instance idle and no other image decoding runs on ``run_alone`` instead (all cores on one
-image: the lowest latency), and holds every instance while it runs. When the policy says run, each free instance takes its
-share of the queue (see :func:`next_batch_size`).
+image: the lowest latency), and holds every instance while it runs. When the policy says run,
+each free instance takes its share of the queue (see :func:`next_batch_size`).
 
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
 and runs them in dedicated threads, so the event loop never blocks on the model. Each image
