@@ -166,12 +166,13 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
 
 
 def resolve_instances(options: EngineOptions, provider: str) -> int:
-    """Model instances: as asked on the CPU (0: one per intra-op thread), one with CUDA."""
+    """Model instances: as asked on the CPU (0: one per intra-op thread, or per core this process
+    may run on when ONNX Runtime chooses the threads), one with CUDA."""
     if provider != CPU_PROVIDER:
         return 1
     if options.instances > 0:
         return options.instances
-    return max(1, options.intra_op_threads or os.cpu_count() or 1)
+    return max(1, options.intra_op_threads or len(os.sched_getaffinity(0)))
 
 
 def _open_session(model_path: Path, intra_op_threads: int, providers: list[str]) -> ort.InferenceSession:

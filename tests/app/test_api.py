@@ -360,7 +360,6 @@ def test_concurrent_requests_are_batched(
         max_delay_ms=2000,
         batch_policy="fixed",
         model_instances=instances,
-        intra_op_threads=2,
     ) as client:
         statuses: list[int] = []
 
