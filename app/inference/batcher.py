@@ -21,7 +21,8 @@ image: the lowest latency), and holds every instance while it runs. When the pol
 each free instance takes its share of the queue (see :func:`next_batch_size`).
 
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
-and runs them in dedicated threads, so the event loop never blocks on the model. Each image
+and runs them in dedicated threads, so the event loop never blocks on the model; a request
+whose images make a batch due (a lone image on an idle model) starts it itself. Each image
 has its own future; a failing batch fails exactly the images (and so the requests) in it. A
 cancelled request (deadline, disconnected client) drops its images that have not run yet.
 
@@ -215,6 +216,10 @@ class Batcher:
         self._task = None
 
     # -- admission --------------------------------------------------------------------------
+    def has_room(self, count: int) -> bool:
+        """Whether ``reserve(count)`` would succeed now."""
+        return self.accepting and self.queued_images + count <= self.config.max_queue_images
+
     def reserve(self, count: int) -> Reservation:
         """Admit ``count`` images or raise ``QueueFullError`` at once."""
         if not self.accepting:
@@ -254,6 +259,7 @@ class Batcher:
                 raise NotReadyError("the server is shutting down")
             items = self._enqueue(arrays)
             reservation.release()
+        self._launch_if_due()
         try:
             return [await item.future for item in items]
         finally:
@@ -296,13 +302,7 @@ class Batcher:
             if self._queue and self._busy < self.instances:
                 if self._stopping:
                     return True  # drain: no more images are coming
-                timeout = seconds_to_wait(
-                    self.config,
-                    now=time.monotonic(),
-                    oldest_enqueued_at=self._queue[0].enqueued_at,
-                    queued=self._queued,
-                    decoding=self._reserved,
-                )
+                timeout = self._seconds_to_wait()
                 if timeout <= 0:
                     return True
             elif self._stopping and not self._queue and not self._runs:
@@ -311,6 +311,23 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
+
+    def _seconds_to_wait(self) -> float:
+        return seconds_to_wait(
+            self.config,
+            now=time.monotonic(),
+            oldest_enqueued_at=self._queue[0].enqueued_at,
+            queued=self._queued,
+            decoding=self._reserved,
+        )
+
+    def _launch_if_due(self) -> None:
+        """Start what the policy starts now from the caller, not on the batching task's next
+        turn: a lone image on an idle model skips one pass of the event loop."""
+        self._discard_dropped_head()
+        free = self._busy < self.instances and not self._stopping
+        if self._queue and free and self._seconds_to_wait() <= 0:
+            self._launch_batches()
 
     def _discard_dropped_head(self) -> None:
         while self._queue and not self._queue[0].in_queue:

@@ -313,6 +313,21 @@ def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
     assert response.headers["retry-after"] == "1"
 
 
+def test_a_bad_image_is_its_own_error_even_when_the_queue_is_full(client: TestClient) -> None:
+    """A one-image request reserves its room before it is decoded, but not when there is none:
+    then the header is read first, as for every request, and the image's error wins."""
+    model = client.app.state.imgserve.registry.default()  # type: ignore[attr-defined]
+    reservation = model.batcher.reserve(256)
+    try:
+        response = client.post("/predict", content=b"not an image", headers={"Content-Type": "image/png"})
+    finally:
+        reservation.release()
+    error(response, 422, "request body: not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)")
+    response = client.post("/predict", content=b"not an image", headers={"Content-Type": "image/png"})
+    error(response, 422, "request body: not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)")
+    assert model.queued_images == 0
+
+
 def test_past_the_deadline_is_504_and_the_work_is_dropped(make_client: Callable[..., Any]) -> None:
     with make_client(request_timeout_s=0.2, max_delay_ms=10_000, batch_policy="fixed") as client:
         response = client.post("/predict", content=png(RED), headers={"Content-Type": "image/png"})

@@ -295,6 +295,17 @@ async def test_adaptive_runs_a_lone_request_without_waiting_for_the_delay(make_b
     assert model.batches == [[1]]
 
 
+async def test_a_due_batch_starts_from_the_request_not_on_the_batching_tasks_turn(make_batcher) -> None:
+    model = RecordingModel()
+    batcher = make_batcher(model, policy="adaptive", max_batch_size=8, max_delay_ms=LONG_DELAY_MS)
+    model.gate.clear()
+    request = asyncio.create_task(batcher.submit(images(1)))
+    await asyncio.sleep(0)  # one step of the request; the batching task has had no turn since
+    assert batcher.running_images == 1
+    model.gate.set()
+    assert [float(r[0]) for r in await asyncio.wait_for(request, 5)] == [10.0]
+
+
 async def test_adaptive_waits_for_an_image_still_decoding(make_batcher) -> None:
     model = RecordingModel()
     batcher = make_batcher(model, policy="adaptive", max_batch_size=8, max_delay_ms=LONG_DELAY_MS)

@@ -10,7 +10,12 @@ import time
 import pytest
 from PIL import Image
 
-from app.inference.errors import DecodeBusyError, ImageTooLargeError, RequestTooLargeError
+from app.inference.errors import (
+    DecodeBusyError,
+    ImageTooLargeError,
+    RequestTooLargeError,
+    UndecodableImageError,
+)
 from app.inference.model import DecodeBudget, Decoder, NamedImage
 from app.inference.preprocess import ImageLimits, probe
 from app.inference.scheduler import FairScheduler, Job
@@ -121,3 +126,64 @@ def test_the_scheduler_takes_one_job_of_each_request_in_turn_and_keeps_a_thread_
     # one job of b's, not for all of them.
     assert order.index("c0") < order.index("light2"), order
     assert order.index("heavy1") > order.index("light0")
+
+
+def test_one_image_is_probed_admitted_and_decoded_in_one_job_with_the_same_checks() -> None:
+    photo = encode(Image.radial_gradient("L").convert("RGB").resize((500, 375)), "JPEG")
+    flat = encode(Image.new("RGB", (2000, 1000), (9, 9, 9)), "PNG")  # 2 MP
+    heavy = encode(Image.new("RGB", (2500, 2000), (9, 9, 9)), "PNG")  # 5 MP: the heavy lane
+
+    async def scenario() -> None:
+        decoder = await _decoder(DecodeBudget(max_request_pixels=4_000_000, max_decoding_pixels=5_000_000))
+        jobs: list[int] = []
+        run = decoder._scheduler.run
+
+        async def counting_run(owner: object, batch: list[Job]) -> list[object]:
+            jobs.append(len(batch))
+            return await run(owner, batch)
+
+        decoder._scheduler.run = counting_run  # type: ignore[method-assign]
+        try:
+            with await decoder.admit([NamedImage("a", photo)], SPEC) as admission:
+                [expected] = await decoder.decode_all(admission)
+            jobs.clear()
+            array = await decoder.decode_one(NamedImage("a", photo), SPEC)
+            assert jobs == [1]  # one job, where admit + decode_all take two
+            assert (array == expected).all()
+            assert decoder.decoding_pixels == 0
+            with pytest.raises(RequestTooLargeError, match=r"5000000 pixels, over the budget of 4000000"):
+                await decoder.decode_one(NamedImage("big", heavy), SPEC)
+            held = await decoder.admit([NamedImage("held", flat), NamedImage("held", flat)], SPEC)
+            with held, pytest.raises(DecodeBusyError, match=r"4000000 pixels are waiting"):
+                await decoder.decode_one(NamedImage("b", flat), SPEC)
+            with pytest.raises(UndecodableImageError, match=r"^bad: not a decodable image"):
+                await decoder.decode_one(NamedImage("bad", b"not an image"), SPEC)
+            assert decoder.decoding_pixels == 0
+        finally:
+            decoder.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_heavy_lone_image_is_decoded_in_the_heavy_lane() -> None:
+    heavy = encode(Image.new("RGB", (2500, 2000), (9, 9, 9)), "PNG")  # 5 MP
+    lanes: list[bool] = []
+
+    async def scenario() -> None:
+        decoder = await _decoder(DecodeBudget(max_request_pixels=25_000_000, max_decoding_pixels=25_000_000))
+        run = decoder._scheduler.run
+
+        async def recording_run(owner: object, batch: list[Job]) -> list[object]:
+            lanes.extend(job.heavy for job in batch)
+            return await run(owner, batch)
+
+        decoder._scheduler.run = recording_run  # type: ignore[method-assign]
+        try:
+            array = await decoder.decode_one(NamedImage("heavy", heavy), SPEC)
+            assert array.shape == (224, 224, 3)
+            assert decoder.decoding_pixels == 0
+        finally:
+            decoder.stop()
+
+    asyncio.run(scenario())
+    assert lanes == [False, True]  # the header in a light job, the pixels in the heavy lane
