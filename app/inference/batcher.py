@@ -216,10 +216,6 @@ class Batcher:
         self._task = None
 
     # -- admission --------------------------------------------------------------------------
-    def has_room(self, count: int) -> bool:
-        """Whether ``reserve(count)`` would succeed now."""
-        return self.accepting and self.queued_images + count <= self.config.max_queue_images
-
     def reserve(self, count: int) -> Reservation:
         """Admit ``count`` images or raise ``QueueFullError`` at once."""
         if not self.accepting:

@@ -366,19 +366,15 @@ class ServedModel:
         self._idle.clear()
         try:
             spec = self.card.preprocessing
-            if len(images) == 1 and self.batcher.has_room(1):
-                # One image: its reservation first (room is there), then header, budgets and
-                # pixels in one job. When the queue is full, the path below still answers a
-                # bad image's error before the queue's.
-                with self.batcher.reserve(1) as reservation:
+            # Room in the queue first: under overload a request is refused before any work
+            # on it (a bad image sent then gets its own error when it comes back).
+            with self.batcher.reserve(len(images)) as reservation:
+                if len(images) == 1:  # header, budgets and pixels in one job
                     arrays = [await self.decoder.decode_one(images[0], spec)]
-                    rows = await self.batcher.infer(arrays, reservation)
-            else:
-                with await self.decoder.admit(images, spec) as admission:
-                    reservation = self.batcher.reserve(len(images))
-                    with reservation:
+                else:
+                    with await self.decoder.admit(images, spec) as admission:
                         arrays = await self.decoder.decode_all(admission)
-                        rows = await self.batcher.infer(arrays, reservation)
+                rows = await self.batcher.infer(arrays, reservation)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:

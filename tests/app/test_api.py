@@ -313,16 +313,16 @@ def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
     assert response.headers["retry-after"] == "1"
 
 
-def test_a_bad_image_is_its_own_error_even_when_the_queue_is_full(client: TestClient) -> None:
-    """A one-image request reserves its room before it is decoded, but not when there is none:
-    then the header is read first, as for every request, and the image's error wins."""
+def test_a_full_queue_refuses_before_reading_the_image(client: TestClient) -> None:
+    """Under overload nothing is spent on a request: not even its header is read, so a bad
+    image gets the 503 too, and its own error once it comes back to room in the queue."""
     model = client.app.state.imgserve.registry.default()  # type: ignore[attr-defined]
     reservation = model.batcher.reserve(256)
     try:
         response = client.post("/predict", content=b"not an image", headers={"Content-Type": "image/png"})
     finally:
         reservation.release()
-    error(response, 422, "request body: not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
     response = client.post("/predict", content=b"not an image", headers={"Content-Type": "image/png"})
     error(response, 422, "request body: not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)")
     assert model.queued_images == 0
