@@ -2,8 +2,9 @@
 
 ``ServedModel.classify`` is the whole inference core as a front end sees it: named image bytes
 and a ``top_k`` in, a labelled :class:`Classification` per image out, or one of the core's
-errors (``app.inference.errors``). Admission reads every image's header first and counts
-the pixels decoding will produce against a per-request and a process-wide budget; decoding
+errors (``app.inference.errors``). A request first takes room in its batcher's queue (refused
+at once when there is none); admission then reads every image's header and counts the pixels
+decoding will produce against a per-request and a process-wide budget; decoding
 runs on threads shared by every model of the process (:class:`Decoder`), scheduled fairly
 across requests; the model runs on its batcher's own thread. Nothing here
 knows about HTTP.
