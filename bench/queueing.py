@@ -1,4 +1,4 @@
-"""The least tail latency any scheduler can give under open-loop load: an ideal server, simulated.
+"""The open-loop tail of an ideal server, simulated: what queueing alone costs, before any overhead.
 
     python -m bench.queueing --service-ms 12.5 --servers 2 --reference-ms 10.5
 
