@@ -29,8 +29,6 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class QueueResult:
-    load: float
-    arrivals: int
     p50_s: float
     p99_s: float
     mean_s: float
@@ -77,8 +75,6 @@ def simulate(
             batch_id += 1
     times.sort()
     return QueueResult(
-        load=load,
-        arrivals=arrivals,
         p50_s=times[len(times) // 2],
         p99_s=times[min(len(times) - 1, int(len(times) * 0.99))],
         mean_s=sum(times) / len(times),
