@@ -23,6 +23,10 @@ class InvalidRequestError(InferenceError):
     """A parameter is out of range (``top_k`` larger than the number of classes)."""
 
 
+class ExplanationUnavailableError(InvalidRequestError):
+    """An explanation was asked of a model whose card says it does not explain."""
+
+
 class ImageError(InferenceError):
     """One image of the request cannot be classified; the message names it."""
 

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
@@ -25,9 +25,23 @@ import numpy as np
 
 from app.inference.batcher import Batcher, BatcherConfig, retry_after_s
 from app.inference.engine import Engine
-from app.inference.errors import DecodeBusyError, InvalidRequestError, NotReadyError, RequestTooLargeError
-from app.inference.postprocess import Classification, classify
-from app.inference.preprocess import ImageCost, ImageLimits, preprocess, probe
+from app.inference.errors import (
+    DecodeBusyError,
+    ExplanationUnavailableError,
+    InvalidRequestError,
+    ModelFailedError,
+    NotReadyError,
+    RequestTooLargeError,
+)
+from app.inference.postprocess import Classification, CropBox, Explanation, class_maps, classify
+from app.inference.preprocess import (
+    ImageCost,
+    ImageLimits,
+    crop_in_original,
+    oriented_size,
+    preprocess,
+    probe,
+)
 from app.inference.scheduler import FairScheduler, Job
 from model_card import ModelCard, Preprocessing
 
@@ -352,15 +366,33 @@ class ServedModel:
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidRequestError(f"top_k must be between {self.top_k_range()}, got {top_k}")
 
-    async def classify(self, images: Sequence[NamedImage], top_k: int) -> list[Classification]:
+    @property
+    def explains(self) -> bool:
+        """Whether this model answers with class activation maps when asked (its card says so)."""
+        return self.engine.explains
+
+    def check_explain(self, explain: bool) -> None:
+        """Raise ``ExplanationUnavailableError`` when asked to explain a model that does not."""
+        if explain and not self.explains:
+            raise ExplanationUnavailableError(
+                f"model {self.name!r} version {self.version!r} does not explain its answers (its card has "
+                "no explanation: its head is not one the exporter can explain exactly); ask without explain"
+            )
+
+    async def classify(
+        self, images: Sequence[NamedImage], top_k: int, explain: bool = False
+    ) -> list[Classification]:
         """The labelled top-k (and the probabilities) of each image, in order; all or nothing.
 
-        Raises the core's typed error of the first bad image (in request order),
-        ``RequestTooLargeError`` past the per-request pixel budget, ``DecodeBusyError`` when the
-        process's pixel budget is spent, ``QueueFullError`` when the queue has no room,
-        ``ModelFailedError`` when the model fails.
+        ``explain``: each answer also carries the class activation maps of its top-k classes
+        and the crop's box in the original image (``ExplanationUnavailableError`` for a model
+        that does not explain). Raises the core's typed error of the first bad image (in
+        request order), ``RequestTooLargeError`` past the per-request pixel budget,
+        ``DecodeBusyError`` when the process's pixel budget is spent, ``QueueFullError`` when
+        the queue has no room, ``ModelFailedError`` when the model fails.
         """
         self.check_top_k(top_k)
+        self.check_explain(explain)
         if self._unloaded:
             raise NotReadyError(f"model {self.name!r} version {self.version!r} was unloaded; retry")
         self._in_flight += 1
@@ -375,10 +407,32 @@ class ServedModel:
                 else:
                     with await self.decoder.admit(images, spec) as admission:
                         arrays = await self.decoder.decode_all(admission)
-                rows = await self.batcher.infer(arrays, reservation)
+                rows = await self.batcher.infer(arrays, reservation, explain=explain)
+            boxes = await asyncio.to_thread(self._crop_boxes, images) if explain else None
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
         labels = self.card.labels
-        return [classify(row, labels, top_k) for row in rows]
+        if boxes is None:
+            classes = self.card.num_classes
+            return [classify(row[:classes], labels, top_k) for row in rows]
+        return [self._explained(row, box, top_k) for row, box in zip(rows, boxes, strict=True)]
+
+    def _crop_boxes(self, images: Sequence[NamedImage]) -> list[CropBox]:
+        """Each image's crop in its original pixels (headers only: the images decoded already)."""
+        spec = self.card.preprocessing
+        limits = self.decoder.limits
+        return [
+            CropBox(*crop_in_original(*oriented_size(image.data, limits, image.name), spec))
+            for image in images
+        ]
+
+    def _explained(self, row: np.ndarray, box: CropBox, top_k: int) -> Classification:
+        probabilities, maps, map_classes = self.engine.split_row(row)
+        result = classify(probabilities, self.card.labels, top_k)
+        explanation = self.card.explanation
+        if maps is None or map_classes is None or explanation is None:  # not reached: checked above
+            raise ModelFailedError("the model returned no explanation")
+        found = Explanation(explanation.method, box, class_maps(result.top_k, maps, map_classes))
+        return replace(result, explanation=found)
