@@ -108,7 +108,7 @@ def _print_export_summary(result: object, elapsed_s: float) -> None:
     )
     explanation = card.explanation
     if explanation is None:
-        print("explanations: none (the model's head is not one the exporter can explain exactly)")
+        print("explanations: none (--no-explain, or a head the exporter cannot explain exactly: see above)")
     else:
         print(
             f"explanations: {explanation.method} maps {explanation.height}x{explanation.width} for the top "

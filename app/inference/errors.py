@@ -23,8 +23,8 @@ class InvalidRequestError(InferenceError):
     """A parameter is out of range (``top_k`` larger than the number of classes)."""
 
 
-class ExplanationUnavailableError(InvalidRequestError):
-    """An explanation was asked of a model whose card says it does not explain."""
+class ExplainUnsupportedError(InvalidRequestError):
+    """An explanation was asked of a model that cannot give one."""
 
 
 class ImageError(InferenceError):

@@ -27,7 +27,7 @@ from app.inference.batcher import Batcher, BatcherConfig, retry_after_s
 from app.inference.engine import Engine
 from app.inference.errors import (
     DecodeBusyError,
-    ExplanationUnavailableError,
+    ExplainUnsupportedError,
     InvalidRequestError,
     ModelFailedError,
     NotReadyError,
@@ -372,9 +372,9 @@ class ServedModel:
         return self.engine.explains
 
     def check_explain(self, explain: bool) -> None:
-        """Raise ``ExplanationUnavailableError`` when asked to explain a model that does not."""
+        """Raise ``ExplainUnsupportedError`` when asked to explain a model that does not."""
         if explain and not self.explains:
-            raise ExplanationUnavailableError(
+            raise ExplainUnsupportedError(
                 f"model {self.name!r} version {self.version!r} does not explain its answers (its card has "
                 "no explanation: its head is not one the exporter can explain exactly); ask without explain"
             )
@@ -385,7 +385,7 @@ class ServedModel:
         """The labelled top-k (and the probabilities) of each image, in order; all or nothing.
 
         ``explain``: each answer also carries the class activation maps of its top-k classes
-        and the crop's box in the original image (``ExplanationUnavailableError`` for a model
+        and the crop's box in the original image (``ExplainUnsupportedError`` for a model
         that does not explain). Raises the core's typed error of the first bad image (in
         request order), ``RequestTooLargeError`` past the per-request pixel budget,
         ``DecodeBusyError`` when the process's pixel budget is spent, ``QueueFullError`` when

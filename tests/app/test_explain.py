@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.inference.batcher import BatcherConfig
 from app.inference.engine import Engine, EngineOptions, create_engine
-from app.inference.errors import ExplanationUnavailableError, InvalidRequestError
+from app.inference.errors import ExplainUnsupportedError, InvalidRequestError
 from app.inference.model import Decoder, NamedImage, ServedModel
 from app.inference.postprocess import Classification
 from app.inference.preprocess import ImageLimits, crop_in_original, oriented_size
@@ -140,7 +140,7 @@ async def test_a_model_without_maps_refuses_to_explain(tiny: ServedModel) -> Non
     [result] = await tiny.classify([image], top_k=1)
     assert result.top_k[0].label == "red" and result.explanation is None
     assert not tiny.explains
-    with pytest.raises(ExplanationUnavailableError, match="does not explain") as info:
+    with pytest.raises(ExplainUnsupportedError, match="does not explain") as info:
         await tiny.classify([image], top_k=1, explain=True)
     assert isinstance(info.value, InvalidRequestError)
 
