@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -45,7 +45,7 @@ class Explanation:
     """Why the model answered as it did for one image: the maps of the top-k classes that the
     model explains (most probable first; the first is the top class's) and the crop's box."""
 
-    method: str
+    method: Literal["cam", "grad-cam"]
     box: CropBox
     maps: list[ClassMap]
 

@@ -110,7 +110,7 @@ class InferenceServicer:
                 request.model_name,
                 request.model_version or None,
                 top_k,
-                False,
+                codec.wants_explanation(outputs),
                 PROTOCOL,
                 "classification",
             )
@@ -225,8 +225,9 @@ def _inputs(
 ) -> tuple[list[bytes], list[codec.RequestedOutput]]:
     """The encoded images of the one input and the outputs asked for."""
     images = _images(request, max_images)
+    explain = codec.explain_parameter(_parameters(request.parameters))
     outputs = codec.parse_outputs(
-        [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True
+        [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True, explain=explain
     )
     return images, outputs
 

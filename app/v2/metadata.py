@@ -22,7 +22,7 @@ def model_metadata(state: AppState, model: ServedModel) -> dict[str, Any]:
         "name": model.name,
         "versions": versions,
         "platform": codec.PLATFORM,
-        **codec.tensor_metadata(model.card.num_classes),
+        **codec.tensor_metadata(model.card.num_classes, model.card.explanation),
     }
 
 

@@ -145,7 +145,7 @@ async def run_inference(
         parsed = await dataplane.parse(codec.parse_rest_request, body, header_length, limit)
         images = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
         return InferenceRequest(
-            images, name, version, parsed.top_k, False, V2Route.protocol, "classification"
+            images, name, version, parsed.top_k, parsed.explain, V2Route.protocol, "classification"
         ), parsed
 
     result, parsed = await dataplane.run(
