@@ -137,9 +137,17 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
     available = ort.get_available_providers()
     if options.require_cuda and CUDA_PROVIDER not in available:
         raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {cuda_unavailable_reason()}")
+    providers = choose_providers(available)
+    # No driver or no GPU: CUDA is not offered to the session at all, so ONNX Runtime does not
+    # log its own multi-line failure; the one warning below says what is missing.
+    no_gpu = cuda_driver_problem() if CUDA_PROVIDER in available else None
+    if no_gpu is not None:
+        if options.require_cuda:
+            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {no_gpu}")
+        providers = [p for p in providers if p != CUDA_PROVIDER]
     if CUDA_PROVIDER in available:
         preload_cuda_libraries()
-    session = _open_session(model_path, options.intra_op_threads, choose_providers(available))
+    session = _open_session(model_path, options.intra_op_threads, providers)
     try:
         card = load_card(model_path)
     except CardError as exc:
@@ -147,7 +155,7 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
     check_graph_matches_card(session, card, str(model_path))
     active = session.get_providers()
     if CUDA_PROVIDER in available and active[0] != CUDA_PROVIDER:
-        reason = cuda_unavailable_reason()
+        reason = no_gpu or cuda_unavailable_reason()
         if options.require_cuda:
             raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {reason}")
         logger.warning("CUDA provider unavailable, serving on %s: %s", active[0], reason)
@@ -219,6 +227,19 @@ def cuda_unavailable_reason() -> str:
             f"this ONNX Runtime build ({ort.__version__}) has no CUDA provider: "
             "install onnxruntime-gpu (the `gpu` extra)"
         )
+    no_gpu = cuda_driver_problem()
+    if no_gpu is not None:
+        return no_gpu
+    provider_library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(provider_library))
+    except OSError as exc:
+        return f"the CUDA provider cannot load its libraries ({exc}): install the `gpu` extra (CUDA, cuDNN)"
+    return "ONNX Runtime could not create the CUDA provider (its own error is logged above)"
+
+
+def cuda_driver_problem() -> str | None:
+    """What keeps the NVIDIA driver from giving this process a GPU, or None when it has one."""
     try:
         driver = ctypes.CDLL("libcuda.so.1")
     except OSError:
@@ -232,12 +253,7 @@ def cuda_unavailable_reason() -> str:
     count = ctypes.c_int(0)
     if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
         return "the NVIDIA driver sees no GPU (check CUDA_VISIBLE_DEVICES)"
-    provider_library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-    try:
-        ctypes.CDLL(str(provider_library))
-    except OSError as exc:
-        return f"the CUDA provider cannot load its libraries ({exc}): install the `gpu` extra (CUDA, cuDNN)"
-    return "ONNX Runtime could not create the CUDA provider (its own error is logged above)"
+    return None
 
 
 def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
