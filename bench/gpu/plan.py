@@ -36,6 +36,8 @@ class Sizes:
     # topology -> concurrency levels, in the order they run (most important first)
     server_points: dict[str, tuple[int, ...]]
     server_processes: int  # the "several processes" topologies
+    # open loop (Poisson arrivals) on batching_on at this offered rate: the latency target's point
+    open_loop_images_per_s: float
     max_batch_size: int
     tensorrt_batches: tuple[int, ...]
 
@@ -53,6 +55,7 @@ GPU_SIZES = Sizes(
         "batching_off_procs": (32, 128, 512),
     },
     server_processes=4,
+    open_loop_images_per_s=2000.0,
     max_batch_size=64,
     tensorrt_batches=(1, 32, 128),
 )
@@ -70,6 +73,7 @@ DRY_SIZES = Sizes(
         "batching_off_procs": (4,),
     },
     server_processes=2,
+    open_loop_images_per_s=20.0,
     max_batch_size=8,
     tensorrt_batches=(1,),
 )
@@ -184,7 +188,7 @@ def run_plan(options: RunOptions) -> dict[str, Any]:
                 f"step {step.name}: {status['status']} in {status.get('wall_s', 0):.1f} s"
                 f"{' (' + status['why'] + ')' if status.get('why') else ''}"
             )
-            write_report(load_results(options.out), options.out)
+            write_report(load_results(options.out), options.out, plots=False)
             bar.update()
     results = load_results(options.out)
     results["run"]["wall_s"] = round(time.monotonic() - started, 1)

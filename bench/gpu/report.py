@@ -11,7 +11,9 @@ from bench.gpu.plan import STEPS
 PLOTS = ("sweep.png", "server.png")
 
 
-def write_report(results: dict[str, Any], out: Path) -> Path:
+def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> Path:
+    """report.md, and the plots unless ``plots`` is false (between steps: the figures matter,
+    and matplotlib costs seconds on a busy machine)."""
     lines = header(results)
     lines += env_section(results.get("env"))
     lines += parity_section(results.get("parity"))
@@ -19,11 +21,14 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines += server_section(results.get("server"))
     lines += ["## Details", ""]
     lines += steps_section(results)
-    plots = []
-    with contextlib.suppress(ImportError):
-        plots = write_plots(results, out)
+    written = []
     if plots:
-        lines += ["", *[f"![{p}]({p})" for p in plots]]
+        with contextlib.suppress(ImportError):
+            written = write_plots(results, out)
+    else:
+        written = [name for name in PLOTS if (out / name).exists()]
+    if written:
+        lines += ["", *[f"![{name}]({name})" for name in written]]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -128,8 +133,8 @@ def server_section(server: dict[str, Any] | None) -> list[str]:
         "server processes sharing the GPU, load generator i sending to server i mod N. "
         "GPU: nvidia-smi's utilisation (percent of time a kernel ran), mean and max over the window.",
         "",
-        "| topology | c | images/s | p50 ms | p99 ms | mean batch | server CPU-ms/image | GPU util mean/max |"
-        " GPU MiB | errors |",
+        "| topology | c or offered | images/s | p50 ms | p99 ms | mean batch | server CPU-ms/image "
+        "| GPU util mean/max | GPU MiB | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in points.values():
@@ -140,8 +145,9 @@ def server_section(server: dict[str, Any] | None) -> list[str]:
         cpu_text = f"{1000 * cpu:.2f}" if cpu else "-"
         util_text = f"{gpu['util_mean']:.0f}% / {gpu['util_max']:.0f}%" if gpu else "-"
         memory_text = f"{gpu['memory_mib_max']:.0f}" if gpu else "-"
+        load = f"open {r['offered_images_per_s']:,.0f}/s" if r["mode"] == "open" else str(r["concurrency"])
         lines.append(
-            f"| {r['topology']} | {r['concurrency']} | {r['images_per_s']:,.1f} | "
+            f"| {r['topology']} | {load} | {r['images_per_s']:,.1f} | "
             f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {batch_text} | {cpu_text} | "
             f"{util_text} | {memory_text} | "
             f"{r['error_count']} |"
@@ -211,8 +217,8 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
         by_topology: dict[str, list[dict[str, Any]]] = {}
         for r in points.values():
             by_topology.setdefault(r["topology"], []).append(r)
-        for name, rows in by_topology.items():
-            rows.sort(key=lambda r: r["concurrency"])
+        for name, all_rows in by_topology.items():
+            rows = sorted((r for r in all_rows if r["mode"] == "closed"), key=lambda r: r["concurrency"])
             c = [r["concurrency"] for r in rows]
             axes[0].plot(c, [r["images_per_s"] for r in rows], marker="o", label=name)
             axes[1].plot(c, [r["latency_ms"]["p99"] for r in rows], marker="o", label=name)

@@ -100,6 +100,7 @@ def test_the_sweep_covers_both_precisions_both_feedings_and_every_batch(
 def test_the_server_answers_every_point_of_every_topology(dry_run: tuple[dict[str, Any], Path]) -> None:
     server = dry_run[0]["server"]
     expected = {f"{t}/jpeg_500x375/c{c}" for t, levels in DRY_SIZES.server_points.items() for c in levels}
+    expected.add(f"batching_on/jpeg_500x375/open{DRY_SIZES.open_loop_images_per_s:g}ips")
     assert set(server["points"]) == expected
     for key, point in server["points"].items():
         assert point["images_ok"] > 0 and point["error_count"] == 0, key
