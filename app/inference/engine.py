@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -152,21 +153,29 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
         )
     available = ort.get_available_providers()
     if options.require_cuda and CUDA_PROVIDER not in available:
-        raise EngineError(
-            f"require_cuda is set but this ONNX Runtime build offers only {available}; "
-            "install onnxruntime-gpu (the `gpu` extra)"
-        )
+        raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {cuda_unavailable_reason()}")
+    providers = choose_providers(available)
+    # No driver or no GPU: CUDA is not offered to the session at all, so ONNX Runtime does not
+    # log its own multi-line failure; the one warning below says what is missing.
+    no_gpu = cuda_driver_problem() if CUDA_PROVIDER in available else None
+    if no_gpu is not None:
+        if options.require_cuda:
+            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {no_gpu}")
+        providers = [p for p in providers if p != CUDA_PROVIDER]
     if CUDA_PROVIDER in available:
         preload_cuda_libraries()
-    session = _open_session(model_path, options.intra_op_threads, choose_providers(available))
+    session = _open_session(model_path, options.intra_op_threads, providers)
     try:
         card = load_card(model_path)
     except CardError as exc:
         raise EngineError(str(exc)) from exc
     check_graph_matches_card(session, card, str(model_path))
     active = session.get_providers()
-    if options.require_cuda and active[0] != CUDA_PROVIDER:
-        raise EngineError(f"require_cuda is set but the active providers are {active}")
+    if CUDA_PROVIDER in available and active[0] != CUDA_PROVIDER:
+        reason = no_gpu or cuda_unavailable_reason()
+        if options.require_cuda:
+            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {reason}")
+        logger.warning("CUDA provider unavailable, serving on %s: %s", active[0], reason)
     instances = resolve_instances(options, active[0])
     instance_session = _open_session(model_path, 1, [CPU_PROVIDER]) if instances > 1 else None
     logger.info(
@@ -221,6 +230,47 @@ def preload_cuda_libraries() -> None:
         ort.preload_dlls()
     except Exception:  # a missing library is reported when the session falls back or fails
         logger.warning("could not preload the CUDA/cuDNN libraries", exc_info=True)
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ONNX Runtime's CUDA provider cannot run in this process, in one line: what is missing.
+
+    Checked in the order a deployment gets them wrong: the ONNX Runtime build, the NVIDIA driver
+    (a container started without its GPUs has none), a GPU the driver can use, then the CUDA and
+    cuDNN libraries the provider links against.
+    """
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return (
+            f"this ONNX Runtime build ({ort.__version__}) has no CUDA provider: "
+            "install onnxruntime-gpu (the `gpu` extra)"
+        )
+    no_gpu = cuda_driver_problem()
+    if no_gpu is not None:
+        return no_gpu
+    provider_library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(provider_library))
+    except OSError as exc:
+        return f"the CUDA provider cannot load its libraries ({exc}): install the `gpu` extra (CUDA, cuDNN)"
+    return "ONNX Runtime could not create the CUDA provider (its own error is logged above)"
+
+
+def cuda_driver_problem() -> str | None:
+    """What keeps the NVIDIA driver from giving this process a GPU, or None when it has one."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return (
+            "no NVIDIA driver (libcuda.so.1 not found): no GPU on this machine, or a container "
+            "started without one (docker run --gpus all, with the NVIDIA container toolkit)"
+        )
+    status = driver.cuInit(0)
+    if status != 0:
+        return f"the NVIDIA driver found no usable GPU (cuInit error {status})"
+    count = ctypes.c_int(0)
+    if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return "the NVIDIA driver sees no GPU (check CUDA_VISIBLE_DEVICES)"
+    return None
 
 
 def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
