@@ -125,7 +125,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         async def describe(call: _Call) -> pb.ModelMetadataResponse:
             model = self._model(request.name, request.version)
-            return pb.ModelMetadataResponse(**metadata.model_metadata(self.state, model))
+            return pb.ModelMetadataResponse(**metadata.model_metadata(self.state, model, parameters=False))
 
         return await self._serve("ModelMetadata", context, describe)
 
