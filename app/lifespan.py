@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.inference.batcher import BatcherConfig
-from app.inference.control import LoadOptions, ModelControl
+from app.inference.control import LoadError, LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
 from app.inference.model import DecodeBudget, Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
@@ -41,6 +41,12 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         try:
             await control.start()
             check_default_model(settings, state)
+        except (LoadError, EngineError) as exc:
+            # A configuration or deployment problem: one line says what, no traceback follows.
+            state.lifecycle.startup_error = str(exc)
+            logger.error("cannot start: %s", exc)
+            await control.stop(timeout_s=0.5)
+            raise
         except BaseException:
             await control.stop(timeout_s=0.5)
             raise

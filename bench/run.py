@@ -328,7 +328,7 @@ def measure_point(
             "--workload",
             str(workload_dir),
             "--port",
-            str(topo.port),
+            str(topo.port_for(index)),
             "--t0",
             repr(t0),
             "--warmup",

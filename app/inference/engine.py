@@ -13,6 +13,7 @@ when this build offers it, else the CPU. A provider this process cannot use fall
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -290,27 +291,35 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
         )
     available = ort.get_available_providers()
     if options.require_cuda and CUDA_PROVIDER not in available:
-        raise EngineError(
-            f"require_cuda is set but this ONNX Runtime build offers only {available}; "
-            "install onnxruntime-gpu (the `gpu` extra)"
-        )
+        raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {cuda_unavailable_reason()}")
+    # No driver or no GPU: CUDA is not offered to the session at all, so ONNX Runtime does not
+    # log its own multi-line failure; the one warning below says what is missing.
+    no_gpu = cuda_driver_problem() if CUDA_PROVIDER in available else None
+    if no_gpu is not None and options.require_cuda:
+        raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {no_gpu}")
+    usable = [p for p in available if not (no_gpu is not None and p in (CUDA_PROVIDER, TENSORRT_PROVIDER))]
     try:
         card = load_card(model_path)
     except CardError as exc:
         # A file that is no model at all: ONNX Runtime's own words say more than the card's.
         _open_session(model_path, 1, [CPU_PROVIDER])
         raise EngineError(str(exc)) from exc
-    provider = resolve_provider(options, card, available, str(model_path))
+    provider = resolve_provider(options, card, usable, str(model_path))
     if provider == "openvino":
         return _create_openvino_engine(model_path, card, options)
-    if CUDA_PROVIDER in available and provider != "cpu":
+    if CUDA_PROVIDER in available:
         preload_cuda_libraries()
-    providers = _ort_providers(provider, available)
+    providers = _ort_providers(provider, usable)
     session = _open_session(model_path, options.intra_op_threads, providers)
     check_graph_matches_card(session, card, str(model_path))
     active = session.get_providers()
-    if options.require_cuda and active[0] != CUDA_PROVIDER:
-        raise EngineError(f"require_cuda is set but the active providers are {active}")
+    default_path = options.execution_provider == "auto" and card.execution_provider is None
+    wanted_gpu = provider in ("cuda", "tensorrt") or (no_gpu is not None and default_path)
+    if CUDA_PROVIDER in available and wanted_gpu and active[0] not in (CUDA_PROVIDER, TENSORRT_PROVIDER):
+        reason = no_gpu or cuda_unavailable_reason()
+        if options.require_cuda:
+            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {reason}")
+        logger.warning("CUDA provider unavailable, serving on %s: %s", active[0], reason)
     if options.require_provider and options.execution_provider != "auto" and active[0] != providers[0]:
         raise EngineError(f"IMGSERVE_REQUIRE_PROVIDER is set but the active providers are {active}")
     instances = resolve_instances(options, active[0])
@@ -412,6 +421,47 @@ def preload_cuda_libraries() -> None:
         ort.preload_dlls()
     except Exception:  # a missing library is reported when the session falls back or fails
         logger.warning("could not preload the CUDA/cuDNN libraries", exc_info=True)
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ONNX Runtime's CUDA provider cannot run in this process, in one line: what is missing.
+
+    Checked in the order a deployment gets them wrong: the ONNX Runtime build, the NVIDIA driver
+    (a container started without its GPUs has none), a GPU the driver can use, then the CUDA and
+    cuDNN libraries the provider links against.
+    """
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return (
+            f"this ONNX Runtime build ({ort.__version__}) has no CUDA provider: "
+            "install onnxruntime-gpu (the `gpu` extra)"
+        )
+    no_gpu = cuda_driver_problem()
+    if no_gpu is not None:
+        return no_gpu
+    provider_library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(provider_library))
+    except OSError as exc:
+        return f"the CUDA provider cannot load its libraries ({exc}): install the `gpu` extra (CUDA, cuDNN)"
+    return "ONNX Runtime could not create the CUDA provider (its own error is logged above)"
+
+
+def cuda_driver_problem() -> str | None:
+    """What keeps the NVIDIA driver from giving this process a GPU, or None when it has one."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return (
+            "no NVIDIA driver (libcuda.so.1 not found): no GPU on this machine, or a container "
+            "started without one (docker run --gpus all, with the NVIDIA container toolkit)"
+        )
+    status = driver.cuInit(0)
+    if status != 0:
+        return f"the NVIDIA driver found no usable GPU (cuInit error {status})"
+    count = ctypes.c_int(0)
+    if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return "the NVIDIA driver sees no GPU (check CUDA_VISIBLE_DEVICES)"
+    return None
 
 
 def check_graph_matches_card(session: Session, card: ModelCard, source: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -99,7 +100,9 @@ def test_no_card_at_all_fails(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="CUDA is available here")
 def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
-    with pytest.raises(EngineError, match="require_cuda is set but this ONNX Runtime build offers only"):
+    with pytest.raises(
+        EngineError, match=r"IMGSERVE_REQUIRE_CUDA is set but this ONNX Runtime build \(.+\) has no CUDA"
+    ):
         create_engine(tiny_model_path, EngineOptions(require_cuda=True))
 
 
@@ -166,6 +169,33 @@ def test_a_failed_preload_is_logged_and_the_session_still_loads(
     assert engine.execution_provider == CPU_PROVIDER
     assert "could not preload the CUDA/cuDNN libraries" in caplog.text
     assert "libcudnn.so.9" in caplog.text
+
+
+def _has_nvidia_driver() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_nvidia_driver(), reason="this machine has an NVIDIA driver")
+def test_a_cuda_build_without_a_gpu_says_in_one_line_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # onnxruntime-gpu on a machine (or in a container) without the NVIDIA driver: it serves on
+    # the CPU and one warning names the missing driver; required, it refuses to start.
+    _offer_cuda(monkeypatch, lambda: None)
+    engine = create_engine(tiny_model_path, EngineOptions())
+    assert engine.execution_provider == CPU_PROVIDER
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "CUDA provider unavailable, serving on CPUExecutionProvider: no NVIDIA driver (libcuda.so.1 not "
+        "found): no GPU on this machine, or a container started without one (docker run --gpus all, "
+        "with the NVIDIA container toolkit)"
+    ]
+    with pytest.raises(EngineError, match=r"^IMGSERVE_REQUIRE_CUDA is set but no NVIDIA driver \(libcuda"):
+        create_engine(tiny_model_path, EngineOptions(require_cuda=True))
 
 
 # ONNX Runtime skips telemetry on CI systems it recognises; these would hide what users get.
