@@ -19,6 +19,7 @@ from app.inference.engine import Engine, EngineError, EngineOptions, live_sessio
 from app.inference.model import DecodeBudget, Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
 from app.inference.repository import DirectoryRepository, ModelSource, SingleModelFile
+from app.runtime_watch import RuntimeWatch
 from app.state import AppState
 from app.v2.grpc_server import start_grpc_server
 
@@ -58,10 +59,13 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
         state.lifecycle.ready = True
         grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
+        watch = RuntimeWatch(state.metrics.event_loop_lag, state.metrics.gc_pause)
+        watch.start()
         try:
             yield
         finally:
             state.lifecycle.ready = False
+            await watch.stop()
             if grpc_server is not None:  # its calls in flight finish before the batchers stop
                 await grpc_server.stop()
             await control.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))

@@ -74,11 +74,24 @@ total = sum(r[0] for r in rows)
 print(f"site-packages: {total / 1e6:.0f} MB in {len(rows)} distributions; the largest:")
 for size, name, version in rows[:12]:
     print(f"  {size / 1e6:7.0f} MB  {name} {version}")
-lib = os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime_providers_cuda.so")
+import glob, sys
+capi = os.path.join(os.path.dirname(ort.__file__), "capi")
+lib = os.path.join(capi, "libonnxruntime_providers_cuda.so")
 needed = subprocess.run(["ldd", lib], capture_output=True, text=True).stdout.split("\n")
 cuda = [l.split()[0] for l in needed if any(k in l for k in ("cuda", "cublas", "curand", "cufft", "cudnn", "nvrtc"))]
 print(f"onnxruntime {ort.__version__}: {ort.get_available_providers()}")
 print(f"the CUDA provider links against: {' '.join(cuda)} (and dlopens cuDNN)")
+# Everything the CUDA provider and cuDNN link against must resolve in the image, but the
+# driver's libcuda.so.1 (mounted into the container with the GPU).
+site = os.path.dirname(os.path.dirname(ort.__file__))
+missing = set()
+for path in [lib, *glob.glob(os.path.join(site, "nvidia", "*", "lib", "*.so*"))]:
+    for line in subprocess.run(["ldd", path], capture_output=True, text=True).stdout.split("\n"):
+        if "not found" in line and not line.split()[0].startswith("libcuda.so"):
+            missing.add(f"{os.path.basename(path)}: {line.split()[0]}")
+if missing:
+    sys.exit("libraries missing from the image: " + ", ".join(sorted(missing)))
+print("every library they link against resolves in the image, but the driver's libcuda.so.1")
 PY
 }
 

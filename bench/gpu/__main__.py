@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     results = run_plan(options)
     failed = [name for name, step in results["steps"].items() if step["status"] in ("failed", "timeout")]
+    if not options.dry_run and results["steps"].get("env", {}).get("status") != "ok":
+        failed = failed or ["env"]
     if failed:
         raise SystemExit(f"steps that did not finish: {', '.join(failed)} (see {out / 'report.md'})")
 

@@ -178,8 +178,12 @@ def run_plan(options: RunOptions) -> dict[str, Any]:
             left = options.budget_s - REPORT_RESERVE_S - (time.monotonic() - started)
             limit = min(step_limit(step, options), left)
             bar.set_postfix_str(f"{step.name} (limit {limit:.0f} s)")
-            if limit < 1:
-                status: dict[str, Any] = {"status": "skipped", "why": "the run's time budget is spent"}
+            env_status = load_results(options.out).get("steps", {}).get("env", {}).get("status")
+            if not options.dry_run and step.name != "env" and env_status in ("failed", "timeout"):
+                # CUDA does not run here (or its check hung): nothing after it would mean anything
+                status: dict[str, Any] = {"status": "skipped", "why": "the env step found no working CUDA"}
+            elif limit < 1:
+                status = {"status": "skipped", "why": "the run's time budget is spent"}
             else:
                 status = run_step(step.name, limit, options)
             status["limit_s"] = round(limit, 1)

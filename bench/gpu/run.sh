@@ -5,7 +5,7 @@
 #
 # Joins the pieces carried into /root/kit (once), installs the wheels into /root/kit/site, then
 # runs `python -m bench.gpu` with the carried models and photos under a hard time limit. Its
-# results (results.json, report.md, two plots) are written into OUT as they are measured.
+# results (results.json, report.md, two plots, run.log) are written into OUT as they are measured.
 # Environment: GPU_KIT (/root/kit), BUDGET (360 s for the plan), GPU_WORK (/root/gpu-work).
 set -euo pipefail
 kit=${GPU_KIT:-/root/kit}
@@ -20,6 +20,13 @@ if [[ ! -d $kit/site ]]; then
     echo "kit unpacked and installed in $((SECONDS - start)) s"
 fi
 export PYTHONPATH=$kit/site:$PWD PYTHONUNBUFFERED=1
+# The machine's CUDA 13 and cuDNN 9 libraries (PyTorch's nvidia-* packages) for every process
+# the run starts: onnxruntime.preload_dlls() looks beside onnxruntime, which is in $kit/site.
+nvidia=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia
+if [[ -d $nvidia ]]; then
+    libs=$(find "$nvidia" -maxdepth 3 -type d -name lib | sort | paste -sd:)
+    export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 mkdir -p "$out"
 # the plan keeps its own budget; this limit only catches a hang past it
 timeout --kill-after=10 $((${budget%.*} + 60)) python3 -m bench.gpu --out "$out" --work "${GPU_WORK:-/root/gpu-work}" \

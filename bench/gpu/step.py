@@ -329,6 +329,8 @@ def step_sweep(ctx: Context) -> None:
     sizes = ctx.sizes
     for variant, path in model_paths(ctx).items():
         session = _session(path, [ctx.provider, CPU] if ctx.provider != CPU else [CPU])
+        if session.get_providers()[0] != ctx.provider:
+            raise SystemExit(f"the {variant} session runs on {session.get_providers()}, not {ctx.provider}")
         for binding in ("host", "iobinding"):
             for batch in sizes.sweep_batches:
                 if ctx.time_left() < 0:

@@ -239,3 +239,48 @@ def test_onnx_runtime_telemetry_is_off_unless_the_operator_opts_in(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in (CPU_PROVIDER, CUDA_PROVIDER)
     assert ("telemetry" in result.stderr) is telemetry_on, result.stderr
+
+
+class BatchSizeLog:
+    """A session stand-in that records the batch size of every run, then runs the real one."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.sizes: list[int] = []
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.sizes.append(next(iter(feed.values())).shape[0])
+        return self.session.run(names, feed)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="instances are the CPU provider's")
+def test_with_instances_only_the_instance_session_warms_up_batches(tiny_model_path: Path) -> None:
+    """The all-threads session runs lone images only: a batch there would grow its memory
+    arena for good with activations no request uses."""
+    engine = create_engine(tiny_model_path, EngineOptions(intra_op_threads=2, instances=2))
+    assert engine.instance_session is not None
+    whole, instance = BatchSizeLog(engine.session), BatchSizeLog(engine.instance_session)
+    engine.session, engine.instance_session = whole, instance  # type: ignore[assignment]
+    assert sorted(engine.warm_up([4, 1, 2])) == [1, 2, 4]
+    assert (whole.sizes, instance.sizes) == ([1], [1, 2, 4])
+
+
+def test_without_instances_the_one_session_warms_up_every_size(tiny_model_path: Path) -> None:
+    engine = create_engine(tiny_model_path, EngineOptions(intra_op_threads=1, instances=1))
+    whole = BatchSizeLog(engine.session)
+    engine.session = whole  # type: ignore[assignment]
+    engine.warm_up([1, 2, 4])
+    assert whole.sizes == [1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        (CPU_PROVIDER, 4),
+        ("OpenVINOExecutionProvider", 4),
+        (CUDA_PROVIDER, 32),
+        ("TensorrtExecutionProvider", 32),
+    ],
+)
+def test_the_batch_size_cap_follows_the_provider(provider: str, expected: int) -> None:
+    assert engine_module.default_max_batch_size(provider) == expected

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 
 from bench.gpu.plan import DRY_SIZES
@@ -23,13 +24,15 @@ from bench.gpu.plan import DRY_SIZES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_plan(out: Path, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+def run_plan(
+    out: Path, *args: str, timeout_s: float = 300, dry_run: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "bench.gpu",
-            "--dry-run",
+            *(["--dry-run"] if dry_run else []),
             "--out",
             str(out / "out"),
             "--work",
@@ -152,3 +155,16 @@ def test_a_step_past_its_limit_is_killed_with_its_servers_and_the_run_keeps_what
     assert "| server |" in (tmp_path / "out" / "report.md").read_text()
     # the servers (they carry the model's path in IMGSERVE_MODEL_PATH) went with their step
     assert _processes_with(str(tmp_path / "work")) == []
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA works here")
+def test_the_gpu_run_without_cuda_says_why_and_measures_nothing_else(tmp_path: Path) -> None:
+    done = run_plan(tmp_path, timeout_s=120, dry_run=False)
+    assert done.returncode != 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    steps = results["steps"]
+    assert steps["env"]["status"] == "failed" and "has no CUDA provider" in steps["env"]["why"]
+    assert {name: s["status"] for name, s in steps.items() if name != "env"} == dict.fromkeys(
+        ("models", "parity", "sweep", "server", "tensorrt"), "skipped"
+    )
+    assert "the CUDA provider does not run here" in (tmp_path / "out" / "report.md").read_text()

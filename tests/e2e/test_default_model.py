@@ -102,7 +102,7 @@ def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> Non
 @pytest.mark.parametrize(
     ("settings", "message", "code"),
     [
-        ({"max_batch_size": "0"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1", 1),
+        ({"max_batch_size": "-1"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 0", 1),
         ({"model_path": "/nonexistent/model.onnx"}, "model file '/nonexistent/model.onnx' does not exist", 3),
         pytest.param(
             {"require_cuda": "true"},
