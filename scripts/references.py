@@ -107,12 +107,13 @@ def settings_reference() -> str:
 
 
 class _StandInVersion:
-    """One served version, so that collectors that list served versions show their labels."""
+    """One served version, so that collectors that list served versions show their labels:
+    every attribute a collector reads is a label value (a string) or a count."""
 
-    name = "model"
-    version = "1"
-    execution_provider = "CPUExecutionProvider"
     queued_images = running_images = in_flight_requests = 0
+
+    def __getattr__(self, name: str) -> str:
+        return name
 
 
 def metric_rows() -> Iterable[tuple[str, str, list[str], str]]:
