@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         description="Model versions served at once, each its own ONNX Runtime sessions (two with instances).",
     )
     require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
+    execution_provider: Literal["auto", "cpu", "openvino", "cuda", "tensorrt"] = Field(
+        default="auto",
+        description=(
+            "What runs every model: ONNX Runtime's cpu, cuda or tensorrt provider, or the openvino "
+            "runtime. auto: the provider each model's card names (a variant's), else CUDA when "
+            "available, else the CPU. One that cannot run here falls back with a warning."
+        ),
+    )
+    require_provider: bool = Field(
+        default=False,
+        description="Fail the load instead of falling back when a model's provider (or bf16) cannot run.",
+    )
     intra_op_threads: int = Field(
         default_factory=default_cpu_count,
         ge=0,

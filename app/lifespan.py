@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.dataplane import DataPlane, RequestLimits
 from app.inference.batcher import BatcherConfig
 from app.inference.control import LoadError, LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
@@ -54,6 +55,7 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         decoder.start()
         # One thread: the multipart parser is pure Python and holds the GIL (app/api/uploads.py).
         state.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
+        state.dataplane = create_dataplane(settings, state)
         state.control = control
         track_model_metrics(state)
         state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
@@ -86,6 +88,16 @@ def create_decoder(settings: Settings, state: AppState) -> Decoder:
     return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
 
 
+def create_dataplane(settings: Settings, state: AppState) -> DataPlane:
+    limits = RequestLimits(
+        request_timeout_s=settings.request_timeout_s,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_images_per_request=settings.max_images_per_request,
+        allowed_formats=frozenset(settings.allowed_formats),
+    )
+    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool)
+
+
 def create_model_source(settings: Settings) -> ModelSource:
     """The repository folder, or ``model_path`` as a repository of one model."""
     if settings.model_repository is None:
@@ -109,6 +121,8 @@ def create_model_control(
             require_cuda=settings.require_cuda,
             intra_op_threads=settings.intra_op_threads,
             instances=settings.model_instances,
+            execution_provider=settings.execution_provider,
+            require_provider=settings.require_provider,
         ),
         batcher=batcher_config(settings),
         warmup_batch_sizes=settings.warmup_batch_sizes or [],

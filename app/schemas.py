@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.inference.postprocess import ClassScore
 from model_card import Preprocessing
 
 
@@ -15,12 +16,6 @@ class ErrorResponse(BaseModel):
     detail: str = Field(
         examples=["file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)"]
     )
-
-
-class ClassScore(BaseModel):
-    index: int = Field(description="Class index in the model's output.", examples=[281])
-    label: str = Field(examples=["tabby"])
-    probability: float = Field(ge=0, le=1, examples=[0.61])
 
 
 class ImagePrediction(BaseModel):
@@ -100,13 +95,18 @@ class ModelInfo(BaseModel):
     input: TensorInfo
     output: TensorInfo
     preprocessing: Preprocessing
-    precision: str
+    precision: str = Field(
+        description="The arithmetic that runs (fp32, fp16, bf16, int8): the card's, unless the provider "
+        "cannot run it.",
+        examples=["int8"],
+    )
     dataset: dict[str, Any]
     metrics: dict[str, Any]
     created_at: str
     sha256: str | None
     execution_provider: str = Field(
-        description="The ONNX Runtime provider that runs the model.", examples=["CPUExecutionProvider"]
+        description="What runs the model: an ONNX Runtime provider, or OpenVINO.",
+        examples=["CPUExecutionProvider", "OpenVINO"],
     )
     providers: list[str] = Field(description="All providers of the session, in priority order.")
     batching: BatchingInfo
