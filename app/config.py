@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.inference.batcher import MAX_BATCH_SIZE_LIMIT, powers_of_two_up_to
+
 # The formats the service may be allowed to decode. Pillow knows many more (some, like EPS,
 # shell out to other programs), so the allowlist can only narrow this set.
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -47,14 +49,11 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
-def powers_of_two_up_to(limit: int) -> list[int]:
-    """1, 2, 4, ... below ``limit``, then ``limit`` itself."""
-    sizes = [1 << i for i in range(limit.bit_length()) if (1 << i) < limit]
-    return [*sizes, limit]
-
-
 class Settings(BaseSettings):
-    """All configuration of the server; see the README for the table of variables."""
+    """All configuration of the server, one ``IMGSERVE_*`` variable per field.
+
+    docs/reference/settings.md is generated from these fields (``make references``).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="IMGSERVE_", extra="ignore", validate_default=True, protected_namespaces=()
@@ -63,7 +62,10 @@ class Settings(BaseSettings):
     # Model
     model_path: Path = Field(
         default=Path("models/default/model.onnx"),
-        description="The ONNX file; its card is model.json beside it, else the file's metadata.",
+        description=(
+            "The ONNX file; its model card is the one embedded in the file, and a model.json "
+            "beside it must be a faithful copy (same sha256 and fields) or loading fails."
+        ),
     )
     model_repository: Path | None = Field(
         default=None,
@@ -86,6 +88,18 @@ class Settings(BaseSettings):
         description="Model versions served at once, each its own ONNX Runtime sessions (two with instances).",
     )
     require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
+    execution_provider: Literal["auto", "cpu", "openvino", "cuda", "tensorrt"] = Field(
+        default="auto",
+        description=(
+            "What runs every model: ONNX Runtime's cpu, cuda or tensorrt provider, or the openvino "
+            "runtime. auto: the provider each model's card names (a variant's), else CUDA when "
+            "available, else the CPU. One that cannot run here falls back with a warning."
+        ),
+    )
+    require_provider: bool = Field(
+        default=False,
+        description="Fail the load instead of falling back when a model's provider (or bf16) cannot run.",
+    )
     intra_op_threads: int = Field(
         default_factory=default_cpu_count,
         ge=0,
@@ -103,13 +117,16 @@ class Settings(BaseSettings):
     )
     warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = Field(
         default=None,
-        description="Batch sizes run once before ready; default: powers of two up to max_batch_size.",
+        description=(
+            "Batch sizes run once before ready; default: powers of two up to max_batch_size "
+            "(the provider's when it is 0)."
+        ),
     )
 
     # HTTP server
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: LogLevel = "info"
+    host: str = Field(default="0.0.0.0", description="Bind address of HTTP and gRPC.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
+    log_level: LogLevel = Field(default="info", description="Log level; JSON lines on stderr.")
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, description="Idle keep-alive connections close after this."
     )
@@ -149,8 +166,19 @@ class Settings(BaseSettings):
     )
 
     # Batching
-    max_batch_size: int = Field(default=32, ge=1, le=1024)
-    max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    max_batch_size: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_BATCH_SIZE_LIMIT,
+        description=(
+            "Most images in one model run. 0: by execution provider, 4 on a CPU (an image costs "
+            "the same in any batch there, and each image of a batch holds ~10 MB of activations "
+            "in ONNX Runtime's arena for good), 32 on a GPU."
+        ),
+    )
+    max_delay_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="Longest wait for a batch to fill, from its oldest image."
+    )
     batch_policy: Literal["adaptive", "fixed"] = Field(
         default="adaptive",
         description=(
@@ -158,13 +186,27 @@ class Settings(BaseSettings):
             "(at most max_delay_ms); fixed: always wait max_delay_ms for a batch to fill."
         ),
     )
-    max_queue_images: int = Field(default=256, ge=1)
-    request_timeout_s: float = Field(default=30.0, gt=0)
-    decode_threads: int = Field(default_factory=default_cpu_count, ge=1)
+    max_queue_images: int = Field(
+        default=256,
+        ge=1,
+        description="Images admitted and not yet running (decoding or queued); past it 503 + Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of a request, its upload included; past it 504."
+    )
+    decode_threads: int = Field(
+        default_factory=default_cpu_count,
+        ge=1,
+        description="Decode and preprocess threads; default: the cores available (affinity, cgroup quota).",
+    )
 
     # Limits
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    max_images_per_request: int = Field(default=32, ge=1)
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="Request body limit in bytes; 413 past it."
+    )
+    max_images_per_request: int = Field(
+        default=32, ge=1, description="Images in one request; 413 past it. At most max_queue_images."
+    )
     max_image_pixels: int = Field(
         default=25_000_000,
         ge=1,
@@ -194,17 +236,38 @@ class Settings(BaseSettings):
             "chunked bodies as they arrive); past it 503 + Retry-After."
         ),
     )
-    allowed_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SUPPORTED_FORMATS))
+    allowed_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SUPPORTED_FORMATS),
+        description="Image formats decoded, comma-separated; can only narrow the default; others are 415.",
+    )
 
     # Shutdown
-    shutdown_delay_s: float = Field(default=0.0, ge=0)
-    drain_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "After SIGTERM, keep answering connections already open this long "
+            "(not listening, readiness 503, Connection: close)."
+        ),
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, gt=0, description="Bound on the whole shutdown, the delay included."
+    )
 
     # Security
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    api_keys_file: Path | None = None
-    docs_public: bool = True
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys, comma-separated; empty: no key needed."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of API keys, one a line (# comments), added to api_keys."
+    )
+    docs_public: bool = Field(
+        default=True,
+        description="false: /docs, /redoc and /openapi.json need a key (with no keys set: 404).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated; empty: CORS off."
+    )
 
     # The demo page
     demo_page: bool = Field(
@@ -291,13 +354,12 @@ class Settings(BaseSettings):
                 f"shutdown_delay_s ({self.shutdown_delay_s}) must be less than drain_timeout_s "
                 f"({self.drain_timeout_s}), which bounds the whole shutdown"
             )
-        if self.warmup_batch_sizes is None:
+        if self.warmup_batch_sizes is None and self.max_batch_size:
             self.warmup_batch_sizes = powers_of_two_up_to(self.max_batch_size)
-        bad = [n for n in self.warmup_batch_sizes if not 1 <= n <= self.max_batch_size]
+        limit = self.max_batch_size or MAX_BATCH_SIZE_LIMIT
+        bad = [n for n in self.warmup_batch_sizes or [] if not 1 <= n <= limit]
         if bad:
-            raise ValueError(
-                f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})"
-            )
+            raise ValueError(f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({limit})")
         if self.api_keys_file is not None:
             self.api_keys = [*self.api_keys, *_load_keys_file(self.api_keys_file)]
         return self

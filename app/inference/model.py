@@ -267,8 +267,10 @@ class ServedModel:
         *,
         name: str | None = None,
         version: str | None = None,
+        warmup_batch_sizes: Sequence[int] = (),
     ) -> None:
         self.engine = engine
+        self.warmup_batch_sizes = list(warmup_batch_sizes)
         self.decoder = decoder
         self.name = name or engine.card.name
         self.version = version or engine.card.version
@@ -297,6 +299,11 @@ class ServedModel:
     @property
     def providers(self) -> list[str]:
         return self.engine.providers
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic that runs: the card's precision, or fp32 where the provider has no bf16."""
+        return self.engine.precision
 
     @property
     def batching(self) -> BatcherConfig:
