@@ -50,7 +50,8 @@ def run_graph(args: argparse.Namespace) -> dict[str, float]:
     engines = {}
     for item in args.model:
         folder, _, label = item.partition("=")
-        engines[label or folder] = create_engine(Path(folder) / "model.onnx", EngineOptions(1, 1))
+        options = EngineOptions(intra_op_threads=1, instances=1)
+        engines[label or folder] = create_engine(Path(folder) / "model.onnx", options)
     first = next(iter(engines.values()))
     batch = _photos_as_batch(first.card.preprocessing, args.batch)
     variants: dict[str, Any] = {}
