@@ -198,8 +198,11 @@ def parse_outputs(
     outputs: list[RequestedOutput] = [] if requested else [RequestedOutput(binary=binary_default)]
     for name, parameters in requested:
         if name != OUTPUT_NAME and name not in EXPLANATION_OUTPUTS:
-            known = ", ".join(repr(n) for n in (OUTPUT_NAME, *EXPLANATION_OUTPUTS))
-            raise CodecError(f"unknown output {name!r}; this model's outputs are {known}")
+            explained = ", ".join(repr(n) for n in EXPLANATION_OUTPUTS)
+            raise CodecError(
+                f"unknown output {name!r}; the outputs are {OUTPUT_NAME!r} and, for a model that "
+                f"explains, {explained}"
+            )
         if any(o.name == name for o in outputs):
             raise CodecError(f"output {name!r} is requested twice")
         binary = parameters.get("binary_data", binary_default)
