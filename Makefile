@@ -54,7 +54,7 @@ bench-page:       ## the demo page's weight and its time from drop to bars, in h
 	test -f models/default/model.onnx || .venv/bin/python -m model_export default --output-dir models/default
 	.venv/bin/python -m bench.page
 
-soak:             ## 10 minutes at 70% of measured capacity: errors, latency over time, RSS start/end
+soak:             ## 10 minutes at 70% of measured capacity: errors, latency, CPU and stalls per minute, RSS; PASS, HOST NOISE or FAIL
 	scripts/bootstrap.sh export,cpu,dev
 	.venv/bin/python -m reliability.soak
 
