@@ -2,7 +2,7 @@
 # Packs everything the GPU run needs that a lent GPU machine lacks, in pieces that each travel
 # with one device call, and prints the calls. Run it on the workstation, from anywhere:
 #
-#   bench/gpu/pack.sh          # ~300 MB: 6 pieces of 56 MiB (.gpu1 ... .gpu6, git-ignored)
+#   bench/gpu/pack.sh          # ~300 MB: 5 pieces of 60 MiB (.gpu1 ... .gpu5, git-ignored)
 #
 # What goes in:
 #   wheels   onnxruntime-gpu (its CUDA provider uses the CUDA 13 and cuDNN 9 libraries the
@@ -12,12 +12,14 @@
 #            machine then needs neither PyTorch's exporter nor time to export
 #   images   real photos as 500x375 JPEGs (bench.gpu.step.write_photos)
 #
-# Environment: CHUNK_MIB (56; a call carries 64 MiB with the working tree), ORT_GPU
-# (onnxruntime-gpu==1.31.1), PYTHON (.venv/bin/python).
+# Environment: CHUNK_MIB (default: what a call carries, 64 MiB, less the working tree that
+# travels with it and 2 MiB to spare), ORT_GPU (onnxruntime-gpu==1.31.1), PYTHON (.venv/bin/python).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-CHUNK_MIB=${CHUNK_MIB:-56}
+# the working tree that travels with every call: tracked and untracked files git does not ignore
+tree_mib=$(( ($(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1) >> 20) + 1 ))
+CHUNK_MIB=${CHUNK_MIB:-$((64 - tree_mib - 2))}
 ORT_GPU=${ORT_GPU:-onnxruntime-gpu==1.31.1}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
@@ -63,7 +65,8 @@ for part in "$kit"/part_*; do
     mv "$part" "$ROOT/.gpu$n/"
 done
 git -C "$ROOT" check-ignore -q .gpu1 || echo "warning: .gpu1 is not git-ignored: it would travel with every call"
-echo "$(du -sh "$kit/kit.tar" | cut -f1) in $n pieces of at most $CHUNK_MIB MiB, $((SECONDS - START)) s"
+echo "$(du -sh "$kit/kit.tar" | cut -f1) in $n pieces of at most $CHUNK_MIB MiB (the working tree: $tree_mib MiB)," \
+    "$((SECONDS - START)) s"
 echo
 echo "The device calls, back to back (a machine is given back after 30 s idle), each ~10-20 s"
 echo "but the first (which starts the machine: a minute or more) and the last (the run, <= 6 min):"

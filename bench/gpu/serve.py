@@ -20,6 +20,7 @@ shedding: the figures are latency and throughput, not refusals. While each point
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import threading
@@ -125,7 +126,7 @@ def server_settings(ctx: Context, batching: bool, decode_threads: int) -> dict[s
 def start_topology(ctx: Context, name: str, model: Path, server_cpus: str | None, logs: Path) -> Topology:
     """One or N servers, started together (a GPU server's start is seconds of CUDA set-up)."""
     processes = ctx.sizes.server_processes if name.endswith("_procs") else 1
-    cores = len(parse_cpus(server_cpus)) if server_cpus else (len(__import__("os").sched_getaffinity(0)))
+    cores = len(parse_cpus(server_cpus)) if server_cpus else len(os.sched_getaffinity(0))
     settings = server_settings(ctx, name.startswith("batching_on"), cores // processes)
     started = [
         ServerProcess(
@@ -174,8 +175,10 @@ def run_server_points(ctx: Context) -> None:
     args = SimpleNamespace(warmup=sizes.server_warmup_s, duration=sizes.server_duration_s)
     empty: list[str] = []
     with GpuSampler() as sampler:
-        for name, levels in sizes.server_points.items():
-            if ctx.time_left() < 0:
+        point_s = args.warmup + args.duration + 2.0
+        for index, (name, levels) in enumerate(sizes.server_points.items()):
+            # past the first, a topology starts only if its start (CUDA, warm-up) and one point fit
+            if index and ctx.time_left() < point_s + (2.0 if ctx.dry_run else 15.0):
                 ctx.record("cut", value=f"before {name}: the step's time limit")
                 return
             t0 = time.monotonic()

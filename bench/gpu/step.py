@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import shutil
 import subprocess
@@ -122,7 +123,7 @@ def step_env(ctx: Context) -> None:
         "onnxruntime_build": ort.get_device(),
         "available_providers": available,
         "gpu": gpus or ["none (no nvidia-smi)"],
-        "cpu": f"{cpu_model} x{len(__import__('os').sched_getaffinity(0))}",
+        "cpu": f"{cpu_model} x{len(os.sched_getaffinity(0))}",
         "provider_under_test": ctx.provider,
     }
     if CUDA in available:

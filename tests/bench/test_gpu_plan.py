@@ -145,13 +145,13 @@ def _processes_with(text: str) -> list[int]:
 def test_a_step_past_its_limit_is_killed_with_its_servers_and_the_run_keeps_what_it_had(
     tmp_path: Path,
 ) -> None:
-    done = run_plan(tmp_path, "--only", "env", "models", "server", "--limit", "server=4", timeout_s=120)
+    done = run_plan(tmp_path, "--only", "env", "models", "server", "--limit", "server=3", timeout_s=120)
     assert done.returncode != 0
     assert "steps that did not finish: server" in done.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["steps"]["env"]["status"] == "ok" and results["steps"]["models"]["status"] == "ok"
     assert results["steps"]["server"]["status"] == "timeout"
-    assert results["steps"]["server"]["wall_s"] < 4 + 12  # the limit, then SIGTERM to the group and a wait
+    assert results["steps"]["server"]["wall_s"] < 3 + 12  # the limit, then SIGTERM to the group and a wait
     assert "| server |" in (tmp_path / "out" / "report.md").read_text()
     # the servers (they carry the model's path in IMGSERVE_MODEL_PATH) went with their step
     assert _processes_with(str(tmp_path / "work")) == []
