@@ -40,8 +40,8 @@ from app.middleware import request_id_or_new
 from app.security import key_matches
 from app.state import AppState
 from app.v2 import codec, metadata
-from app.v2.proto import grpc_predict_v2_pb2 as pb
-from app.v2.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from app.v2.proto import grpc_service_pb2 as pb
+from app.v2.proto import grpc_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("app.access")
