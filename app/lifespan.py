@@ -107,7 +107,15 @@ def create_model_control(
     )
     state.registry.default_name = settings.default_model
     source = create_model_source(settings)
-    return ModelControl(source, state.registry, decoder, load_engine, options, observer=state.metrics)
+    return ModelControl(
+        source,
+        state.registry,
+        decoder,
+        load_engine,
+        options,
+        observer=state.metrics,
+        statistics=state.statistics,
+    )
 
 
 def check_default_model(settings: Settings, state: AppState) -> None:

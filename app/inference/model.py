@@ -29,6 +29,7 @@ from app.inference.errors import DecodeBusyError, InvalidRequestError, NotReadyE
 from app.inference.postprocess import Classification, classify
 from app.inference.preprocess import ImageCost, ImageLimits, preprocess, probe
 from app.inference.scheduler import FairScheduler, Job
+from app.inference.statistics import ExecutionObserver
 from model_card import ModelCard, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ class ServedModel:
         *,
         name: str | None = None,
         version: str | None = None,
+        statistics: ExecutionObserver | None = None,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
@@ -265,6 +267,7 @@ class ServedModel:
             on_batch=on_batch,
             instances=engine.instances,
             run_alone=engine.run,
+            statistics=statistics,
         )
         self._in_flight = 0  # classify calls that have started and not returned
         self._idle = asyncio.Event()
