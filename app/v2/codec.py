@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from app.inference.postprocess import Classification, ClassScore
+from app.v2 import pixels as pixel_tensor
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
@@ -66,9 +67,16 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferRequest:
+    """Encoded ``images``, or (the ``pixels`` input) images already decoded: uint8 [N, H, W, 3]."""
+
     images: list[bytes]
     outputs: list[RequestedOutput]
     id: str | None = None
+    pixels: np.ndarray | None = None
+
+    @property
+    def image_count(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self.images)
 
     @property
     def top_k(self) -> int | None:
@@ -226,11 +234,12 @@ def parse_rest_request(body: bytes, header_length: int | None, max_images: int) 
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise CodecError(f"binary_data_output must be true or false, got {binary_default!r}")
-    return InferRequest(
-        images=_rest_input(inputs[0], binary, max_images),
-        outputs=parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default),
-        id=_request_id(header.get("id")),
-    )
+    outputs = parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default)
+    request_id = _request_id(header.get("id"))
+    if inputs[0].get("name") == pixel_tensor.PIXELS_INPUT:
+        pixels = _rest_pixels(inputs[0], binary, max_images)
+        return InferRequest(images=[], outputs=outputs, id=request_id, pixels=pixels)
+    return InferRequest(images=_rest_input(inputs[0], binary, max_images), outputs=outputs, id=request_id)
 
 
 def _json_object(data: bytes | memoryview) -> dict[str, Any]:
@@ -276,6 +285,38 @@ def _rest_input(tensor: dict[str, Any], binary: memoryview, max_images: int) -> 
             f"input {INPUT_NAME!r}: binary_data_size is {size} but {len(binary)} bytes follow the JSON"
         )
     return decode_bytes_elements(binary, count)
+
+
+def _rest_pixels(tensor: dict[str, Any], binary: memoryview, max_images: int) -> np.ndarray:
+    """The ``pixels`` input: its numbers in ``data``, or its bytes after the JSON."""
+    try:
+        shape = pixels_input_shape(tensor.get("datatype"), tensor.get("shape"), max_images)
+        size = _object(tensor.get("parameters", {}), "the input's 'parameters'").get("binary_data_size")
+        if size is None:
+            if len(binary):
+                raise CodecError(
+                    f"{len(binary)} bytes of binary data follow the JSON, but no input names them"
+                )
+            return pixel_tensor.pixels_from_values(tensor.get("data"), shape)
+        if size != len(binary):
+            raise CodecError(
+                f"input 'pixels': binary_data_size is {size!r} but {len(binary)} bytes follow the JSON"
+            )
+        return pixel_tensor.pixels_from_bytes(binary, shape)
+    except pixel_tensor.PixelsError as exc:
+        raise CodecError(exc.message) from None
+
+
+def pixels_input_shape(datatype: object, shape: object, max_images: int) -> list[int]:
+    """The ``pixels`` input's shape, checked with its datatype and the image count."""
+    try:
+        pixel_tensor.check_pixels_datatype(str(datatype))
+        dims = pixel_tensor.pixels_shape(shape if isinstance(shape, list | tuple) else [])
+    except pixel_tensor.PixelsError as exc:
+        raise CodecError(exc.message) from None
+    if dims[0] > max_images:
+        raise TooManyImagesError(f"more than {max_images} images in one request (max_images_per_request)")
+    return dims
 
 
 def _base64_elements(data: object, count: int) -> list[bytes]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app.inference.deadline import request_deadline
@@ -39,7 +40,8 @@ from app.inference.model import NamedImage, ServedModel
 from app.middleware import request_id_or_new
 from app.security import key_matches
 from app.state import AppState
-from app.v2 import codec, metadata
+from app.v2 import codec, grpc_triton, metadata
+from app.v2 import pixels as pixel_tensor
 from app.v2.proto import grpc_service_pb2 as pb
 from app.v2.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -140,17 +142,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         model = self._model(request.model_name, request.model_version)
         settings = self.state.settings
         try:
-            images = _images(request, settings.max_images_per_request)
+            pixels = _pixels(request, settings.max_images_per_request)
+            images = [] if pixels is not None else _images(request, settings.max_images_per_request)
             outputs = codec.parse_outputs(
                 [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True
             )
         except codec.CodecError as exc:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, exc.message) from exc
-        top_k = _top_k(model, codec.InferRequest(images, outputs).top_k)
-        call.images = len(images)
+        parsed = codec.InferRequest(images, outputs, pixels=pixels)
+        top_k = _top_k(model, parsed.top_k)
+        call.images = parsed.image_count
         named = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(images)]
         async with request_deadline(settings.request_timeout_s):
-            results = await model.classify(named, top_k)
+            if pixels is not None:
+                results = await model.classify_pixels(pixels, top_k)
+            else:
+                results = await model.classify(named, top_k)
         self.state.metrics.count_images(PROTOCOL, len(results))
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         # tritonclient reads only raw_output_contents, so every output travels raw.
@@ -158,6 +165,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.raw())
         return response
+
+    # -- Triton's extensions (app/v2/grpc_triton.py) ------------------------------------------------
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return await self._serve(
+            "ModelConfig", context, lambda c: grpc_triton.model_config(self.state, request)
+        )
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        work = grpc_triton.model_statistics
+        return await self._serve("ModelStatistics", context, lambda c: work(self.state, request))
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        return await self._repository("RepositoryIndex", grpc_triton.repository_index, request, context)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        return await self._repository(
+            "RepositoryModelLoad", grpc_triton.repository_model_load, request, context
+        )
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        work = grpc_triton.repository_model_unload
+        return await self._repository("RepositoryModelUnload", work, request, context)
+
+    async def _repository(self, method: str, work: Any, request: Any, context: Any) -> Any:
+        async def run(call: _Call) -> Any:
+            if self.state.settings.model_control != "explicit":
+                raise RpcError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "the model repository extension needs IMGSERVE_MODEL_CONTROL=explicit",
+                )
+            return await work(self.state, request)
+
+        return await self._serve(method, context, run)
 
     def _model(self, name: str, version: str) -> ServedModel:
         return self.state.get_model(name, version or None)
@@ -263,6 +303,25 @@ def _images(request: pb.ModelInferRequest, max_images: int) -> list[bytes]:
             f"holds {len(elements)}"
         )
     return elements
+
+
+def _pixels(request: pb.ModelInferRequest, max_images: int) -> np.ndarray | None:
+    """The ``pixels`` input (from ``raw_input_contents`` or ``contents.uint_contents``), if that
+    is the one input sent."""
+    if len(request.inputs) != 1 or request.inputs[0].name != pixel_tensor.PIXELS_INPUT:
+        return None
+    tensor = request.inputs[0]
+    shape = codec.pixels_input_shape(tensor.datatype, list(tensor.shape), max_images)
+    try:
+        if request.raw_input_contents:
+            if len(request.raw_input_contents) != 1:
+                raise codec.CodecError(
+                    f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
+                )
+            return pixel_tensor.pixels_from_bytes(request.raw_input_contents[0], shape)
+        return pixel_tensor.pixels_from_values(tensor.contents.uint_contents, shape)
+    except pixel_tensor.PixelsError as exc:
+        raise codec.CodecError(exc.message) from None
 
 
 def _top_k(model: ServedModel, requested: int | None) -> int:

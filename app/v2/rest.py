@@ -146,6 +146,26 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return metadata.server_metadata(request.app.version)
 
 
+# Before /v2/models/{name}: "stats" is this route, not a model's metadata.
+@router.get("/v2/models/stats", responses={503: _NOT_READY})
+async def all_statistics(state: StateDep) -> dict[str, Any]:
+    """Statistics of every loaded model version (Triton's statistics extension)."""
+    return metadata.model_statistics(state, None)
+
+
+@router.get("/v2/models/{name}/stats", responses=MODEL_RESPONSES)
+async def model_statistics(name: str, state: StateDep) -> dict[str, Any]:
+    """Every loaded version's statistics: requests that succeeded and failed, queue and compute
+    time, and the model runs by batch size (durations in nanoseconds)."""
+    return metadata.model_statistics(state, name)
+
+
+@router.get("/v2/models/{name}/versions/{version}/stats", responses=MODEL_RESPONSES)
+async def model_version_statistics(name: str, version: str, state: StateDep) -> dict[str, Any]:
+    """One version's statistics (Triton's statistics extension)."""
+    return metadata.model_statistics(state, name, version)
+
+
 @router.get("/v2/models/{name}", responses=MODEL_RESPONSES)
 async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
     """A model's name, versions, platform, inputs and outputs (the latest version)."""
@@ -232,9 +252,13 @@ async def run_inference(
         top_k = checked_top_k(model, parsed.top_k)
         context = get_request_context(request.scope)
         if context is not None:
-            context.images = len(parsed.images)
-        images = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
-        results = await unless_disconnected(model.classify(images, top_k), request)
+            context.images = parsed.image_count
+        if parsed.pixels is not None:
+            work = model.classify_pixels(parsed.pixels, top_k)
+        else:
+            images = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
+            work = model.classify(images, top_k)
+        results = await unless_disconnected(work, request)
     state.metrics.count_images(V2Route.protocol, len(results))
     tensors = codec.build_outputs(results, parsed.outputs)
     content, json_length = codec.encode_rest_response(model.name, model.version, parsed.id, tensors)
