@@ -180,7 +180,10 @@ def batch_size(shape: Sequence[object], max_images: int) -> int:
 
 def check_input(name: str, datatype: str) -> None:
     if name != INPUT_NAME:
-        raise CodecError(f"unexpected input {name!r}; this model takes one BYTES input named {INPUT_NAME!r}")
+        raise CodecError(
+            f"unexpected input {name!r}; send one input: {INPUT_NAME!r} (BYTES, encoded images) or "
+            f"{pixel_tensor.PIXELS_INPUT!r} (UINT8 [N, H, W, 3], decoded images)"
+        )
     if datatype != BYTES:
         raise CodecError(
             f"input {INPUT_NAME!r} has datatype {datatype!r}; send {BYTES!r}, one encoded image per element"
