@@ -39,7 +39,7 @@ BYTES = "BYTES"
 FP32 = "FP32"
 PLATFORM = "onnxruntime_onnx"
 # Reported by GET /v2 and ServerMetadata: what a client may rely on beyond the required API.
-EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 
 _LENGTH = struct.Struct("<I")
 
