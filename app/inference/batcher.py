@@ -443,6 +443,11 @@ def _observe_execution(statistics: ExecutionObserver, items: list[_Item], timing
 
 def _observe_request(statistics: ExecutionObserver, items: list[_Item]) -> None:
     """A request's queue time (its images' longest wait for a run) and the runs its images were in."""
+    if len(items) == 1:  # most requests
+        execution = items[0].execution
+        if execution is not None and execution.timing is not None:
+            statistics.observe_request(execution.started_at - items[0].enqueued_at, (execution.timing,))
+        return
     queue_s = 0.0
     timings: dict[int, ExecutionTiming] = {}
     for item in items:

@@ -23,16 +23,20 @@ from typing import Protocol
 NS_PER_S = 1_000_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class Duration:
-    """A count and the total time of what was counted, in nanoseconds (Triton's StatisticDuration)."""
+    """A count and the total time of what was counted (Triton's StatisticDuration)."""
 
     count: int = 0
-    ns: int = 0
+    seconds: float = 0.0
 
     def add(self, seconds: float) -> None:
         self.count += 1
-        self.ns += round(seconds * NS_PER_S)
+        self.seconds += seconds
+
+    @property
+    def ns(self) -> int:
+        return round(self.seconds * NS_PER_S)
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,16 @@ class VersionStatistics:
 
     def observe_request(self, queue_s: float, executions: Sequence[ExecutionTiming]) -> None:
         self.queue.add(queue_s)
-        self.compute_input.add(sum(e.input_s for e in executions))
-        self.compute_infer.add(sum(e.infer_s for e in executions))
-        self.compute_output.add(sum(e.output_s for e in executions))
+        if len(executions) == 1:  # most requests: one image, one run
+            [execution] = executions
+            input_s, infer_s, output_s = execution.input_s, execution.infer_s, execution.output_s
+        else:
+            input_s = sum(e.input_s for e in executions)
+            infer_s = sum(e.infer_s for e in executions)
+            output_s = sum(e.output_s for e in executions)
+        self.compute_input.add(input_s)
+        self.compute_infer.add(infer_s)
+        self.compute_output.add(output_s)
 
     def request_finished(self, succeeded: bool, duration_s: float) -> None:
         (self.success if succeeded else self.fail).add(duration_s)
