@@ -76,6 +76,7 @@ def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
             predict_body["content"] = copy.deepcopy(predict_body["content"])
             files = predict_body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
             files["maxItems"] = settings.max_images_per_request
+            _headers_never_null(schema)
             app.openapi_schema = schema
         maxima = _top_k_maxima(app)
         if maxima not in built:
@@ -112,3 +113,18 @@ def _with_top_k_maxima(schema: dict[str, Any], default: int, largest: int) -> di
                         if bound.get("type") == "integer":
                             bound["maximum"] = default if path == "/predict" else largest
     return schema
+
+
+def _headers_never_null(schema: dict[str, Any]) -> None:
+    """An optional header is absent or has a value: drop the ``null`` that FastAPI writes for
+    ``int | None`` (a client cannot send a null header; ``Inference-Header-Content-Length: null``
+    is text that is not a number, a 400)."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                any_of = parameter["schema"].get("anyOf") if parameter["in"] == "header" else None
+                if any_of is not None:
+                    kept = [branch for branch in any_of if branch.get("type") != "null"]
+                    if len(kept) == 1:
+                        del parameter["schema"]["anyOf"]
+                        parameter["schema"].update(kept[0])
