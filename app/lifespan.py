@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.dataplane import DataPlane, RequestLimits
 from app.inference.batcher import BatcherConfig
 from app.inference.control import LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
@@ -47,6 +48,7 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         decoder.start()
         # One thread: the multipart parser is pure Python and holds the GIL (app/api/uploads.py).
         state.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
+        state.dataplane = create_dataplane(settings, state)
         state.control = control
         track_model_metrics(state)
         state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
@@ -74,6 +76,16 @@ def create_decoder(settings: Settings, state: AppState) -> Decoder:
         max_request_pixels=settings.max_request_pixels, max_decoding_pixels=settings.max_decoding_pixels
     )
     return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
+
+
+def create_dataplane(settings: Settings, state: AppState) -> DataPlane:
+    limits = RequestLimits(
+        request_timeout_s=settings.request_timeout_s,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_images_per_request=settings.max_images_per_request,
+        allowed_formats=frozenset(settings.allowed_formats),
+    )
+    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool, observers=[state.statistics])
 
 
 def create_model_source(settings: Settings) -> ModelSource:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from app.body_budget import BodyBudget
 from app.config import Settings
+from app.dataplane import DataPlane
 from app.inference.control import ModelControl
 from app.inference.errors import ModelNotFoundError, NotReadyError
 from app.inference.model import ServedModel
@@ -66,6 +67,7 @@ class AppState:
     control: ModelControl | None = None  # set by the lifespan once the models are loaded
     # Parses request framing (multipart) off the event loop; started and stopped by the lifespan.
     parse_pool: ThreadPoolExecutor | None = None
+    dataplane: DataPlane | None = None  # built by the lifespan: the one request path
     _background: set[asyncio.Task[object]] = field(default_factory=set)
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ServedModel:
@@ -73,6 +75,12 @@ class AppState:
         if not self.lifecycle.ready:
             raise NotReadyError("not ready: the model is loading")
         return self.registry.resolve(name, version)
+
+    def get_dataplane(self) -> DataPlane:
+        """The request path; ``NotReadyError`` before the lifespan has built it."""
+        if self.dataplane is None:
+            raise NotReadyError("not ready: the model is loading")
+        return self.dataplane
 
     def served_models(self) -> list[ServedModel]:
         if not self.lifecycle.ready:

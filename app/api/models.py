@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import NOT_READY, StateDep, error_response
+from app.api.errors import NOT_READY, error_response
 from app.api.version_status import with_version_status
 from app.config import Settings
+from app.http.deps import StateDep
 from app.inference.errors import InferenceError
 from app.inference.model import ServedModel
 from app.schemas import (

@@ -7,7 +7,8 @@ Two sources feed a version's :class:`VersionStatistics`, both on the event loop 
 - the batcher (:class:`ExecutionObserver`): each model run (its size, and the time to
   assemble the batch, run the model, and hand the rows back: Triton's compute input, infer
   and output), and, per request that succeeded, how long its images waited in the queue for a
-  model instance and the compute time of the runs they were in.
+  model instance and the compute time of the run they were in (the longest, when they were
+  split over several runs: those run at once on several instances).
 
 A version's statistics live while it is loaded (:meth:`ModelStatistics.track` when it starts
 serving, :meth:`ModelStatistics.forget` once it has drained), like its metrics series.
@@ -71,9 +72,10 @@ class VersionStatistics:
     """One loaded model version's figures since it was loaded (Triton's ModelStatistics).
 
     ``success`` and ``fail``: requests and their durations. ``queue`` and ``compute_*``: per
-    request that succeeded (its images' longest wait for a model instance; the runs its
-    images were in). ``inference_count``: images run; ``execution_count``: model runs;
-    ``last_inference_ms``: when the last run finished, in milliseconds since the epoch (0: never).
+    request that succeeded (its images' longest wait for a model instance; the run its images
+    were in, the longest of them when they were split over several). ``inference_count``:
+    images run; ``execution_count``: model runs; ``last_inference_ms``: when the last run
+    finished, in milliseconds since the epoch (0: never).
     """
 
     name: str
@@ -105,10 +107,10 @@ class VersionStatistics:
         if len(executions) == 1:  # most requests: one image, one run
             [execution] = executions
             input_s, infer_s, output_s = execution.input_s, execution.infer_s, execution.output_s
-        else:
-            input_s = sum(e.input_s for e in executions)
-            infer_s = sum(e.infer_s for e in executions)
-            output_s = sum(e.output_s for e in executions)
+        else:  # its images ran in several runs, often at once on several instances: the longest
+            input_s = max((e.input_s for e in executions), default=0.0)
+            infer_s = max((e.infer_s for e in executions), default=0.0)
+            output_s = max((e.output_s for e in executions), default=0.0)
         self.compute_input.add(input_s)
         self.compute_infer.add(infer_s)
         self.compute_output.add(output_s)

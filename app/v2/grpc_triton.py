@@ -12,9 +12,11 @@ core's errors, which the gRPC front end maps to a code like every other call's.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from app.inference.control import LoadError, ModelControl
 from app.inference.errors import InvalidRequestError, NotReadyError
@@ -24,16 +26,7 @@ from app.v2 import metadata
 from app.v2.proto import grpc_service_pb2 as pb
 from app.v2.proto import model_config_pb2 as mc
 
-# RPC name -> (request type, response type): what a front end registers beside the six.
-MODEL_RPCS: dict[str, tuple[Any, Any]] = {
-    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
-    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-}
-REPOSITORY_RPCS: dict[str, tuple[Any, Any]] = {
-    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
-    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
-}
+Extension = Callable[[AppState, Any], Awaitable[Message]]
 
 
 async def model_config(state: AppState, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
@@ -121,3 +114,24 @@ def _load_policy(name: str, parameters: Any) -> VersionPolicy | None:
         return parse_triton_config(parameter.string_param, f"the config parameter of the load of {name!r}")
     except RepositoryError as exc:
         raise InvalidRequestError(str(exc)) from exc
+
+
+# RPC name -> (request type, response type, the work): what the front end serves beside KServe's
+# six; the repository's only with explicit model control.
+MODEL_RPCS: dict[str, tuple[type[Message], type[Message], Extension]] = {
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse, model_config),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse, model_statistics),
+}
+REPOSITORY_RPCS: dict[str, tuple[type[Message], type[Message], Extension]] = {
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse, repository_index),
+    "RepositoryModelLoad": (
+        pb.RepositoryModelLoadRequest,
+        pb.RepositoryModelLoadResponse,
+        repository_model_load,
+    ),
+    "RepositoryModelUnload": (
+        pb.RepositoryModelUnloadRequest,
+        pb.RepositoryModelUnloadResponse,
+        repository_model_unload,
+    ),
+}

@@ -13,7 +13,7 @@ import pytest
 
 from app.inference.batcher import Batcher, BatcherConfig
 from app.inference.errors import ModelFailedError
-from app.inference.statistics import NS_PER_S, Duration, ModelStatistics, VersionStatistics
+from app.inference.statistics import NS_PER_S, Duration, ExecutionTiming, ModelStatistics, VersionStatistics
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +120,12 @@ def test_a_version_keeps_its_figures_until_its_last_load_drains() -> None:
     store.forget("m", "10")
     assert store.get("m", "10") is None
     assert [s.version for s in store.versions()] == ["9"]
+
+
+def test_a_request_split_over_runs_counts_the_longest_of_them() -> None:
+    """Its images ran at once on two instances: the request took the longest run, not the sum."""
+    stats = VersionStatistics("m", "1")
+    runs = [ExecutionTiming(1, 0.1, 0.5, 0.01), ExecutionTiming(1, 0.2, 0.3, 0.02)]
+    stats.observe_request(0.05, runs)
+    assert (stats.queue, stats.compute_input) == (Duration(1, 0.05), Duration(1, 0.2))
+    assert (stats.compute_infer, stats.compute_output) == (Duration(1, 0.5), Duration(1, 0.02))
