@@ -76,6 +76,7 @@ def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
             predict_body["content"] = copy.deepcopy(predict_body["content"])
             files = predict_body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
             files["maxItems"] = settings.max_images_per_request
+            _image_count_limits(schema, settings.max_images_per_request)
             _headers_never_null(schema)
             app.openapi_schema = schema
         maxima = _top_k_maxima(app)
@@ -128,3 +129,24 @@ def _headers_never_null(schema: dict[str, Any]) -> None:
                     if len(kept) == 1:
                         del parameter["schema"]["anyOf"]
                         parameter["schema"].update(kept[0])
+
+
+def _image_count_limits(schema: dict[str, Any], max_images: int) -> None:
+    """The most images one request may carry, where the v2 and TF Serving bodies count them:
+    a v2 input's first dimension, TF Serving's instances and columns."""
+    for path, operations in schema["paths"].items():
+        body = operations.get("post", {}).get("requestBody")
+        if body is None or "application/json" not in body["content"]:
+            continue
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            body["content"] = copy.deepcopy(body["content"])  # shared with other apps (openapi_extra)
+            inputs = body["content"]["application/json"]["schema"]["properties"]["inputs"]
+            for tensor in inputs["items"]["oneOf"]:
+                tensor["properties"]["shape"]["prefixItems"][0]["maximum"] = max_images
+        elif path.startswith("/v1/models/") and path.endswith(":predict"):
+            body["content"] = copy.deepcopy(body["content"])
+            properties = body["content"]["application/json"]["schema"]["properties"]
+            properties["instances"]["maxItems"] = max_images
+            columns = properties["inputs"]["oneOf"]
+            columns[0]["maxItems"] = max_images
+            columns[2]["additionalProperties"]["maxItems"] = max_images

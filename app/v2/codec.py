@@ -150,14 +150,27 @@ def decode_bytes_elements(data: bytes | memoryview, expected: int) -> list[bytes
 # -- requests ------------------------------------------------------------------------------------
 
 
+def whole_numbers(shape: Sequence[object]) -> list[int] | None:
+    """The shape's dimensions as ints, or None unless each is a whole number (JSON's ``1.0`` is
+    one, as JSON Schema's ``integer`` says; ``true`` is not)."""
+    dims = []
+    for d in shape:
+        if isinstance(d, float) and d.is_integer():
+            d = int(d)
+        if not isinstance(d, int) or isinstance(d, bool):
+            return None
+        dims.append(d)
+    return dims
+
+
 def batch_size(shape: Sequence[object], max_images: int) -> int:
     """N of an input shape ``[N]`` or ``[N, 1]``, 1 <= N <= ``max_images``."""
-    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or len(shape) not in (1, 2):
+    dims = whole_numbers(shape)
+    if dims is None or len(dims) not in (1, 2):
         raise CodecError(
             f"input {INPUT_NAME!r}: shape {list(shape)} is not accepted; send [N, 1] or [N], one encoded "
             f"image per element"
         )
-    dims: list[int] = list(shape)  # type: ignore[arg-type]
     if len(dims) == 2 and dims[1] != 1:
         raise CodecError(
             f"input {INPUT_NAME!r}: shape {dims} is not accepted; the second dimension must be 1"
@@ -303,7 +316,9 @@ def pixels_input_shape(datatype: object, shape: object, max_images: int) -> list
     """The ``pixels`` input's shape, checked with its datatype and the image count."""
     try:
         pixel_tensor.check_pixels_datatype(str(datatype))
-        dims = pixel_tensor.pixels_shape(shape if isinstance(shape, list | tuple) else [])
+        listed = list(shape) if isinstance(shape, list | tuple) else []
+        whole = whole_numbers(listed)
+        dims = pixel_tensor.pixels_shape(whole if whole is not None else listed)
     except pixel_tensor.PixelsError as exc:
         raise CodecError(exc.message) from None
     if dims[0] > max_images:

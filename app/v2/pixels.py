@@ -72,6 +72,8 @@ def pixels_from_values(values: object, shape: list[int]) -> np.ndarray:
         array = np.asarray(values).reshape(-1)
     except (ValueError, TypeError, OverflowError):
         array = np.asarray([], dtype=np.float64)  # ragged nesting: refused below
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        array = array.astype(np.int64)  # JSON's 7.0 is the whole number 7
     if array.dtype.kind not in "iu" or (array.size == 0 and len(values) > 0):
         raise PixelsError(f"input {PIXELS_INPUT!r}: data must hold only whole numbers 0-255")
     needed = int(np.prod(shape))

@@ -79,3 +79,11 @@ def test_malformed_pixels_are_refused_with_the_reason(
 def test_more_images_than_a_request_may_carry() -> None:
     with pytest.raises(codec.TooManyImagesError):
         parse({"inputs": [tensor(data=PIXELS.reshape(-1).tolist())]}, max_images=1)
+
+
+def test_whole_numbers_written_as_floats_are_whole_numbers() -> None:
+    """JSON's 7.0 is the integer 7 to JSON Schema, so the server takes it as one."""
+    data = [float(v) for v in PIXELS.reshape(-1)]
+    request = parse({"inputs": [tensor(shape=[2.0, 2, 2, 3], data=data)]})
+    assert request.pixels is not None
+    np.testing.assert_array_equal(request.pixels, PIXELS)
