@@ -15,11 +15,12 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.dataplane import DataPlane, RequestLimits
 from app.inference.batcher import BatcherConfig
-from app.inference.control import LoadOptions, ModelControl
+from app.inference.control import LoadError, LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
 from app.inference.model import DecodeBudget, Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
 from app.inference.repository import DirectoryRepository, ModelSource, SingleModelFile
+from app.runtime_watch import RuntimeWatch
 from app.state import AppState
 from app.v2.grpc_server import start_grpc_server
 
@@ -42,6 +43,12 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         try:
             await control.start()
             check_default_model(settings, state)
+        except (LoadError, EngineError) as exc:
+            # A configuration or deployment problem: one line says what, no traceback follows.
+            state.lifecycle.startup_error = str(exc)
+            logger.error("cannot start: %s", exc)
+            await control.stop(timeout_s=0.5)
+            raise
         except BaseException:
             await control.stop(timeout_s=0.5)
             raise
@@ -54,10 +61,13 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
         state.lifecycle.ready = True
         grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
+        watch = RuntimeWatch(state.metrics.event_loop_lag, state.metrics.gc_pause)
+        watch.start()
         try:
             yield
         finally:
             state.lifecycle.ready = False
+            await watch.stop()
             if grpc_server is not None:  # its calls in flight finish before the batchers stop
                 await grpc_server.stop()
             await control.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))

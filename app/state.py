@@ -35,6 +35,8 @@ class Lifecycle:
     draining_since: float | None = None
     # Called once, on the event loop, when draining starts (the gRPC server stops with HTTP).
     drain_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # Why the models could not be loaded at start, once logged in one line (no traceback then).
+    startup_error: str | None = None
 
     @property
     def serving(self) -> bool:

@@ -92,7 +92,7 @@ def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
             max_delay_ms=model.batching.max_delay_ms,
             max_queue_images=model.batching.max_queue_images,
             request_timeout_s=settings.request_timeout_s,
-            warmup_batch_sizes=settings.warmup_batch_sizes or [],
+            warmup_batch_sizes=model.warmup_batch_sizes,
         ),
         limits=LimitsInfo(
             max_upload_bytes=settings.max_upload_bytes,

@@ -255,9 +255,11 @@ class ServedModel:
         *,
         name: str | None = None,
         version: str | None = None,
+        warmup_batch_sizes: Sequence[int] = (),
         statistics: ExecutionObserver | None = None,
     ) -> None:
         self.engine = engine
+        self.warmup_batch_sizes = list(warmup_batch_sizes)
         self.decoder = decoder
         self.name = name or engine.card.name
         self.version = version or engine.card.version
