@@ -170,11 +170,20 @@ class Settings(BaseSettings):
         ge=1,
         description="Width x height of one image, from its header, before decoding; more is 413.",
     )
+    max_jpeg_scans: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Scans one JPEG may have (encoders write 1, or about 10 when progressive); more is 413. "
+            "Each scan walks every block of the image again, whatever its size in bytes."
+        ),
+    )
     max_request_pixels: int = Field(
         default=100_000_000,
         ge=1,
         description=(
-            "Pixels one request's images decode to, together (JPEG draft-mode scaling counted), "
+            "Pixels one request's images decode to, together (JPEG draft-mode scaling counted; a "
+            "progressive JPEG at full size times the work of its scans), "
             "from their headers before decoding; more is 413."
         ),
     )

@@ -68,7 +68,9 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
 
 def create_decoder(settings: Settings, state: AppState) -> Decoder:
     limits = ImageLimits(
-        allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels
+        allowed_formats=frozenset(settings.allowed_formats),
+        max_image_pixels=settings.max_image_pixels,
+        max_jpeg_scans=settings.max_jpeg_scans,
     )
     budget = DecodeBudget(
         max_request_pixels=settings.max_request_pixels, max_decoding_pixels=settings.max_decoding_pixels
