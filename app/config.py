@@ -141,6 +141,14 @@ class Settings(BaseSettings):
     lingering_timeout_s: float = Field(
         default=5.0, gt=0, description="... and close sooner once the client sends nothing for this long."
     )
+    send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "A response the client takes in nothing of (the server's send buffer stays full) for "
+            "this long closes its connection."
+        ),
+    )
     grpc_port: int = Field(
         default=8001,
         ge=0,

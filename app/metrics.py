@@ -35,6 +35,7 @@ EDGE_REFUSAL_REASONS = (
     "invalid",
     "connection_cap",
     "body_framing",
+    "send_timeout",
 )
 
 

@@ -106,6 +106,7 @@ def edge_limits(settings: Settings) -> EdgeLimits:
         max_connections=settings.max_connections,
         lingering_time_s=settings.lingering_time_s,
         lingering_timeout_s=settings.lingering_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
     )
 
 
