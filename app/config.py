@@ -156,6 +156,35 @@ class Settings(BaseSettings):
         description="Port of the Open Inference Protocol's gRPC service, on the same host; 0 turns it off.",
     )
 
+    grpc_max_concurrent_streams: int = Field(
+        default=32, ge=1, description="gRPC calls at once on one connection (HTTP/2 streams); more wait."
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=256,
+        ge=1,
+        description="gRPC calls in progress across the process; one past it gets RESOURCE_EXHAUSTED at once.",
+    )
+    grpc_max_connections: int = Field(
+        default=100,
+        ge=1,
+        description="Open gRPC connections; one past it is closed as soon as it is accepted.",
+    )
+    grpc_connection_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A gRPC connection without calls for this long is closed (GOAWAY; clients reconnect).",
+    )
+    grpc_connection_age_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A gRPC connection this old is asked to close (GOAWAY): clients spread out again.",
+    )
+    grpc_connection_age_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="... and its calls in progress get this long to finish before it closes.",
+    )
+
     # Batching
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)

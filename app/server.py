@@ -136,7 +136,10 @@ def raise_open_files_limit(max_connections: int) -> None:
 
 def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
     """One process (batching is per process), uvloop and httptools (app/edge.py's protocol)."""
-    raise_open_files_limit(settings.max_connections)
+    # HTTP connections, then gRPC's (when it is on): both take descriptors from one limit.
+    raise_open_files_limit(
+        settings.max_connections + (settings.grpc_max_connections if settings.grpc_port else 0)
+    )
     state = app.state.imgserve
     metrics: Metrics = state.metrics
     graceful_s = max(

@@ -40,6 +40,7 @@ from app.middleware import request_id_or_new
 from app.security import key_matches
 from app.state import AppState
 from app.v2 import codec, metadata
+from app.v2.grpc_bounds import BoundsInterceptor, MessageBudget, grpc_limits, server_options
 from app.v2.proto import grpc_predict_v2_pb2 as pb
 from app.v2.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -289,13 +290,12 @@ class GrpcServer:
 
     async def start(self) -> None:
         settings = self.state.settings
+        limits = grpc_limits(settings)
+        budget = MessageBudget(self.state.body_budget)
         server = grpc.aio.server(
-            options=[
-                # A second process on the port must fail to start, not share it silently.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", settings.max_upload_bytes + _MESSAGE_OVERHEAD_BYTES),
-                ("grpc.max_send_message_length", -1),
-            ]
+            options=server_options(limits),
+            interceptors=[BoundsInterceptor(limits, budget, settings.api_keys, self._count_refusal)],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.state, self.server_version), server
@@ -311,6 +311,9 @@ class GrpcServer:
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("gRPC serving", extra={"address": address, "service": SERVICE_NAME})
+
+    def _count_refusal(self, method: str, code: str, seconds: float) -> None:
+        self.state.metrics.observe_request(method, "POST", code, PROTOCOL, seconds)
 
     def begin_stop(self) -> None:
         """Refuse new calls now, let the ones in flight finish within the rest of the drain."""
