@@ -232,6 +232,15 @@ class Settings(BaseSettings):
             "that would pass it gets 503 + Retry-After."
         ),
     )
+    light_decoding_pixels: int = Field(
+        default=40_000_000,
+        ge=0,
+        description=(
+            "The part of max_decoding_pixels kept for light requests (at most 4 MP in all): heavy "
+            "requests get 503 + Retry-After before they would spend it. At most max_decoding_pixels "
+            "- max_request_pixels is kept."
+        ),
+    )
     max_buffered_body_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=1,
