@@ -1,5 +1,5 @@
 # The two commands of the README, and a few more.
-.PHONY: serve test lint container-test bench bench-smoke bench-page soak fuzz audit
+.PHONY: serve test lint container-test container-test-gpu bench bench-smoke bench-page soak fuzz audit
 
 serve:            ## install, export the default ImageNet model (once), run the server on :8000
 	scripts/serve.sh
@@ -18,6 +18,10 @@ lint:             ## ruff and mypy
 container-test:   ## build the image with podman, compose up 2 replicas + nginx, fail one over, compose down
 	scripts/bootstrap.sh export,cpu,dev
 	scripts/container-test.sh
+
+container-test-gpu: ## build the GPU image (onnxruntime-gpu, CUDA, cuDNN; ~1.2 GB download) with podman, start it without a GPU: serves on the CPU, IMGSERVE_REQUIRE_CUDA=true fails in one line
+	scripts/bootstrap.sh export,cpu,dev
+	scripts/container-test-gpu.sh
 
 bench:            ## the full CPU benchmark, open-loop sweep included (35 points; 25 took 8 min on 2 cores): bench/results/DATE/report.md, results.json, plots
 	scripts/bootstrap.sh export,cpu,dev

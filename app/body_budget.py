@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BusyError
+from app.inference.errors import BodyBudgetBusyError
 
 RETRY_AFTER_S = 1  # bodies come and go in the time of one request: no better estimate exists
 
@@ -27,13 +27,13 @@ class BodyBudget:
         self.held_bytes = 0
 
     def hold(self, count: int) -> None:
-        """Count ``count`` more bytes, or raise ``BusyError`` (503) when they do not fit."""
+        """Count ``count`` more bytes, or raise ``BodyBudgetBusyError`` when they do not fit."""
         if self.held_bytes + count > self.max_bytes:
-            raise BusyError(
+            raise BodyBudgetBusyError(
                 f"overloaded: request bodies of {self.held_bytes} bytes are being read or served and "
                 f"this one needs {count} more, over the limit of {self.max_bytes} bytes held at once "
                 f"(max_buffered_body_bytes); retry after {RETRY_AFTER_S} s",
-                retry_after_s=RETRY_AFTER_S,
+                RETRY_AFTER_S,
             )
         self.held_bytes += count
 

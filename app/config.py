@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.inference.batcher import MAX_BATCH_SIZE_LIMIT, powers_of_two_up_to
+
 # The formats the service may be allowed to decode. Pillow knows many more (some, like EPS,
 # shell out to other programs), so the allowlist can only narrow this set.
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -45,12 +47,6 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
-
-
-def powers_of_two_up_to(limit: int) -> list[int]:
-    """1, 2, 4, ... below ``limit``, then ``limit`` itself."""
-    sizes = [1 << i for i in range(limit.bit_length()) if (1 << i) < limit]
-    return [*sizes, limit]
 
 
 class Settings(BaseSettings):
@@ -103,7 +99,10 @@ class Settings(BaseSettings):
     )
     warmup_batch_sizes: Annotated[list[int] | None, NoDecode] = Field(
         default=None,
-        description="Batch sizes run once before ready; default: powers of two up to max_batch_size.",
+        description=(
+            "Batch sizes run once before ready; default: powers of two up to max_batch_size "
+            "(the provider's when it is 0)."
+        ),
     )
 
     # HTTP server
@@ -186,7 +185,16 @@ class Settings(BaseSettings):
     )
 
     # Batching
-    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_batch_size: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_BATCH_SIZE_LIMIT,
+        description=(
+            "Most images in one model run. 0: by execution provider, 4 on a CPU (an image costs "
+            "the same in any batch there, and each image of a batch holds ~10 MB of activations "
+            "in ONNX Runtime's arena for good), 32 on a GPU."
+        ),
+    )
     max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
     batch_policy: Literal["adaptive", "fixed"] = Field(
         default="adaptive",
@@ -346,13 +354,12 @@ class Settings(BaseSettings):
                 f"shutdown_delay_s ({self.shutdown_delay_s}) must be less than drain_timeout_s "
                 f"({self.drain_timeout_s}), which bounds the whole shutdown"
             )
-        if self.warmup_batch_sizes is None:
+        if self.warmup_batch_sizes is None and self.max_batch_size:
             self.warmup_batch_sizes = powers_of_two_up_to(self.max_batch_size)
-        bad = [n for n in self.warmup_batch_sizes if not 1 <= n <= self.max_batch_size]
+        limit = self.max_batch_size or MAX_BATCH_SIZE_LIMIT
+        bad = [n for n in self.warmup_batch_sizes or [] if not 1 <= n <= limit]
         if bad:
-            raise ValueError(
-                f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})"
-            )
+            raise ValueError(f"warmup_batch_sizes {bad} are outside 1..max_batch_size ({limit})")
         if self.api_keys_file is not None:
             self.api_keys = [*self.api_keys, *_load_keys_file(self.api_keys_file)]
         return self

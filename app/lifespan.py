@@ -13,12 +13,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.dataplane import DataPlane, RequestLimits
 from app.inference.batcher import BatcherConfig
-from app.inference.control import LoadOptions, ModelControl
+from app.inference.control import LoadError, LoadOptions, ModelControl
 from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
 from app.inference.model import DecodeBudget, Decoder
 from app.inference.preprocess import ImageLimits, configure_pillow
 from app.inference.repository import DirectoryRepository, ModelSource, SingleModelFile
+from app.runtime_watch import RuntimeWatch
 from app.state import AppState
 from app.v2.grpc_server import start_grpc_server
 
@@ -41,21 +43,31 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
         try:
             await control.start()
             check_default_model(settings, state)
+        except (LoadError, EngineError) as exc:
+            # A configuration or deployment problem: one line says what, no traceback follows.
+            state.lifecycle.startup_error = str(exc)
+            logger.error("cannot start: %s", exc)
+            await control.stop(timeout_s=0.5)
+            raise
         except BaseException:
             await control.stop(timeout_s=0.5)
             raise
         decoder.start()
         # One thread: the multipart parser is pure Python and holds the GIL (app/api/uploads.py).
         state.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
+        state.dataplane = create_dataplane(settings, state)
         state.control = control
         track_model_metrics(state)
         state.metrics.track_budgets(lambda: decoder.decoding_pixels, lambda: state.body_budget.held_bytes)
         state.lifecycle.ready = True
         grpc_server = await start_grpc_server(state, app.version) if settings.grpc_port else None
+        watch = RuntimeWatch(state.metrics.event_loop_lag, state.metrics.gc_pause)
+        watch.start()
         try:
             yield
         finally:
             state.lifecycle.ready = False
+            await watch.stop()
             if grpc_server is not None:  # its calls in flight finish before the batchers stop
                 await grpc_server.stop()
             await control.stop(timeout_s=max(0.5, state.lifecycle.seconds_left(settings.drain_timeout_s)))
@@ -81,6 +93,16 @@ def create_decoder(settings: Settings, state: AppState) -> Decoder:
         ),
     )
     return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
+
+
+def create_dataplane(settings: Settings, state: AppState) -> DataPlane:
+    limits = RequestLimits(
+        request_timeout_s=settings.request_timeout_s,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_images_per_request=settings.max_images_per_request,
+        allowed_formats=frozenset(settings.allowed_formats),
+    )
+    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool)
 
 
 def create_model_source(settings: Settings) -> ModelSource:

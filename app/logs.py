@@ -45,3 +45,35 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+access_logger = logging.getLogger("app.access")
+
+
+def log_access(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    route: str,
+    protocol: str,
+    status: int | str,
+    images: int,
+    seconds: float,
+    client: str | None,
+) -> None:
+    """The one access-log line of a request, whatever its protocol."""
+    access_logger.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "route": route,
+            "protocol": protocol,
+            "status": status,
+            "images": images,
+            "latency_ms": round(seconds * 1000, 3),
+            "client": client,
+        },
+    )

@@ -8,16 +8,16 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import docs, health, metrics, models, page, predict, repository, tfserving
-from app.api.deps import UNAUTHORIZED, reject_repeated_query_parameters
-from app.api.error_routes import drop_validation_responses
+from app.api.errors import UNAUTHORIZED, add_exception_handlers
 from app.body_budget import BodyBudget, BodyBudgetMiddleware
 from app.config import Settings
-from app.errors import add_exception_handlers
+from app.http.deps import create_key_checker, reject_repeated_query_parameters
+from app.http.errors import drop_validation_responses
 from app.inference.engine import create_engine
 from app.lifespan import EngineLoader, create_lifespan
 from app.metrics import Metrics
 from app.middleware import RequestMiddleware
-from app.security import create_key_checker
+from app.security import ApiKeys
 from app.state import AppState
 from app.v2 import rest as v2_rest
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
 
 
 def _api_key_dependencies(settings: Settings) -> list[Any]:
-    return [Depends(create_key_checker(settings.api_keys))] if settings.auth_enabled else []
+    return [Depends(create_key_checker(ApiKeys(settings.api_keys)))] if settings.auth_enabled else []
 
 
 def _protected_route_options(protected: list[Any]) -> dict[str, Any]:

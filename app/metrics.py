@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Stalls of the whole process: event-loop lag, garbage collections
+_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # The front ends, the values of the `protocol` label: our own REST API (/predict, /v1/models),
@@ -152,6 +154,22 @@ class Metrics:
         )
         for reason in EDGE_REFUSAL_REASONS:
             self.edge_refusals.labels(reason)
+        # app/runtime_watch.py: what stalls the whole process
+        self.event_loop_lag = Histogram(
+            "imgserve_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms: time it could serve nothing else.",
+            buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            "imgserve_gc_pause_seconds",
+            "Python's garbage collections, each one's duration (every thread waits), by generation.",
+            ["generation"],
+            buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        for generation in ("0", "1", "2"):
+            self.gc_pause.labels(generation)
         self._served: Callable[[], Iterable[ServedVersion]] = list
         r.register(_ModelInfoCollector(lambda: self._served()))
 

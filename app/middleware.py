@@ -5,22 +5,19 @@ Pure ASGI rather than BaseHTTPMiddleware: no extra task and no body re-wrapping 
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.dataplane import request_id_or_new
+from app.logs import log_access
 from app.metrics import Metrics
 from app.state import Lifecycle
 
-access_logger = logging.getLogger("app.access")
-
 REQUEST_ID_HEADER = b"x-request-id"
 CONTEXT_KEY = "imgserve.request"
-_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 @dataclass
@@ -85,24 +82,21 @@ class RequestMiddleware:
     def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
         route = scope.get("route")
         route_path = getattr(route, "path", None) or "unmatched"
-        # A front end's routes say which protocol they speak (app.api.error_routes); ours are "rest".
+        # A front end's routes name their protocol (app.http.errors.ErrorBodyRoute); ours are "rest".
         protocol = getattr(route, "protocol", "rest")
         method = scope["method"]
         self.metrics.observe_request(route_path, method, str(status), protocol, seconds)
         client = scope.get("client")
-        access_logger.info(
-            "request",
-            extra={
-                "request_id": context.request_id,
-                "method": method,
-                "path": scope["path"],
-                "route": route_path,
-                "protocol": protocol,
-                "status": status,
-                "images": context.images,
-                "latency_ms": round(seconds * 1000, 3),
-                "client": client[0] if client else None,
-            },
+        log_access(
+            request_id=context.request_id,
+            method=method,
+            path=scope["path"],
+            route=route_path,
+            protocol=protocol,
+            status=status,
+            images=context.images,
+            seconds=seconds,
+            client=client[0] if client else None,
         )
 
 
@@ -119,11 +113,4 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER:
             return request_id_or_new(value)
-    return uuid.uuid4().hex
-
-
-def request_id_or_new(value: bytes | None) -> str:
-    """A client's request id when it is well-formed (1-128 safe characters), else a new one."""
-    if value is not None and _VALID_REQUEST_ID.fullmatch(value):
-        return value.decode("latin-1")
     return uuid.uuid4().hex

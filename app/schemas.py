@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.inference.postprocess import ClassScore
 from model_card import Preprocessing
 
 
@@ -15,12 +16,6 @@ class ErrorResponse(BaseModel):
     detail: str = Field(
         examples=["file #2 'notes.txt': not a decodable image (allowed formats: BMP, GIF, JPEG, PNG, WEBP)"]
     )
-
-
-class ClassScore(BaseModel):
-    index: int = Field(description="Class index in the model's output.", examples=[281])
-    label: str = Field(examples=["tabby"])
-    probability: float = Field(ge=0, le=1, examples=[0.61])
 
 
 class ImagePrediction(BaseModel):

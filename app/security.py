@@ -1,19 +1,17 @@
-"""Optional API keys: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time."""
+"""Optional API keys, one rule for every protocol: ``Authorization: Bearer KEY`` (the scheme in
+any case, RFC 9110) or ``X-API-Key: KEY``, as HTTP headers or gRPC metadata, compared in
+constant time."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated
+from collections.abc import Sequence
 
-from fastapi import Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from app.errors import UnauthorizedError
+from app.inference.errors import UnauthenticatedError
 
-bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
-api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+MISSING_KEY = "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
 
 
 def key_matches(candidate: str, keys: Sequence[bytes]) -> bool:
@@ -25,18 +23,25 @@ def key_matches(candidate: str, keys: Sequence[bytes]) -> bool:
     return found
 
 
-def create_key_checker(keys: Sequence[SecretStr]) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency that raises 401 unless the request carries one of ``keys``."""
-    encoded = [key.get_secret_value().encode() for key in keys]
+class ApiKeys:
+    """The configured keys; :meth:`check` raises ``UnauthenticatedError`` unless one was sent."""
 
-    async def require_api_key(
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-        api_key: Annotated[str | None, Security(api_key_scheme)],
-    ) -> None:
-        candidates = [c for c in (api_key, bearer.credentials if bearer else None) if c]
+    def __init__(self, keys: Sequence[SecretStr]) -> None:
+        self._keys = [key.get_secret_value().encode() for key in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def check(self, authorization: str | None, api_key: str | None) -> None:
+        candidates = [c for c in (api_key, bearer_token(authorization)) if c]
         if not candidates:
-            raise UnauthorizedError("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-        if not any([key_matches(candidate, encoded) for candidate in candidates]):
-            raise UnauthorizedError("invalid API key")
+            raise UnauthenticatedError(MISSING_KEY)
+        if not any([key_matches(candidate, self._keys) for candidate in candidates]):
+            raise UnauthenticatedError("invalid API key")
 
-    return require_api_key
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of ``Bearer <token>`` (the scheme in any case), else None."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

@@ -27,14 +27,19 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.lifespan.on import LifespanOn
 
 from app.config import Settings
 from app.edge import EdgeHooks, EdgeLimits, create_edge_protocol
 from app.metrics import Metrics
 from app.state import Lifecycle
+
+if TYPE_CHECKING:
+    from uvicorn.lifespan.on import LifespanSendMessage
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,21 @@ _FILES_RESERVE = 128
 
 # Kept back from uvicorn's graceful timeout for the lifespan shutdown (stopping the batcher).
 _LIFESPAN_SHUTDOWN_RESERVE_S = 1.0
+
+
+class _StartupLifespan(LifespanOn):
+    """uvicorn's lifespan, except that a startup failure the app already logged in one line
+    (``Lifecycle.startup_error``: a model that cannot load, CUDA required but missing) is not
+    logged again as a traceback; anything else still is."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+
+    async def send(self, message: LifespanSendMessage) -> None:
+        if message["type"] == "lifespan.startup.failed" and self.lifecycle.startup_error is not None:
+            message = {"type": "lifespan.startup.failed", "message": ""}
+        await super().send(message)
 
 
 class DrainingServer(uvicorn.Server):
@@ -65,6 +85,8 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if type(self.lifespan) is LifespanOn:
+            self.lifespan = _StartupLifespan(self.config, self.lifecycle)
         if self.on_sighup is not None:  # before the models load: SIGHUP's default action is to exit
             self._loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         await super().startup(sockets)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from app.body_budget import BodyBudget
 from app.config import Settings
+from app.dataplane import DataPlane
 from app.inference.control import ModelControl
 from app.inference.errors import ModelNotFoundError, NotReadyError
 from app.inference.model import ServedModel
@@ -33,6 +34,8 @@ class Lifecycle:
     draining_since: float | None = None
     # Called once, on the event loop, when draining starts (the gRPC server stops with HTTP).
     drain_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # Why the models could not be loaded at start, once logged in one line (no traceback then).
+    startup_error: str | None = None
 
     @property
     def serving(self) -> bool:
@@ -63,6 +66,7 @@ class AppState:
     control: ModelControl | None = None  # set by the lifespan once the models are loaded
     # Parses request framing (multipart) off the event loop; started and stopped by the lifespan.
     parse_pool: ThreadPoolExecutor | None = None
+    dataplane: DataPlane | None = None  # built by the lifespan: the one request path
     _background: set[asyncio.Task[object]] = field(default_factory=set)
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ServedModel:
@@ -70,6 +74,12 @@ class AppState:
         if not self.lifecycle.ready:
             raise NotReadyError("not ready: the model is loading")
         return self.registry.resolve(name, version)
+
+    def get_dataplane(self) -> DataPlane:
+        """The request path; ``NotReadyError`` before the lifespan has built it."""
+        if self.dataplane is None:
+            raise NotReadyError("not ready: the model is loading")
+        return self.dataplane
 
     def served_models(self) -> list[ServedModel]:
         if not self.lifecycle.ready:

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--only", nargs="+", help="run only the points whose key contains one of these strings")
     ab = sub.add_parser("ab", help="A/B the current app/ against a patched copy, alternating rounds")
-    ab.add_argument("--variant-dir", type=Path, required=True, help="a folder holding the patched app/")
+    ab.add_argument("--variant-dir", type=Path, required=True, help="B: a folder holding the patched app/")
+    ab.add_argument(
+        "--base-dir", type=Path, help="A: a folder holding the app/ to compare with (default: this one)"
+    )
     ab.add_argument("--out", type=Path, default=Path("bench/results/ab"))
     ab.add_argument("--model", type=Path, default=Path("models/default/model.onnx"))
     ab.add_argument("--workload", default="jpeg_500x375")
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument(
         "--setting", nargs="*", default=[], help="server settings for both sides, e.g. max_batch_size=8"
     )
+    ab.add_argument("--setting-a", nargs="*", default=[], help="server settings for side A only")
+    ab.add_argument("--setting-b", nargs="*", default=[], help="server settings for side B only")
     report = sub.add_parser("report", help="rewrite report.md and the plots from a results.json")
     report.add_argument("folder", type=Path)
     return parser

@@ -526,7 +526,7 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         )
         if rows:
             ax.plot([p["concurrency"] for p in rows], [p["images_per_s"] for p in rows], style, label=topo)
-    for topo, marker in (("batch4", "D"), ("batch8", "v"), ("nginx_2", "*")):
+    for topo, marker in (("batch8", "v"), ("batch32", "D"), ("nginx_2", "*")):
         p = points.get(f"{topo}/{MAIN}/c32")
         if p:
             ax.plot([32], [p["images_per_s"]], marker, ms=8, ls="none", label=f"{topo} (c=32 only)")

@@ -139,6 +139,13 @@ class Topology:
     name: str
     port: int
     procs: list[Proc] = field(default_factory=list)
+    # Several servers without a load balancer: load generator process i talks to
+    # client_ports[i % len(client_ports)] (empty: every one to ``port``).
+    client_ports: list[int] = field(default_factory=list)
+
+    def port_for(self, client_index: int) -> int:
+        """The port load generator process ``client_index`` sends to."""
+        return self.client_ports[client_index % len(self.client_ports)] if self.client_ports else self.port
 
     def cpu_s(self) -> float:
         return sum(proc.cpu_s() for proc in self.procs)

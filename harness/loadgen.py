@@ -81,6 +81,8 @@ class Result:
     error: str = ""
     retry_after: str | None = None
     error_body: str = ""  # the start of a non-200 answer's body
+    # open loop: how late the generator itself sent it (its own lag, part of ``latency_s``)
+    send_lag_s: float = 0.0
 
     @property
     def finished_s(self) -> float:
@@ -162,17 +164,18 @@ class Connection:
 
 
 async def _send(conn: Connection, request: bytes, started: float, t0: float, timeout_s: float) -> Result:
+    lag_s = time.monotonic() - started
     try:
         async with asyncio.timeout(timeout_s):
             status, head, body = await conn.exchange(request)
     except (OSError, EOFError, ValueError, ResponseError, asyncio.LimitOverrunError) as exc:
         conn.close()
-        return Result(started - t0, time.monotonic() - started, 0, failure_kind(exc))
+        return Result(started - t0, time.monotonic() - started, 0, failure_kind(exc), send_lag_s=lag_s)
     latency_s = time.monotonic() - started
     if status == 200:
-        return Result(started - t0, latency_s, 200)
+        return Result(started - t0, latency_s, 200, send_lag_s=lag_s)
     error_body = body[:ERROR_BODY_CHARS].decode(errors="replace")
-    return Result(started - t0, latency_s, status, "", header(head, "retry-after"), error_body)
+    return Result(started - t0, latency_s, status, "", header(head, "retry-after"), error_body, lag_s)
 
 
 def _address(url: str) -> tuple[str, int]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import NOT_READY, StateDep
+from app.api.errors import NOT_READY
+from app.http.deps import StateDep
 from app.schemas import HealthResponse
 
 router = APIRouter(tags=["health"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import StateDep
+from app.http.deps import StateDep
 
 router = APIRouter(tags=["metrics"])
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import NOT_READY, StateDep, error_response
+from app.api.errors import NOT_READY, error_response
 from app.api.version_status import with_version_status
 from app.config import Settings
+from app.http.deps import StateDep
 from app.inference.errors import InferenceError
 from app.inference.model import ServedModel
 from app.schemas import (
@@ -91,7 +92,7 @@ def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
             max_delay_ms=model.batching.max_delay_ms,
             max_queue_images=model.batching.max_queue_images,
             request_timeout_s=settings.request_timeout_s,
-            warmup_batch_sizes=settings.warmup_batch_sizes or [],
+            warmup_batch_sizes=model.warmup_batch_sizes,
         ),
         limits=LimitsInfo(
             max_upload_bytes=settings.max_upload_bytes,

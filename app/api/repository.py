@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.api.deps import StateDep
+from app.http.deps import StateDep
 from app.inference.control import LoadError, ModelControl
 from app.inference.registry import VersionStatus
 from app.inference.repository import RepositoryError, VersionPolicy, parse_triton_config

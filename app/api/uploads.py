@@ -26,11 +26,12 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from app.api.body import body_chunks, check_content_length
-from app.errors import (
-    BadRequestError,
-    PayloadTooLargeError,
-    UnprocessableError,
+from app.dataplane import RequestLimits
+from app.http.body import body_chunks, check_content_length
+from app.inference.errors import (
+    BodyTooLargeError,
+    MalformedRequestError,
+    UnprocessableRequestError,
     UnsupportedMediaTypeError,
 )
 from app.inference.model import NamedImage
@@ -52,16 +53,9 @@ OCTET_STREAM = "application/octet-stream"
 PARSE_BATCH_BYTES = 256 * 1024
 
 
-@dataclass(frozen=True)
-class UploadLimits:
-    max_upload_bytes: int
-    max_images_per_request: int
-    allowed_formats: frozenset[str]
-
-    @property
-    def raw_media_types(self) -> tuple[str, ...]:
-        types = [t for fmt in sorted(self.allowed_formats) for t in FORMAT_MEDIA_TYPES[fmt]]
-        return (*types, OCTET_STREAM)
+def raw_media_types(limits: RequestLimits) -> tuple[str, ...]:
+    types = [t for fmt in sorted(limits.allowed_formats) for t in FORMAT_MEDIA_TYPES[fmt]]
+    return (*types, OCTET_STREAM)
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,7 @@ class Upload(NamedImage):
     filename: str | None = None
 
 
-async def read_uploads(request: Request, limits: UploadLimits, parse_pool: Executor | None) -> list[Upload]:
+async def read_uploads(request: Request, limits: RequestLimits, parse_pool: Executor | None) -> list[Upload]:
     """All images of the request, in order; raises a typed error naming what is wrong.
 
     ``parse_pool`` parses multipart bodies off the event loop (None: on it, for tests)."""
@@ -79,21 +73,21 @@ async def read_uploads(request: Request, limits: UploadLimits, parse_pool: Execu
     if media_type == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
-            raise BadRequestError("multipart/form-data without a boundary parameter")
+            raise MalformedRequestError("multipart/form-data without a boundary parameter")
         chunks = body_chunks(request, limits.max_upload_bytes)
         uploads = await _read_multipart(chunks, boundary, limits, parse_pool)
-    elif media_type in limits.raw_media_types:
+    elif media_type in raw_media_types(limits):
         data = b"".join([chunk async for chunk in body_chunks(request, limits.max_upload_bytes)])
         uploads = [Upload(name=RAW_BODY_NAME, data=data, filename=None)]
     else:
         shown = media_type or "none"
         raise UnsupportedMediaTypeError(
             f"Content-Type {shown!r} is not accepted; send multipart/form-data with parts named "
-            f"{FILE_FIELD!r}, or a raw body with one of: {', '.join(limits.raw_media_types)}"
+            f"{FILE_FIELD!r}, or a raw body with one of: {', '.join(raw_media_types(limits))}"
         )
     for upload in uploads:
         if not upload.data:
-            raise UnprocessableError(f"{upload.name}: is empty")
+            raise UnprocessableRequestError(f"{upload.name}: is empty")
     return uploads
 
 
@@ -101,7 +95,7 @@ async def read_uploads(request: Request, limits: UploadLimits, parse_pool: Execu
 class _MultipartCollector:
     """Callbacks for python-multipart's streaming parser."""
 
-    limits: UploadLimits
+    limits: RequestLimits
     uploads: list[Upload] = field(default_factory=list)
     finished: bool = False
     _header_field: bytearray = field(default_factory=bytearray)
@@ -144,11 +138,11 @@ class _MultipartCollector:
         _, params = parse_options_header(self._disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
         if name != FILE_FIELD:
-            raise UnprocessableError(
+            raise UnprocessableRequestError(
                 f"multipart part {number} is named {name!r}; send each image as a part named {FILE_FIELD!r}"
             )
         if number > self.limits.max_images_per_request:
-            raise PayloadTooLargeError(
+            raise BodyTooLargeError(
                 f"more than {self.limits.max_images_per_request} images in one request "
                 f"(max_images_per_request)"
             )
@@ -172,7 +166,7 @@ class _MultipartCollector:
 
 
 async def _read_multipart(
-    chunks: AsyncIterator[bytes], boundary: bytes, limits: UploadLimits, parse_pool: Executor | None
+    chunks: AsyncIterator[bytes], boundary: bytes, limits: RequestLimits, parse_pool: Executor | None
 ) -> list[Upload]:
     collector = _MultipartCollector(limits)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
@@ -187,9 +181,9 @@ async def _read_multipart(
             batch, batch_bytes = [], 0
     await _parse(framing, batch, parse_pool, finish=True)
     if not collector.finished:
-        raise UnprocessableError("malformed multipart body: it ends before the closing boundary")
+        raise UnprocessableRequestError("malformed multipart body: it ends before the closing boundary")
     if not collector.uploads:
-        raise UnprocessableError(f"no images: send one or more multipart parts named {FILE_FIELD!r}")
+        raise UnprocessableRequestError(f"no images: send one or more multipart parts named {FILE_FIELD!r}")
     return collector.uploads
 
 
@@ -218,7 +212,7 @@ class _Framing:
             if finish:
                 self.parser.finalize()
         except FormParserError as exc:
-            raise UnprocessableError(f"malformed multipart body: {exc}") from exc
+            raise UnprocessableRequestError(f"malformed multipart body: {exc}") from exc
 
     def _count(self, chunk: bytes) -> None:
         keep = len(self.delimiter) - 1
@@ -226,7 +220,7 @@ class _Framing:
         self.seen += across + chunk.count(self.delimiter)
         self.tail = (self.tail + chunk[-keep:])[-keep:]
         if self.seen > self.max_delimiters:
-            raise UnprocessableError(
+            raise UnprocessableRequestError(
                 f"malformed multipart body: the boundary delimiter occurs more than {self.max_delimiters} "
                 f"times, but a request holds at most {self.max_delimiters - 1} parts and the delimiter "
                 f"must not occur inside a part (RFC 2046); choose a boundary that is not in the data"

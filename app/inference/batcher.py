@@ -60,6 +60,15 @@ MIN_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 60
 
 
+MAX_BATCH_SIZE_LIMIT = 1024
+
+
+def powers_of_two_up_to(limit: int) -> list[int]:
+    """1, 2, 4, ... below ``limit``, then ``limit`` itself: the default warm-up batch sizes."""
+    sizes = [1 << i for i in range(limit.bit_length()) if (1 << i) < limit]
+    return [*sizes, limit]
+
+
 @dataclass(frozen=True)
 class BatcherConfig:
     max_batch_size: int = 32

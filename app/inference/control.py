@@ -23,12 +23,18 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from app.inference.batcher import BatcherConfig
-from app.inference.engine import Engine, EngineError, EngineOptions, live_session_count
+from app.inference.batcher import BatcherConfig, powers_of_two_up_to
+from app.inference.engine import (
+    Engine,
+    EngineError,
+    EngineOptions,
+    default_max_batch_size,
+    live_session_count,
+)
 from app.inference.model import Decoder, InferenceObserver, ServedModel
 from app.inference.registry import ModelRegistry, VersionState, VersionStatus
 from app.inference.repository import (
@@ -58,13 +64,26 @@ class VersionObserver(Protocol):
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How every version is loaded and run."""
+    """How every version is loaded and run. ``batcher.max_batch_size`` 0 leaves the cap to the
+    execution provider; no ``warmup_batch_sizes``: powers of two up to the cap."""
 
     engine: EngineOptions
     batcher: BatcherConfig
     warmup_batch_sizes: Sequence[int] = (1,)
     max_loaded_versions: int = 8
     drain_timeout_s: float = 30.0
+
+
+def resolve_batching(options: LoadOptions, provider: str) -> tuple[BatcherConfig, list[int]]:
+    """The batcher's settings and the warm-up batch sizes for a version that runs on ``provider``."""
+    cap = options.batcher.max_batch_size or default_max_batch_size(provider)
+    sizes = sorted(set(options.warmup_batch_sizes)) or powers_of_two_up_to(cap)
+    if sizes[-1] > cap:
+        raise EngineError(
+            f"warmup_batch_sizes {[n for n in sizes if n > cap]} exceed max_batch_size {cap} "
+            f"(on {provider}); lower them or set IMGSERVE_MAX_BATCH_SIZE"
+        )
+    return replace(options.batcher, max_batch_size=cap), sizes
 
 
 @dataclass(frozen=True)
@@ -276,7 +295,8 @@ class ModelControl:
         started = time.perf_counter()
         try:
             engine = await asyncio.to_thread(self._load_engine, source.path, self.options.engine)
-            warmup = await asyncio.to_thread(engine.warm_up, self.options.warmup_batch_sizes)
+            batching, warmup_sizes = resolve_batching(self.options, engine.execution_provider)
+            warmup = await asyncio.to_thread(engine.warm_up, warmup_sizes)
         except Exception as exc:  # a bad file must never take the server down
             if not _expected_load_error(exc):
                 logger.exception("unexpected error loading %s", source.path)
@@ -290,7 +310,15 @@ class ModelControl:
         name = source.name or engine.card.name
         version = source.version or engine.card.version
         observer = self._observer.for_version(name, version) if self._observer is not None else None
-        model = ServedModel(engine, self.options.batcher, self.decoder, observer, name=name, version=version)
+        model = ServedModel(
+            engine,
+            batching,
+            self.decoder,
+            observer,
+            name=name,
+            version=version,
+            warmup_batch_sizes=warmup_sizes,
+        )
         model.start()
         if source.name is None:
             self.source.adopt(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -19,6 +20,13 @@ logger = logging.getLogger(__name__)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+# The largest batch worth its memory, by where the model runs. On a CPU an image costs the same
+# at every batch size (EfficientNet-Lite0: 9.1-10.2 CPU-ms at 1 to 32), so a large batch buys no
+# throughput, only activations that ONNX Runtime's arena keeps for good (~10 MB an image, for
+# each batch running at once); a GPU needs large batches to fill it.
+CPU_MAX_BATCH_SIZE = 4
+GPU_MAX_BATCH_SIZE = 32
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
@@ -109,17 +117,27 @@ class Engine:
         return np.ascontiguousarray(nchw, dtype=dtype)
 
     def warm_up(self, batch_sizes: Sequence[int]) -> dict[int, float]:
-        """Run each batch size once (allocators, kernels, CUDA graphs); returns seconds per size."""
+        """Run each batch size once (allocators, kernels, CUDA graphs); returns seconds per size.
+
+        With instances, batches run on the instance session and the all-threads session only
+        ever runs a lone image, so that one warms up at one image: a larger batch there would
+        grow its memory arena for good with activations no request uses.
+        """
         height, width = self.card.preprocessing.crop_size, self.card.preprocessing.crop_size
         timings: dict[int, float] = {}
         for size in sorted(set(batch_sizes)):
             batch = np.full((size, height, width, 3), 128, dtype=np.uint8)
             start = time.perf_counter()
-            self.run(batch)
+            self.run(batch, instance=True)
             timings[size] = time.perf_counter() - start
-            if self.instance_session is not None:
-                self.run(batch, instance=True)
+        if self.instance_session is not None:
+            self.run(np.full((1, height, width, 3), 128, dtype=np.uint8))
         return timings
+
+
+def default_max_batch_size(provider: str) -> int:
+    """The batch size cap when the settings leave it to the provider (``max_batch_size`` 0)."""
+    return GPU_MAX_BATCH_SIZE if provider in (CUDA_PROVIDER, TENSORRT_PROVIDER) else CPU_MAX_BATCH_SIZE
 
 
 def choose_providers(available: Sequence[str]) -> list[str]:
@@ -135,21 +153,29 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
         )
     available = ort.get_available_providers()
     if options.require_cuda and CUDA_PROVIDER not in available:
-        raise EngineError(
-            f"require_cuda is set but this ONNX Runtime build offers only {available}; "
-            "install onnxruntime-gpu (the `gpu` extra)"
-        )
+        raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {cuda_unavailable_reason()}")
+    providers = choose_providers(available)
+    # No driver or no GPU: CUDA is not offered to the session at all, so ONNX Runtime does not
+    # log its own multi-line failure; the one warning below says what is missing.
+    no_gpu = cuda_driver_problem() if CUDA_PROVIDER in available else None
+    if no_gpu is not None:
+        if options.require_cuda:
+            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {no_gpu}")
+        providers = [p for p in providers if p != CUDA_PROVIDER]
     if CUDA_PROVIDER in available:
         preload_cuda_libraries()
-    session = _open_session(model_path, options.intra_op_threads, choose_providers(available))
+    session = _open_session(model_path, options.intra_op_threads, providers)
     try:
         card = load_card(model_path)
     except CardError as exc:
         raise EngineError(str(exc)) from exc
     check_graph_matches_card(session, card, str(model_path))
     active = session.get_providers()
-    if options.require_cuda and active[0] != CUDA_PROVIDER:
-        raise EngineError(f"require_cuda is set but the active providers are {active}")
+    if CUDA_PROVIDER in available and active[0] != CUDA_PROVIDER:
+        reason = no_gpu or cuda_unavailable_reason()
+        if options.require_cuda:
+            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {reason}")
+        logger.warning("CUDA provider unavailable, serving on %s: %s", active[0], reason)
     instances = resolve_instances(options, active[0])
     instance_session = _open_session(model_path, 1, [CPU_PROVIDER]) if instances > 1 else None
     logger.info(
@@ -204,6 +230,47 @@ def preload_cuda_libraries() -> None:
         ort.preload_dlls()
     except Exception:  # a missing library is reported when the session falls back or fails
         logger.warning("could not preload the CUDA/cuDNN libraries", exc_info=True)
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ONNX Runtime's CUDA provider cannot run in this process, in one line: what is missing.
+
+    Checked in the order a deployment gets them wrong: the ONNX Runtime build, the NVIDIA driver
+    (a container started without its GPUs has none), a GPU the driver can use, then the CUDA and
+    cuDNN libraries the provider links against.
+    """
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return (
+            f"this ONNX Runtime build ({ort.__version__}) has no CUDA provider: "
+            "install onnxruntime-gpu (the `gpu` extra)"
+        )
+    no_gpu = cuda_driver_problem()
+    if no_gpu is not None:
+        return no_gpu
+    provider_library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(provider_library))
+    except OSError as exc:
+        return f"the CUDA provider cannot load its libraries ({exc}): install the `gpu` extra (CUDA, cuDNN)"
+    return "ONNX Runtime could not create the CUDA provider (its own error is logged above)"
+
+
+def cuda_driver_problem() -> str | None:
+    """What keeps the NVIDIA driver from giving this process a GPU, or None when it has one."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return (
+            "no NVIDIA driver (libcuda.so.1 not found): no GPU on this machine, or a container "
+            "started without one (docker run --gpus all, with the NVIDIA container toolkit)"
+        )
+    status = driver.cuInit(0)
+    if status != 0:
+        return f"the NVIDIA driver found no usable GPU (cuInit error {status})"
+    count = ctypes.c_int(0)
+    if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return "the NVIDIA driver sees no GPU (check CUDA_VISIBLE_DEVICES)"
+    return None
 
 
 def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, source: str) -> None:

@@ -267,8 +267,10 @@ class ServedModel:
         *,
         name: str | None = None,
         version: str | None = None,
+        warmup_batch_sizes: Sequence[int] = (),
     ) -> None:
         self.engine = engine
+        self.warmup_batch_sizes = list(warmup_batch_sizes)
         self.decoder = decoder
         self.name = name or engine.card.name
         self.version = version or engine.card.version

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 
 @dataclass(frozen=True)
 class ClassScore:
-    """One class of the model's output: its index, its label and its probability."""
+    """One class of the model's output: its index, its label and its probability (the Field
+    metadata is the OpenAPI document's: REST answers carry this class as it is)."""
 
-    index: int
-    label: str
-    probability: float
+    index: Annotated[int, Field(description="Class index in the model's output.", examples=[281])]
+    label: Annotated[str, Field(examples=["tabby"])]
+    probability: Annotated[float, Field(ge=0, le=1, examples=[0.61])]
 
 
 @dataclass(frozen=True)

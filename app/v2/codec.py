@@ -1,7 +1,7 @@
 """The Open Inference Protocol's tensors for an image classifier: requests in, answers out.
 
 Pure data and functions, no HTTP and no gRPC: the REST front end (``app/v2/rest.py``) and the
-gRPC one (``app/v2/grpc_server.py``) both parse and answer through this module, so the two
+gRPC one (``app/v2/grpc_service.py``) both parse and answer through this module, so the two
 cannot drift apart.
 
 How a model looks through the protocol (``model_metadata``):
@@ -20,8 +20,6 @@ bytes, then each element as a 4-byte little-endian length and its bytes); and a 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -30,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from app.http.json_body import decode_base64, load_json
+from app.inference.errors import BodyTooLargeError, MalformedRequestError
 from app.inference.postprocess import Classification, ClassScore
 
 INPUT_NAME = "image"
@@ -43,16 +43,18 @@ EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
 _LENGTH = struct.Struct("<I")
 
 
-class CodecError(Exception):
-    """The request does not follow the protocol or this model's tensors (400, INVALID_ARGUMENT)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+# The request does not follow the protocol or this model's tensors (400, INVALID_ARGUMENT).
+CodecError = MalformedRequestError
 
 
-class TooManyImagesError(CodecError):
+class TooManyImagesError(BodyTooLargeError):
     """More images than ``max_images_per_request`` (413, INVALID_ARGUMENT)."""
+
+
+def max_json_values(max_images: int) -> int:
+    """The most JSON values a request of ``max_images`` images holds: each image's element (and
+    its row's brackets, shape [N, 1]), and room for the rest of the header."""
+    return 256 + 4 * max_images
 
 
 @dataclass(frozen=True)
@@ -137,16 +139,6 @@ def decode_bytes_elements(data: bytes | memoryview, expected: int) -> list[bytes
     return elements
 
 
-def decode_base64(value: object, where: str) -> bytes:
-    """One base64 string (standard alphabet, padded) as bytes."""
-    if not isinstance(value, str):
-        raise CodecError(f"{where}: expected a base64 string, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise CodecError(f"{where}: not valid base64 ({exc})") from None
-
-
 # -- requests ------------------------------------------------------------------------------------
 
 
@@ -218,7 +210,7 @@ def parse_rest_request(body: bytes, header_length: int | None, max_images: int) 
             f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
         )
     split = len(body) if header_length is None else header_length
-    header, binary = _json_object(body[:split]), memoryview(body)[split:]
+    header, binary = _json_object(body[:split], max_images), memoryview(body)[split:]
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise CodecError(f"'inputs' must be a list of one input tensor, {INPUT_NAME!r} (BYTES [N, 1])")
@@ -233,11 +225,8 @@ def parse_rest_request(body: bytes, header_length: int | None, max_images: int) 
     )
 
 
-def _json_object(data: bytes | memoryview) -> dict[str, Any]:
-    try:
-        value = json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CodecError(f"the inference request is not valid JSON: {exc}") from None
+def _json_object(data: bytes, max_images: int) -> dict[str, Any]:
+    value = load_json(data, max_json_values(max_images), "the inference request")
     return _object(value, "the inference request")
 
 

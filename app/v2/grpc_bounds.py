@@ -31,8 +31,10 @@ from pydantic import SecretStr
 
 from app.body_budget import BodyBudget
 from app.config import Settings
-from app.middleware import request_id_or_new
-from app.security import key_matches
+from app.dataplane import request_id_or_new
+from app.inference.errors import UnauthenticatedError
+from app.logs import log_access
+from app.security import ApiKeys
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,6 @@ GRPC_BUDGET_SHARE = 0.5
 # Messages one connection may be reading at once; the others of its calls wait their turn.
 READS_PER_CONNECTION = 2
 _BUDGET_POLL_S = 0.01
-MISSING_KEY = "missing API key: send metadata 'authorization: Bearer KEY' or 'x-api-key: KEY'"
-INVALID_KEY = "invalid API key"
 # Calls that need no key: the probes (a kubelet's grpc probe sends none).
 PUBLIC_METHODS = frozenset(
     {
@@ -56,7 +56,6 @@ PUBLIC_METHODS = frozenset(
     }
 )
 PROTOCOL = "v2_grpc"
-access_logger = logging.getLogger("app.access")
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
     ) -> None:
         self.limits = limits
         self.budget = budget
-        self._keys = [key.get_secret_value().encode() for key in keys]
+        self._keys = ApiKeys(keys)
         self._on_refusal = on_refusal  # (method, status code name, seconds): the request metrics
 
     async def intercept_service(
@@ -196,24 +195,20 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
         if handler is None or handler.request_streaming:
             return handler
         method = handler_call_details.method
-        if self._keys and method not in PUBLIC_METHODS:
+        if self._keys.enabled and method not in PUBLIC_METHODS:
             refusal = self._key_refusal(handler_call_details.invocation_metadata)
             if refusal is not None:
                 return self._refusing(method, handler, grpc.StatusCode.UNAUTHENTICATED, refusal)
         return self._reading_within_budget(handler)
 
     def _key_refusal(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-        """Why the call's key is refused, or None. It accepts a superset of what the service
-        accepts (a bare key in ``authorization`` too); the service still checks the key itself."""
-        candidates = []
-        for name, value in metadata or ():
-            if name in ("authorization", "x-api-key") and isinstance(value, str) and value.strip():
-                scheme, _, token = value.strip().partition(" ")
-                candidates += [value.strip(), token.strip() if scheme.lower() == "bearer" else ""]
-        if not candidates:
-            return MISSING_KEY
-        matched = any([key_matches(candidate, self._keys) for candidate in candidates if candidate])
-        return None if matched else INVALID_KEY
+        """Why the call's key is refused (the service's own check and words), or None."""
+        invocation = dict(metadata or ())
+        try:
+            self._keys.check(_text(invocation.get("authorization")), _text(invocation.get("x-api-key")))
+        except UnauthenticatedError as exc:
+            return exc.message
+        return None
 
     def _refusing(
         self, method: str, handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
@@ -225,19 +220,16 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
         async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
             seconds = time.perf_counter() - start
             invocation = dict(context.invocation_metadata() or ())
-            access_logger.info(
-                "request",
-                extra={
-                    "request_id": request_id_or_new(_as_bytes(invocation.get("x-request-id"))),
-                    "method": "POST",
-                    "path": method,
-                    "route": method,
-                    "protocol": PROTOCOL,
-                    "status": code.name,
-                    "images": 0,
-                    "latency_ms": round(seconds * 1000, 3),
-                    "client": context.peer(),
-                },
+            log_access(
+                request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))),
+                method="POST",
+                path=method,
+                route=method,
+                protocol=PROTOCOL,
+                status=code.name,
+                images=0,
+                seconds=seconds,
+                client=context.peer(),
             )
             if self._on_refusal is not None:
                 self._on_refusal(method, code.name, seconds)
@@ -334,6 +326,10 @@ class _HeldMessage:
     def _release(self) -> None:
         self.budget.release(self.held)
         self.held = 0
+
+
+def _text(value: object) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
 
 
 def _as_bytes(value: object) -> bytes | None:

@@ -437,11 +437,11 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
         "execution_provider": "CPUExecutionProvider",
         "providers": ["CPUExecutionProvider"],
         "batching": {
-            "max_batch_size": 32,
+            "max_batch_size": 4,  # the CPU's cap
             "max_delay_ms": 5.0,
             "max_queue_images": 256,
             "request_timeout_s": 30.0,
-            "warmup_batch_sizes": [1, 2, 4, 8, 16, 32],
+            "warmup_batch_sizes": [1, 2, 4],
         },
         "limits": {
             "max_upload_bytes": 20971520,

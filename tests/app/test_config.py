@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.__main__ import describe_settings_errors, unknown_setting_names
-from app.config import Settings, default_cpu_count, powers_of_two_up_to
+from app.config import Settings, default_cpu_count
+from app.inference.batcher import powers_of_two_up_to
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +25,9 @@ def test_defaults() -> None:
     settings = Settings()
     assert settings.model_path == Path("models/default/model.onnx")
     assert (settings.host, settings.port, settings.log_level) == ("0.0.0.0", 8000, "info")
-    assert (settings.max_batch_size, settings.max_delay_ms, settings.max_queue_images) == (32, 5.0, 256)
-    assert settings.warmup_batch_sizes == [1, 2, 4, 8, 16, 32]
+    # the batch cap and the warm-up sizes are the execution provider's (see test_model_control)
+    assert (settings.max_batch_size, settings.max_delay_ms, settings.max_queue_images) == (0, 5.0, 256)
+    assert settings.warmup_batch_sizes is None
     assert settings.allowed_formats == ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
     assert (settings.max_upload_bytes, settings.max_images_per_request, settings.max_image_pixels) == (
         20 * 1024 * 1024,
@@ -97,8 +99,8 @@ def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPat
     ("env", "message"),
     [
         (
-            {"IMGSERVE_MAX_BATCH_SIZE": "0"},
-            "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')",
+            {"IMGSERVE_MAX_BATCH_SIZE": "-1"},
+            "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 0 (got '-1')",
         ),
         ({"IMGSERVE_PORT": "http"}, "IMGSERVE_PORT: Input should be a valid integer"),
         (
@@ -121,8 +123,12 @@ def test_a_single_warmup_size_from_the_environment(monkeypatch: pytest.MonkeyPat
             "which bounds the whole shutdown",
         ),
         (
-            {"IMGSERVE_WARMUP_BATCH_SIZES": "1,64"},
+            {"IMGSERVE_WARMUP_BATCH_SIZES": "1,64", "IMGSERVE_MAX_BATCH_SIZE": "32"},
             "settings: warmup_batch_sizes [64] are outside 1..max_batch_size (32)",
+        ),
+        (
+            {"IMGSERVE_WARMUP_BATCH_SIZES": "0,2048"},
+            "settings: warmup_batch_sizes [0, 2048] are outside 1..max_batch_size (1024)",
         ),
         (
             {"IMGSERVE_API_KEYS_FILE": "/nonexistent/keys"},

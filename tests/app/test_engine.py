@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -99,7 +100,9 @@ def test_no_card_at_all_fails(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="CUDA is available here")
 def test_require_cuda_fails_without_cuda(tiny_model_path: Path) -> None:
-    with pytest.raises(EngineError, match="require_cuda is set but this ONNX Runtime build offers only"):
+    with pytest.raises(
+        EngineError, match=r"IMGSERVE_REQUIRE_CUDA is set but this ONNX Runtime build \(.+\) has no CUDA"
+    ):
         create_engine(tiny_model_path, EngineOptions(require_cuda=True))
 
 
@@ -168,6 +171,33 @@ def test_a_failed_preload_is_logged_and_the_session_still_loads(
     assert "libcudnn.so.9" in caplog.text
 
 
+def _has_nvidia_driver() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_nvidia_driver(), reason="this machine has an NVIDIA driver")
+def test_a_cuda_build_without_a_gpu_says_in_one_line_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # onnxruntime-gpu on a machine (or in a container) without the NVIDIA driver: it serves on
+    # the CPU and one warning names the missing driver; required, it refuses to start.
+    _offer_cuda(monkeypatch, lambda: None)
+    engine = create_engine(tiny_model_path, EngineOptions())
+    assert engine.execution_provider == CPU_PROVIDER
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "CUDA provider unavailable, serving on CPUExecutionProvider: no NVIDIA driver (libcuda.so.1 not "
+        "found): no GPU on this machine, or a container started without one (docker run --gpus all, "
+        "with the NVIDIA container toolkit)"
+    ]
+    with pytest.raises(EngineError, match=r"^IMGSERVE_REQUIRE_CUDA is set but no NVIDIA driver \(libcuda"):
+        create_engine(tiny_model_path, EngineOptions(require_cuda=True))
+
+
 # ONNX Runtime skips telemetry on CI systems it recognises; these would hide what users get.
 CI_VARIABLES = (
     "CI",
@@ -209,3 +239,48 @@ def test_onnx_runtime_telemetry_is_off_unless_the_operator_opts_in(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in (CPU_PROVIDER, CUDA_PROVIDER)
     assert ("telemetry" in result.stderr) is telemetry_on, result.stderr
+
+
+class BatchSizeLog:
+    """A session stand-in that records the batch size of every run, then runs the real one."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.sizes: list[int] = []
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.sizes.append(next(iter(feed.values())).shape[0])
+        return self.session.run(names, feed)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="instances are the CPU provider's")
+def test_with_instances_only_the_instance_session_warms_up_batches(tiny_model_path: Path) -> None:
+    """The all-threads session runs lone images only: a batch there would grow its memory
+    arena for good with activations no request uses."""
+    engine = create_engine(tiny_model_path, EngineOptions(intra_op_threads=2, instances=2))
+    assert engine.instance_session is not None
+    whole, instance = BatchSizeLog(engine.session), BatchSizeLog(engine.instance_session)
+    engine.session, engine.instance_session = whole, instance  # type: ignore[assignment]
+    assert sorted(engine.warm_up([4, 1, 2])) == [1, 2, 4]
+    assert (whole.sizes, instance.sizes) == ([1], [1, 2, 4])
+
+
+def test_without_instances_the_one_session_warms_up_every_size(tiny_model_path: Path) -> None:
+    engine = create_engine(tiny_model_path, EngineOptions(intra_op_threads=1, instances=1))
+    whole = BatchSizeLog(engine.session)
+    engine.session = whole  # type: ignore[assignment]
+    engine.warm_up([1, 2, 4])
+    assert whole.sizes == [1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        (CPU_PROVIDER, 4),
+        ("OpenVINOExecutionProvider", 4),
+        (CUDA_PROVIDER, 32),
+        ("TensorrtExecutionProvider", 32),
+    ],
+)
+def test_the_batch_size_cap_follows_the_provider(provider: str, expected: int) -> None:
+    assert engine_module.default_max_batch_size(provider) == expected

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import REST_STATUS, rest_headers, rest_status
+from app.api.errors import REST_STATUS, rest_status
+from app.http.errors import http_headers as rest_headers
 from app.inference import errors
 
 

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from app.inference.batcher import BatcherConfig
-from app.inference.control import LoadError, LoadOptions, ModelControl
-from app.inference.engine import Engine, EngineOptions, create_engine, live_session_count
+from app.inference.control import LoadError, LoadOptions, ModelControl, resolve_batching
+from app.inference.engine import Engine, EngineError, EngineOptions, create_engine, live_session_count
 from app.inference.errors import ModelNotFoundError, NotReadyError
 from app.inference.model import Decoder, NamedImage
 from app.inference.preprocess import ImageLimits
@@ -323,3 +323,35 @@ async def test_the_default_model_and_a_repository_without_models(
     await control.unload("b")
     with pytest.raises(NotReadyError, match=r"the default model 'b' has no version loaded \(unloaded\)"):
         control.registry.default()
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "warmup", "provider", "expected"),
+    [
+        (0, (), "CPUExecutionProvider", (4, [1, 2, 4])),  # the defaults: the provider's cap
+        (0, (), "CUDAExecutionProvider", (32, [1, 2, 4, 8, 16, 32])),
+        (8, (), "CPUExecutionProvider", (8, [1, 2, 4, 8])),  # a setting wins
+        (0, (1, 3), "CPUExecutionProvider", (4, [1, 3])),
+    ],
+)
+def test_batching_is_resolved_for_the_provider_a_version_runs_on(
+    max_batch_size: int, warmup: tuple[int, ...], provider: str, expected: tuple[int, list[int]]
+) -> None:
+    options = LoadOptions(
+        engine=EngineOptions(),
+        batcher=BatcherConfig(max_batch_size=max_batch_size, max_delay_ms=2),
+        warmup_batch_sizes=warmup,
+    )
+    batching, sizes = resolve_batching(options, provider)
+    assert (batching.max_batch_size, sizes) == expected
+    assert batching.max_delay_ms == 2
+
+
+def test_warmup_sizes_past_the_providers_cap_fail_the_load() -> None:
+    options = LoadOptions(
+        engine=EngineOptions(), batcher=BatcherConfig(max_batch_size=0), warmup_batch_sizes=(1, 16)
+    )
+    with pytest.raises(
+        EngineError, match=r"warmup_batch_sizes \[16\] exceed max_batch_size 4 \(on CPUExecutionProvider\)"
+    ):
+        resolve_batching(options, "CPUExecutionProvider")

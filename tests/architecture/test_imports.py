@@ -124,3 +124,51 @@ def test_the_client_loads_nothing_of_the_server() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# The front ends and the code they share (docs/ARCHITECTURE.md, "Front ends over one dataplane").
+FRONT_ENDS = ("app.api", "app.v2")
+# REST's statuses once lived in app/errors.py, where shared code raised them: that name stays
+# a front end's, should it come back.
+REST_ERRORS = ("app.errors",)
+PROTOCOL_FREE = ("app.dataplane", "app.security", "app.state")
+# What assembles the app (routers, the lifespan that starts gRPC) may import every front end.
+COMPOSITION = ("app.main", "app.lifespan", "app.server", "app.__main__")
+
+
+def test_front_ends_are_peers() -> None:
+    """No front end imports another: a new protocol is a new package, not a copy of an old one."""
+    found = [
+        f"{module} imports {name}"
+        for front_end in FRONT_ENDS
+        for module, names in package_imports(front_end.replace(".", "/")).items()
+        for name in names
+        if is_in(name, FRONT_ENDS) and not is_in(name, (front_end,))
+    ]
+    assert found == []
+
+
+def test_shared_code_imports_no_front_end() -> None:
+    """The dataplane, app/http, the core, and the budgets, keys and middleware they rest on."""
+    shared = [module for module in package_imports("app") if not is_in(module, (*FRONT_ENDS, *COMPOSITION))]
+    found = sorted(
+        f"{module} imports {name}"
+        for module, names in package_imports("app").items()
+        if module in shared
+        for name in names
+        if is_in(name, (*FRONT_ENDS, *REST_ERRORS))
+    )
+    assert found == []
+
+
+def test_the_request_path_knows_no_protocol() -> None:
+    """The dataplane, the API keys and the app state: no web framework, no gRPC, no HTTP layer;
+    each front end maps their errors to its own terms."""
+    imports = package_imports("app")
+    found = sorted(
+        f"{module} imports {name}"
+        for module in PROTOCOL_FREE
+        for name in imports.get(module, set())
+        if is_in(name, (*HTTP_MODULES, *FRONT_ENDS, "app.http", *REST_ERRORS))
+    )
+    assert found == []

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import onnxruntime as ort
 import pytest
 
 from harness.metrics import read_metrics
@@ -101,8 +102,16 @@ def test_bad_input_never_kills_the_process(default_server: ServerProcess) -> Non
 @pytest.mark.parametrize(
     ("settings", "message", "code"),
     [
-        ({"max_batch_size": "0"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 1", 1),
+        ({"max_batch_size": "-1"}, "IMGSERVE_MAX_BATCH_SIZE: Input should be greater than or equal to 0", 1),
         ({"model_path": "/nonexistent/model.onnx"}, "model file '/nonexistent/model.onnx' does not exist", 3),
+        pytest.param(
+            {"require_cuda": "true"},
+            "IMGSERVE_REQUIRE_CUDA is set but this ONNX Runtime build",
+            3,
+            marks=pytest.mark.skipif(
+                "CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here"
+            ),
+        ),
     ],
 )
 def test_bad_configuration_stops_the_process_with_a_clear_message(
@@ -114,3 +123,4 @@ def test_bad_configuration_stops_the_process_with_a_clear_message(
     )
     assert result.returncode == code
     assert message in result.stderr
+    assert "Traceback" not in result.stderr  # one line says why

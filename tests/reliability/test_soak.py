@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.loadgen import Target
-from reliability.soak import photo_jpeg, soak
+from reliability.soak import Window, histogram_delta, judge, photo_jpeg, soak
 from tests.conftest import StartServer
 
 from .conftest import write_tiny_model
@@ -43,3 +45,50 @@ def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tmp
     assert report.rss_growth_pct < 5.0, report.rss_growth_pct
     assert len(report.windows) == 3 and all(w.errors == 0 for w in report.windows)
     assert report.gpu_memory == "no GPU" or "MiB" in report.gpu_memory
+
+
+def window(p90_ms: float, **figures: float) -> Window:
+    defaults = dict(
+        start_s=0.0, requests=100, errors=0, not_started=0, p50_ms=p90_ms / 2, p90_ms=p90_ms,
+        p99_ms=p90_ms * 2, max_ms=p90_ms * 3, rss_mb=300.0, server_cores=1.0, client_cores=0.1,
+        other_cores=0.1, steal_pct=0.0, send_lag_p99_ms=1.0, loop_lag_max_ms=5.0, gc_pause_ms=2.0,
+    )  # fmt: skip
+    return Window(**(defaults | figures))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("slow", "verdict"),
+    [
+        ({}, "slow: unexplained"),
+        ({"other_cores": 0.9}, "slow: host: other processes 0.90 cores (median 0.10)"),
+        ({"steal_pct": 12.0}, "slow: host: steal 12.0%"),
+        ({"send_lag_p99_ms": 300.0}, "slow: host: load generator late (p99 300 ms)"),
+        ({"loop_lag_max_ms": 500.0}, "slow: server: event loop lag up to 500 ms"),
+        ({"gc_pause_ms": 250.0}, "slow: server: GC 250 ms"),
+        (
+            {"other_cores": 1.5, "loop_lag_max_ms": 500.0},
+            "slow: host: other processes 1.50 cores (median 0.10) (server: event loop lag up to 500 ms)",
+        ),
+    ],
+)
+def test_a_slow_window_is_told_apart_by_what_the_machine_did(slow: dict[str, float], verdict: str) -> None:
+    windows = [window(15.0), window(16.0), window(400.0, **slow), window(14.0)]
+    judge(windows)
+    assert [w.verdict for w in windows] == ["ok", "ok", verdict, "ok"]
+
+
+def gc_scrape(le_001: float, le_01: float, total: float, sum_s: float) -> dict[str, float]:
+    name = "imgserve_gc_pause_seconds"
+    return {
+        f'{name}_bucket{{generation="2",le="0.01"}}': le_001,
+        f'{name}_bucket{{generation="2",le="0.1"}}': le_01,
+        f'{name}_bucket{{generation="2",le="+Inf"}}': total,
+        f'{name}_sum{{generation="2"}}': sum_s,
+    }
+
+
+def test_stall_histograms_give_the_worst_bucket_and_the_total() -> None:
+    before, after = gc_scrape(1, 1, 1, 0.004), gc_scrape(2, 3, 3, 0.084)
+    worst_ms, total_ms = histogram_delta(before, after, "imgserve_gc_pause_seconds")
+    assert worst_ms == pytest.approx(100.0) and total_ms == pytest.approx(80.0)
+    assert histogram_delta(after, after, "imgserve_gc_pause_seconds") == (0.0, 0.0)

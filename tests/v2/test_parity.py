@@ -199,7 +199,7 @@ def test_tritonclient_sees_health_and_metadata(default_v2: V2Server) -> None:
         "output": [
             {"name": "probs", "data_type": "TYPE_FP32", "dims": [1000], "label_filename": "labels.txt"}
         ],
-        "dynamic_batching": {"preferred_batch_size": [32], "max_queue_delay_microseconds": 5000},
+        "dynamic_batching": {"preferred_batch_size": [4], "max_queue_delay_microseconds": 5000},
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
     }
     grpc_client = grpcclient.InferenceServerClient(default_v2.grpc_address)

@@ -1,4 +1,5 @@
-"""Routes of a front end whose errors have their own body, ``{"error": message}``.
+"""The protocol-free errors as HTTP statuses and headers, and the routes of a front end whose
+errors have their own body, ``{"error": message}``.
 
 The v2 protocol and TF Serving's REST API both answer errors as ``{"error": "..."}``, not the
 ``{"detail": ...}`` of our own REST API. A route class catches every error of its endpoint
@@ -21,42 +22,46 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import ServiceError, describe_validation_errors, rest_headers, status_for
-from app.inference.errors import (
-    DeadlineExceededError,
-    ImageError,
-    ImageTooLargeError,
-    InferenceError,
-    InvalidRequestError,
-    ModelFailedError,
-    ModelNotFoundError,
-    RequestTooLargeError,
-    UnavailableError,
-)
+from app.inference.errors import InferenceError, UnauthenticatedError, UnavailableError, most_specific
 
 logger = logging.getLogger(__name__)
 
-# The core's errors as statuses of the {"error"} front ends. Triton's v2 HTTP server and TF
-# Serving's REST API both map gRPC codes to HTTP the same way: the client's fault is 400 (a
-# bad, undecodable or disallowed image included), an unknown model 404, not ready or overloaded
-# 503. An image or a request over its pixel limit is 413, like the byte and image-count limits.
-ERROR_BODY_STATUS: dict[type[InferenceError], int] = {
-    InvalidRequestError: 400,
-    ImageError: 400,
-    ImageTooLargeError: 413,
-    RequestTooLargeError: 413,
-    ModelNotFoundError: 404,
-    UnavailableError: 503,
-    DeadlineExceededError: 504,
-    ModelFailedError: 500,
-}
+StatusTable = Mapping[type[InferenceError], int]
+
+
+def http_status(error: InferenceError, table: StatusTable) -> int:
+    """The status ``table`` gives the error's most specific class (500 when none is listed)."""
+    return most_specific(error, table, 500)
+
+
+def http_headers(error: InferenceError) -> dict[str, str]:
+    """``Retry-After`` (whole seconds) on what may succeed later, the scheme on a missing key."""
+    if isinstance(error, UnavailableError):
+        return {"Retry-After": str(error.retry_after_s)}
+    if isinstance(error, UnauthenticatedError):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def describe_validation_errors(exc: RequestValidationError) -> str:
+    """FastAPI's error list as one sentence: 'query parameter top_k: Input should be ... (got 'x')'."""
+    parts = []
+    for error in exc.errors():
+        location = [str(item) for item in error.get("loc", ())]
+        where = (
+            f"{location[0]} parameter {'.'.join(location[1:])}" if len(location) > 1 else ".".join(location)
+        )
+        got = f" (got {error['input']!r})" if "input" in error and error["input"] is not None else ""
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}{got}")
+    return "; ".join(parts)
 
 
 class ErrorBodyRoute(APIRoute):
     """Set ``protocol`` and ``status_table`` in a subclass; pass it as a router's ``route_class``."""
 
     protocol: ClassVar[str]
-    status_table: ClassVar[Mapping[type[InferenceError], int]]
+    status_table: ClassVar[StatusTable]
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -71,9 +76,7 @@ class ErrorBodyRoute(APIRoute):
 
     def error_response(self, exc: Exception) -> JSONResponse:
         if isinstance(exc, InferenceError):
-            status, message, headers = status_for(exc, self.status_table), exc.message, rest_headers(exc)
-        elif isinstance(exc, ServiceError):
-            status, message, headers = exc.status_code, exc.detail, exc.headers
+            status, message, headers = http_status(exc, self.status_table), exc.message, http_headers(exc)
         elif isinstance(exc, RequestValidationError):
             status, message, headers = 400, describe_validation_errors(exc), {}
         else:

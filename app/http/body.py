@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from app.inference.errors import BodyTooLargeError, MalformedRequestError, UnsupportedMediaTypeError
 
 # zlib's window bits for each Content-Encoding: gzip has a gzip header; HTTP's "deflate" is
 # the zlib format (RFC 9110), which is what tritonclient and curl send.
@@ -28,9 +28,9 @@ def check_content_length(request: Request, max_bytes: int) -> None:
     try:
         length = int(declared)
     except ValueError:
-        raise BadRequestError(f"invalid Content-Length {declared!r}") from None
+        raise MalformedRequestError(f"invalid Content-Length {declared!r}") from None
     if length > max_bytes:
-        raise PayloadTooLargeError(f"request body is {length} bytes; the limit is {max_bytes}")
+        raise BodyTooLargeError(f"request body is {length} bytes; the limit is {max_bytes}")
 
 
 async def body_chunks(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
@@ -40,11 +40,11 @@ async def body_chunks(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
-                raise PayloadTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
+                raise BodyTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
             if chunk:
                 yield chunk
     except ClientDisconnect:
-        raise BadRequestError("the client disconnected while uploading") from None
+        raise MalformedRequestError("the client disconnected while uploading") from None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -72,15 +72,15 @@ async def _inflate(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int) 
                 # Never more than one byte past the limit per call, however dense the input.
                 out += inflater.decompress(pending, max_bytes + 1 - len(out))
                 if len(out) > max_bytes:
-                    raise PayloadTooLargeError(
+                    raise BodyTooLargeError(
                         f"the {encoding} request body decompresses to more than the limit of "
                         f"{max_bytes} bytes"
                     )
                 pending = inflater.unconsumed_tail
             if inflater.eof and (pending or inflater.unused_data):
-                raise BadRequestError(f"data after the end of the {encoding} stream")
+                raise MalformedRequestError(f"data after the end of the {encoding} stream")
     except zlib.error as exc:
-        raise BadRequestError(f"the body is not valid {encoding} data: {exc}") from exc
+        raise MalformedRequestError(f"the body is not valid {encoding} data: {exc}") from exc
     if not inflater.eof:
-        raise BadRequestError(f"the {encoding} body ends before its compressed stream does")
+        raise MalformedRequestError(f"the {encoding} body ends before its compressed stream does")
     return bytes(out)

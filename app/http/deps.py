@@ -1,17 +1,20 @@
-"""Dependencies and OpenAPI fragments shared by the REST routes."""
+"""Dependencies shared by the HTTP routes: the app state, the dataplane, the API key, parameters."""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BeforeValidator
 
+from app.dataplane import DataPlane
 from app.inference.model import MAX_TOP_K
-from app.schemas import ErrorResponse
+from app.security import ApiKeys
 from app.state import AppState
 
 
@@ -25,22 +28,29 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def error_response(description: str, retry_after: bool = False) -> dict[str, Any]:
-    """An OpenAPI ``responses`` entry with the one error body."""
-    entry: dict[str, Any] = {"model": ErrorResponse, "description": description}
-    if retry_after:
-        entry["headers"] = {
-            "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
-        }
-    return entry
+async def get_dataplane(request: Request) -> DataPlane:
+    state: AppState = request.app.state.imgserve
+    return state.get_dataplane()
 
 
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: error_response("Missing or invalid API key (only when API keys are configured).")
-}
-NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: error_response("Not ready: loading, overloaded or draining.", retry_after=True)
-}
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+
+# Only for the OpenAPI document's security schemes: the check reads the headers itself.
+bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+
+
+def create_key_checker(keys: ApiKeys) -> Callable[..., Awaitable[None]]:
+    """A dependency that raises ``UnauthenticatedError`` unless the request carries a key."""
+
+    async def require_api_key(
+        request: Request,
+        _bearer: Annotated[object, Security(bearer_scheme)],
+        _api_key: Annotated[object, Security(api_key_scheme)],
+    ) -> None:
+        keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+    return require_api_key
 
 
 async def reject_repeated_query_parameters(request: Request) -> None:

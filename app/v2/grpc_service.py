@@ -1,0 +1,255 @@
+"""``inference.GRPCInferenceService``: the v2 protocol's gRPC front end over the dataplane.
+
+Every method takes its request as bytes (the identity deserializer) and parses it itself, after
+the API key is checked: a malformed message is INVALID_ARGUMENT with its access-log line, never
+an exception inside grpc, and ModelInfer's protobuf parse runs on the parse thread, off the
+event loop. Every call gets one access-log line and the request metrics; the protocol-free
+errors map to codes in :data:`app.v2.errors.GRPC_CODE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from app.dataplane import InferenceRequest, request_id_or_new
+from app.inference.errors import InferenceError, MalformedRequestError, UnavailableError, most_specific
+from app.inference.model import NamedImage
+from app.logs import log_access
+from app.security import ApiKeys
+from app.state import AppState
+from app.v2 import codec, metadata
+from app.v2.errors import GRPC_CODE
+from app.v2.proto import grpc_predict_v2_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+PROTOCOL = "v2_grpc"
+
+M = TypeVar("M", bound=Message)
+Work = Callable[[Any, "_Call"], Awaitable[Message]]
+
+
+@dataclass
+class _Call:
+    request_id: str
+    images: int = 0
+
+
+class InferenceServicer:
+    """The six RPCs of the v2 protocol's required API, over the app's state and dataplane."""
+
+    def __init__(self, state: AppState, server_version: str) -> None:
+        self.state = state
+        self.server_version = server_version
+        self._keys = ApiKeys(state.settings.api_keys)
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        # name: (request type, response type, the work, whether the API key is needed)
+        methods: dict[str, tuple[type[Message], type[Message], Work, bool]] = {
+            "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse, self._live, False),
+            "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse, self._ready, False),
+            "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse, self._model_ready, True),
+            "ServerMetadata": (
+                pb.ServerMetadataRequest,
+                pb.ServerMetadataResponse,
+                self._server_metadata,
+                True,
+            ),
+            "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse, self._model_metadata, True),
+            "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse, self._infer, True),
+        }
+        return {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._method(name, request_type, work, protected),
+                response_serializer=response_type.SerializeToString,
+            )
+            for name, (request_type, response_type, work, protected) in methods.items()
+        }
+
+    # -- the methods ----------------------------------------------------------------------------------
+    async def _live(self, request: pb.ServerLiveRequest, call: _Call) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ready(self, request: pb.ServerReadyRequest, call: _Call) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.state.lifecycle.serving)
+
+    async def _model_ready(self, request: pb.ModelReadyRequest, call: _Call) -> pb.ModelReadyResponse:
+        self.state.get_model(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.state.lifecycle.serving)
+
+    async def _server_metadata(
+        self, request: pb.ServerMetadataRequest, call: _Call
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**metadata.server_metadata(self.server_version))
+
+    async def _model_metadata(
+        self, request: pb.ModelMetadataRequest, call: _Call
+    ) -> pb.ModelMetadataResponse:
+        model = self.state.get_model(request.name, request.version or None)
+        return pb.ModelMetadataResponse(**metadata.model_metadata(self.state, model))
+
+    async def _infer(self, raw: bytes, call: _Call) -> pb.ModelInferResponse:
+        dataplane = self.state.get_dataplane()
+        async with dataplane.deadline():
+            request = await dataplane.parse(_parse, pb.ModelInferRequest, raw)
+            dataplane.model(request.model_name, request.model_version or None)  # 404 before the input
+            images, outputs = _inputs(request, dataplane.limits.max_images_per_request)
+            top_k = codec.InferRequest([], outputs).top_k
+            named = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(images)]
+            inference = InferenceRequest(
+                named,
+                request.model_name,
+                request.model_version or None,
+                top_k,
+                False,
+                PROTOCOL,
+                "classification",
+            )
+            result = await dataplane.infer(inference, record=call)
+        response = pb.ModelInferResponse(
+            model_name=result.model_name, model_version=result.model_version, id=request.id
+        )
+        # tritonclient reads only raw_output_contents, so every output travels raw.
+        for tensor in codec.build_outputs(result.classifications, outputs):
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            response.raw_output_contents.append(tensor.raw())
+        return response
+
+    # -- every call: API key, parsing, errors as codes, metrics and the access log --------------------
+    def _method(
+        self, name: str, request_type: type[Message], work: Work, protected: bool
+    ) -> Callable[[bytes, Any], Awaitable[Message]]:
+        raw_request = work == self._infer  # parsed by the work itself, off the event loop
+
+        async def method(raw: bytes, context: Any) -> Message:
+            async def run(call: _Call) -> Message:
+                if protected and self._keys.enabled:
+                    self._keys.check(
+                        _text(invocation.get("authorization")), _text(invocation.get("x-api-key"))
+                    )
+                return await work(raw if raw_request else _parse(request_type, raw), call)
+
+            invocation = dict(context.invocation_metadata() or ())
+            return await self._serve(name, context, invocation, run)
+
+        return method
+
+    async def _serve(
+        self,
+        method: str,
+        context: Any,
+        invocation: Mapping[str, Any],
+        work: Callable[[_Call], Awaitable[Message]],
+    ) -> Message:
+        start = time.perf_counter()
+        call = _Call(request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))))
+        failure: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
+        try:
+            result = await work(call)
+        except InferenceError as exc:
+            retry = (("retry-after", str(exc.retry_after_s)),) if isinstance(exc, UnavailableError) else ()
+            failure = (most_specific(exc, GRPC_CODE, grpc.StatusCode.INTERNAL), exc.message, retry)
+        except asyncio.CancelledError:  # the client left or its deadline passed: its images are dropped
+            self._record(method, call, "CANCELLED", start, context)
+            raise
+        except Exception:
+            logger.exception("gRPC %s failed", method)
+            failure = (grpc.StatusCode.INTERNAL, "internal server error", ())
+        trailers = (("x-request-id", call.request_id),)
+        self._record(method, call, failure[0].name if failure else "OK", start, context)
+        if failure is not None:
+            await context.abort(failure[0], failure[1], trailing_metadata=trailers + failure[2])
+        context.set_trailing_metadata(trailers)
+        return result
+
+    def _record(self, method: str, call: _Call, code: str, start: float, context: Any) -> None:
+        seconds = time.perf_counter() - start
+        route = f"/{SERVICE_NAME}/{method}"
+        self.state.metrics.observe_request(route, "POST", code, PROTOCOL, seconds)
+        log_access(
+            request_id=call.request_id,
+            method="POST",
+            path=route,
+            route=route,
+            protocol=PROTOCOL,
+            status=code,
+            images=call.images,
+            seconds=seconds,
+            client=context.peer(),
+        )
+
+
+def add_servicer(server: grpc.aio.Server, state: AppState, server_version: str) -> None:
+    handlers = InferenceServicer(state, server_version).handlers()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def _parse(request_type: type[M], raw: bytes) -> M:
+    try:
+        return request_type.FromString(raw)  # type: ignore[no-any-return]
+    except (DecodeError, RecursionError) as exc:
+        raise MalformedRequestError(
+            f"not a valid {request_type.DESCRIPTOR.full_name} message: {exc}"
+        ) from None
+
+
+def _text(value: object) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
+
+
+def _as_bytes(value: object) -> bytes | None:
+    if isinstance(value, bytes):
+        return value
+    return value.encode("latin-1", "replace") if isinstance(value, str) else None
+
+
+def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def _inputs(
+    request: pb.ModelInferRequest, max_images: int
+) -> tuple[list[bytes], list[codec.RequestedOutput]]:
+    """The encoded images of the one input and the outputs asked for."""
+    images = _images(request, max_images)
+    outputs = codec.parse_outputs(
+        [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True
+    )
+    return images, outputs
+
+
+def _images(request: pb.ModelInferRequest, max_images: int) -> list[bytes]:
+    """The encoded images of the one input, from ``raw_input_contents`` or ``bytes_contents``."""
+    if len(request.inputs) != 1:
+        raise codec.CodecError(
+            f"send exactly one input, {codec.INPUT_NAME!r} (BYTES [N, 1]); got {len(request.inputs)}"
+        )
+    tensor = request.inputs[0]
+    codec.check_input(tensor.name, tensor.datatype)
+    count = codec.batch_size(list(tensor.shape), max_images)
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise codec.CodecError(
+                f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
+            )
+        return codec.decode_bytes_elements(request.raw_input_contents[0], count)
+    elements = list(tensor.contents.bytes_contents)
+    if len(elements) != count:
+        raise codec.CodecError(
+            f"input {codec.INPUT_NAME!r}: shape declares {count} element(s), contents.bytes_contents "
+            f"holds {len(elements)}"
+        )
+    return elements
