@@ -199,7 +199,7 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
             refusal = self._key_refusal(handler_call_details.invocation_metadata)
             if refusal is not None:
                 return self._refusing(method, handler, grpc.StatusCode.UNAUTHENTICATED, refusal)
-        return self._reading_within_budget(handler)
+        return self._reading_within_budget(method, handler)
 
     def _key_refusal(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
         """Why the call's key is refused (the service's own check and words), or None."""
@@ -218,22 +218,7 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
         start = time.perf_counter()
 
         async def refuse(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-            seconds = time.perf_counter() - start
-            invocation = dict(context.invocation_metadata() or ())
-            log_access(
-                request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))),
-                method="POST",
-                path=method,
-                route=method,
-                protocol=PROTOCOL,
-                status=code.name,
-                images=0,
-                seconds=seconds,
-                client=context.peer(),
-            )
-            if self._on_refusal is not None:
-                self._on_refusal(method, code.name, seconds)
-            await context.abort(code, message)
+            await self.answer(method, start, context, code, message)
 
         if handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
@@ -243,8 +228,36 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
             refuse, handler.request_deserializer, handler.response_serializer
         )
 
-    def _reading_within_budget(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        read = self._read_one
+    async def answer(
+        self,
+        method: str,
+        start: float,
+        context: grpc.aio.ServicerContext,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> None:
+        """End a call the service never saw with ``code``, with the access-log line and request
+        metrics the service gives every call."""
+        seconds = time.perf_counter() - start
+        invocation = dict(context.invocation_metadata() or ())
+        log_access(
+            request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))),
+            method="POST",
+            path=method,
+            route=method,
+            protocol=PROTOCOL,
+            status=code.name,
+            images=0,
+            seconds=seconds,
+            client=context.peer(),
+        )
+        if self._on_refusal is not None:
+            self._on_refusal(method, code.name, seconds)
+        await context.abort(code, message)
+
+    def _reading_within_budget(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        def read(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> _HeldMessage:
+            return _HeldMessage(self, method, requests, context)
 
         if handler.response_streaming:
 
@@ -265,16 +278,20 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
             stream_unary, handler.request_deserializer, handler.response_serializer
         )
 
-    def _read_one(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> _HeldMessage:
-        return _HeldMessage(self, requests, context)
-
 
 class _HeldMessage:
     """``async with``: hold room for the largest message, read it, then hold what it is."""
 
     def __init__(
-        self, interceptor: BoundsInterceptor, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self,
+        interceptor: BoundsInterceptor,
+        method: str,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
     ) -> None:
+        self.interceptor = interceptor
+        self.method = method
+        self.start = time.perf_counter()
         self.budget = interceptor.budget
         self.limits = interceptor.limits
         self.requests = requests
@@ -290,7 +307,7 @@ class _HeldMessage:
         largest = self.limits.max_message_bytes
         peer = self.context.peer()
         if not await self.budget.start_read(peer, largest, self._time_left()):
-            await self.context.abort(
+            await self._answer(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"overloaded: no room to read the request message before its deadline (gRPC messages "
                 f"being read hold {self.budget.held_bytes} of the {self.budget.max_bytes} bytes they may, "
@@ -303,10 +320,10 @@ class _HeldMessage:
                 request = await anext(self.requests)
         except StopAsyncIteration:
             self._release()
-            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+            await self._answer(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
         except TimeoutError:
             self._release()
-            await self.context.abort(
+            await self._answer(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "the request message did not arrive within the deadline"
             )
         except BaseException:
@@ -326,6 +343,9 @@ class _HeldMessage:
     def _release(self) -> None:
         self.budget.release(self.held)
         self.held = 0
+
+    async def _answer(self, code: grpc.StatusCode, message: str) -> None:
+        await self.interceptor.answer(self.method, self.start, self.context, code, message)
 
 
 def _text(value: object) -> str | None:
