@@ -1,5 +1,5 @@
 # Image-classification inference service: an export stage (PyTorch) and a serving stage
-# (ONNX Runtime, no PyTorch). See README.md "Deployment".
+# (ONNX Runtime, no PyTorch). See docs/deployment.md.
 #
 #   docker build -t imgserve:gpu .                                # GPU runtime, model from ./models/default
 #   docker build --build-arg ORT_VARIANT=cpu -t imgserve:cpu .    # CPU-only runtime
@@ -8,7 +8,7 @@
 #
 # Base images are build arguments so that a mirror (or a locally built stand-in) can replace
 # them. The serving stage never installs PyTorch: its dependencies come from pyproject.toml's
-# [project.dependencies] plus the `cpu` or `gpu` extra.
+# [project.dependencies] plus the `cpu` or `gpu` extra, at requirements.lock's versions.
 
 ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
@@ -30,10 +30,16 @@ FROM base AS export
 # libraries that exporting does not need. Set it empty to use only the default index.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY docker/requirements-from-pyproject.py /usr/local/bin/requirements-from-pyproject
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
+# The lock's versions without its hashes, and without torch and torchvision: the lock holds
+# the hashes of PyPI's (CUDA) files, and the CPU build is another file of the same version.
+# The serving stages below install with every hash checked.
 RUN python3 -m venv "$VIRTUAL_ENV" \
     && requirements-from-pyproject pyproject.toml export > /tmp/requirements.txt \
-    && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
+    && sed -e '/^ *#/d' -e '/--hash=/d' -e 's/ \\$//' -e '/^torch==/d' -e '/^torchvision==/d' \
+       requirements.lock > /tmp/constraints.txt \
+    && pip install -c /tmp/constraints.txt ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+       -r /tmp/requirements.txt
 COPY model_card model_card
 COPY model_export model_export
 # Arguments of `python -m model_export` for the model baked into the runtime image.
@@ -49,10 +55,14 @@ FROM base AS venv
 # gpu: onnxruntime-gpu with CUDA and cuDNN from their PyPI packages; cpu: onnxruntime.
 ARG ORT_VARIANT=gpu
 COPY docker/requirements-from-pyproject.py /usr/local/bin/requirements-from-pyproject
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
+# Every version and file hash from requirements.lock (pip's hash-checking mode); pip itself
+# first, from its own lines of the lock, as scripts/bootstrap.sh does.
 RUN python3 -m venv "$VIRTUAL_ENV" \
+    && awk '/^pip==/{on=1; print; next} on && /^ /{print; next} {on=0}' requirements.lock > /tmp/pip.lock \
+    && pip install --require-hashes -r /tmp/pip.lock \
     && requirements-from-pyproject pyproject.toml "${ORT_VARIANT}" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    && pip install -c requirements.lock -r /tmp/requirements.txt \
     && pip uninstall -y pip setuptools
 
 

@@ -1,5 +1,5 @@
 # The two commands of the README, and a few more.
-.PHONY: serve test lint container-test container-test-gpu bench bench-smoke bench-page soak fuzz audit
+.PHONY: serve test lint docs docs-serve references lock lock-upgrade container-test container-test-gpu bench bench-smoke bench-page soak fuzz audit
 
 serve:            ## install, export the default ImageNet model (once), run the server on :8000
 	scripts/serve.sh
@@ -14,6 +14,24 @@ lint:             ## ruff and mypy
 	.venv/bin/mypy
 	.venv/bin/mypy --strict client/imgserve_client
 	.venv/bin/mypy --strict model_export
+
+docs:             ## the documentation site into site/, strict: a broken link or a page missing from the nav fails
+	scripts/bootstrap.sh docs
+	.venv/bin/mkdocs build --strict
+
+docs-serve:       ## the documentation site on http://127.0.0.1:8002/, rebuilt on every edit
+	scripts/bootstrap.sh docs
+	.venv/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8002
+
+references:       ## regenerate docs/reference/ (settings, metrics, routes) from the code
+	scripts/bootstrap.sh export,cpu,dev
+	.venv/bin/python scripts/references.py
+
+lock:             ## regenerate requirements.lock after editing dependencies (keeps the pins that still fit)
+	scripts/lock.sh
+
+lock-upgrade:     ## every locked package to the newest version pyproject.toml allows
+	scripts/lock.sh --upgrade
 
 container-test:   ## build the image with podman, compose up 2 replicas + nginx, fail one over, compose down
 	scripts/bootstrap.sh export,cpu,dev
@@ -36,7 +54,7 @@ bench-page:       ## the demo page's weight and its time from drop to bars, in h
 	test -f models/default/model.onnx || .venv/bin/python -m model_export default --output-dir models/default
 	.venv/bin/python -m bench.page
 
-soak:             ## 10 minutes at 70% of measured capacity: errors, latency over time, RSS start/end
+soak:             ## 10 minutes at 70% of measured capacity: errors, latency, CPU and stalls per minute, RSS; PASS, HOST NOISE or FAIL
 	scripts/bootstrap.sh export,cpu,dev
 	.venv/bin/python -m reliability.soak
 

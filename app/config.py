@@ -50,7 +50,10 @@ def _split_csv(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """All configuration of the server; see the README for the table of variables."""
+    """All configuration of the server, one ``IMGSERVE_*`` variable per field.
+
+    docs/reference/settings.md is generated from these fields (``make references``).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="IMGSERVE_", extra="ignore", validate_default=True, protected_namespaces=()
@@ -59,7 +62,10 @@ class Settings(BaseSettings):
     # Model
     model_path: Path = Field(
         default=Path("models/default/model.onnx"),
-        description="The ONNX file; its card is model.json beside it, else the file's metadata.",
+        description=(
+            "The ONNX file; its model card is the one embedded in the file, and a model.json "
+            "beside it must be a faithful copy (same sha256 and fields) or loading fails."
+        ),
     )
     model_repository: Path | None = Field(
         default=None,
@@ -82,6 +88,18 @@ class Settings(BaseSettings):
         description="Model versions served at once, each its own ONNX Runtime sessions (two with instances).",
     )
     require_cuda: bool = Field(default=False, description="Fail at start unless the CUDA provider is active.")
+    execution_provider: Literal["auto", "cpu", "openvino", "cuda", "tensorrt"] = Field(
+        default="auto",
+        description=(
+            "What runs every model: ONNX Runtime's cpu, cuda or tensorrt provider, or the openvino "
+            "runtime. auto: the provider each model's card names (a variant's), else CUDA when "
+            "available, else the CPU. One that cannot run here falls back with a warning."
+        ),
+    )
+    require_provider: bool = Field(
+        default=False,
+        description="Fail the load instead of falling back when a model's provider (or bf16) cannot run.",
+    )
     intra_op_threads: int = Field(
         default_factory=default_cpu_count,
         ge=0,
@@ -106,9 +124,9 @@ class Settings(BaseSettings):
     )
 
     # HTTP server
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: LogLevel = "info"
+    host: str = Field(default="0.0.0.0", description="Bind address of HTTP and gRPC.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
+    log_level: LogLevel = Field(default="info", description="Log level; JSON lines on stderr.")
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, description="Idle keep-alive connections close after this."
     )
@@ -195,7 +213,9 @@ class Settings(BaseSettings):
             "in ONNX Runtime's arena for good), 32 on a GPU."
         ),
     )
-    max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    max_delay_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="Longest wait for a batch to fill, from its oldest image."
+    )
     batch_policy: Literal["adaptive", "fixed"] = Field(
         default="adaptive",
         description=(
@@ -203,13 +223,27 @@ class Settings(BaseSettings):
             "(at most max_delay_ms); fixed: always wait max_delay_ms for a batch to fill."
         ),
     )
-    max_queue_images: int = Field(default=256, ge=1)
-    request_timeout_s: float = Field(default=30.0, gt=0)
-    decode_threads: int = Field(default_factory=default_cpu_count, ge=1)
+    max_queue_images: int = Field(
+        default=256,
+        ge=1,
+        description="Images admitted and not yet running (decoding or queued); past it 503 + Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of a request, its upload included; past it 504."
+    )
+    decode_threads: int = Field(
+        default_factory=default_cpu_count,
+        ge=1,
+        description="Decode and preprocess threads; default: the cores available (affinity, cgroup quota).",
+    )
 
     # Limits
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    max_images_per_request: int = Field(default=32, ge=1)
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="Request body limit in bytes; 413 past it."
+    )
+    max_images_per_request: int = Field(
+        default=32, ge=1, description="Images in one request; 413 past it. At most max_queue_images."
+    )
     max_image_pixels: int = Field(
         default=25_000_000,
         ge=1,
@@ -257,17 +291,38 @@ class Settings(BaseSettings):
             "chunked bodies as they arrive); past it 503 + Retry-After."
         ),
     )
-    allowed_formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SUPPORTED_FORMATS))
+    allowed_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SUPPORTED_FORMATS),
+        description="Image formats decoded, comma-separated; can only narrow the default; others are 415.",
+    )
 
     # Shutdown
-    shutdown_delay_s: float = Field(default=0.0, ge=0)
-    drain_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "After SIGTERM, keep answering connections already open this long "
+            "(not listening, readiness 503, Connection: close)."
+        ),
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, gt=0, description="Bound on the whole shutdown, the delay included."
+    )
 
     # Security
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    api_keys_file: Path | None = None
-    docs_public: bool = True
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys, comma-separated; empty: no key needed."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of API keys, one a line (# comments), added to api_keys."
+    )
+    docs_public: bool = Field(
+        default=True,
+        description="false: /docs, /redoc and /openapi.json need a key (with no keys set: 404).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated; empty: CORS off."
+    )
 
     # The demo page
     demo_page: bool = Field(

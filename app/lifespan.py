@@ -128,6 +128,8 @@ def create_model_control(
             require_cuda=settings.require_cuda,
             intra_op_threads=settings.intra_op_threads,
             instances=settings.model_instances,
+            execution_provider=settings.execution_provider,
+            require_provider=settings.require_provider,
         ),
         batcher=batcher_config(settings),
         warmup_batch_sizes=settings.warmup_batch_sizes or [],

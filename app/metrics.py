@@ -231,6 +231,8 @@ class ServedVersion(Protocol):
     def version(self) -> str: ...
     @property
     def execution_provider(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
 
 
 class TrackedVersion(ServedVersion, Protocol):
@@ -260,15 +262,17 @@ class VersionMetrics:
 
 
 class _ModelInfoCollector(Collector):
-    """``imgserve_model_info{name, version, provider} 1`` for each version served."""
+    """``imgserve_model_info{name, version, provider, precision} 1`` for each version served."""
 
     def __init__(self, served: Callable[[], Iterable[ServedVersion]]) -> None:
         self._served = served
 
     def collect(self) -> Iterator[Metric]:
         family = InfoMetricFamily(
-            "imgserve_model", "The model versions being served.", labels=["name", "version", "provider"]
+            "imgserve_model",
+            "The model versions being served.",
+            labels=["name", "version", "provider", "precision"],
         )
         for model in self._served():
-            family.add_metric([model.name, model.version, model.execution_provider], {})
+            family.add_metric([model.name, model.version, model.execution_provider, model.precision], {})
         yield family

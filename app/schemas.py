@@ -95,13 +95,18 @@ class ModelInfo(BaseModel):
     input: TensorInfo
     output: TensorInfo
     preprocessing: Preprocessing
-    precision: str
+    precision: str = Field(
+        description="The arithmetic that runs (fp32, fp16, bf16, int8): the card's, unless the provider "
+        "cannot run it.",
+        examples=["int8"],
+    )
     dataset: dict[str, Any]
     metrics: dict[str, Any]
     created_at: str
     sha256: str | None
     execution_provider: str = Field(
-        description="The ONNX Runtime provider that runs the model.", examples=["CPUExecutionProvider"]
+        description="What runs the model: an ONNX Runtime provider, or OpenVINO.",
+        examples=["CPUExecutionProvider", "OpenVINO"],
     )
     providers: list[str] = Field(description="All providers of the session, in priority order.")
     batching: BatchingInfo

@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ab.add_argument("--setting-a", nargs="*", default=[], help="server settings for side A only")
     ab.add_argument("--setting-b", nargs="*", default=[], help="server settings for side B only")
+    tail = sub.add_parser("tail", help="open-loop p99 against the ideal server of bench.queueing, in rounds")
+    tail.add_argument("--out", type=Path, default=Path("bench/results/tail"))
+    tail.add_argument("--model", type=Path, default=Path("models/default/model.onnx"))
+    tail.add_argument("--workload", default="jpeg_500x375")
+    tail.add_argument("--concurrency", type=int, default=32, help="closed-loop clients for capacity")
+    tail.add_argument("--loads", type=float, nargs="+", default=[0.5], help="fractions of capacity")
+    tail.add_argument("--rounds", type=int, default=3)
+    tail.add_argument("--duration", type=float, default=30.0, help="measured seconds per point")
+    tail.add_argument("--warmup", type=float, default=3.0)
+    tail.add_argument("--pin", default="none", help="as bench run's --pin (default none: every core)")
+    tail.add_argument(
+        "--instances", type=int, default=0, help="the ideal's instances (0: the server's cores)"
+    )
+    tail.add_argument("--setting", nargs="*", default=[], help="server settings, e.g. max_batch_size=8")
     report = sub.add_parser("report", help="rewrite report.md and the plots from a results.json")
     report.add_argument("folder", type=Path)
     return parser
@@ -76,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench.ab import run_ab
 
         run_ab(args)
+        return
+    if args.command == "tail":
+        from bench.tail import run_tail
+
+        run_tail(args)
         return
     if args.command == "report":
         from bench.report import write_report

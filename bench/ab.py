@@ -11,14 +11,16 @@ docs/BENCHMARKS.md and the memory figures of docs/SIZING.md:
 
 Both sides run the same model, workload and concurrency, pinned as in ``bench run``; ``--setting``
 applies to both, ``--setting-a`` / ``--setting-b`` to one. Each side also reports the server's
-resident memory (RSS) once ready and again after its load, the figures a replica's memory
+resident memory (RSS) once ready, its peak during the load and again after it, the figures a replica's memory
 request and limit follow from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,22 @@ def run_ab(args: Any) -> dict[str, Any]:
                 pid = topo.procs[0].server.pid
                 rss_ready = rss_bytes(pid)
                 point = Point(side, args.workload, args.concurrency)
-                row[side] = measure_point(
-                    topo, point, out / "workloads" / args.workload, args, client_cpus, client_procs, 0.0, out
-                )
-                row[side] |= {"rss_ready_mb": rss_ready / MB, "rss_after_mb": rss_bytes(pid) / MB}
+                with PeakRss(pid) as peak:
+                    row[side] = measure_point(
+                        topo,
+                        point,
+                        out / "workloads" / args.workload,
+                        args,
+                        client_cpus,
+                        client_procs,
+                        0.0,
+                        out,
+                    )
+                row[side] |= {
+                    "rss_ready_mb": rss_ready / MB,
+                    "rss_peak_mb": peak.peak / MB,
+                    "rss_after_mb": rss_bytes(pid) / MB,
+                }
             finally:
                 topo.stop()
             print_side(index, side, row[side])
@@ -80,6 +94,29 @@ def run_ab(args: Any) -> dict[str, Any]:
     return summary
 
 
+class PeakRss:
+    """The highest RSS of ``pid`` sampled every ``interval_s`` while the block runs."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        self.pid, self.interval_s, self.peak = pid, interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.peak = max(self.peak, rss_bytes(self.pid))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def parse_settings(items: list[str]) -> dict[str, str]:
     """``["max_batch_size=8"]`` -> ``{"max_batch_size": "8"}``."""
     return dict(item.split("=", 1) for item in items)
@@ -91,7 +128,7 @@ def print_side(index: int, side: str, r: dict[str, Any]) -> None:
         f"{1000 * r['server_cpu_s_per_image']:6.2f} CPU-ms/image  "
         f"p99 {r['latency_ms']['p99']:7.1f} ms  "
         f"batch {r['mean_batch_size'] or float('nan'):4.1f}  errors {r['error_count']}  "
-        f"RSS ready {r['rss_ready_mb']:6.1f} MB, after {r['rss_after_mb']:6.1f} MB",
+        f"RSS MB ready {r['rss_ready_mb']:.0f} peak {r['rss_peak_mb']:.0f} after {r['rss_after_mb']:.0f}",
         flush=True,
     )
 
@@ -111,5 +148,6 @@ def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "median_images_per_s": {side: median_of(side, "images_per_s") for side in ("A", "B")},
         "median_rss_ready_mb": {side: median_of(side, "rss_ready_mb") for side in ("A", "B")},
+        "median_rss_peak_mb": {side: median_of(side, "rss_peak_mb") for side in ("A", "B")},
         "median_rss_after_mb": {side: median_of(side, "rss_after_mb") for side in ("A", "B")},
     }

@@ -31,6 +31,9 @@ CARD_FILENAME = "model.json"
 SCHEMA_VERSION = 1
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+# What runs the graph: ONNX Runtime's CPU, CUDA or TensorRT provider, or the OpenVINO runtime.
+ExecutionProvider = Literal["cpu", "openvino", "cuda", "tensorrt"]
 
 
 class CardError(Exception):
@@ -73,6 +76,56 @@ class Preprocessing(BaseModel):
         return self
 
 
+class GateFigures(BaseModel):
+    """A variant against its fp32 model on the same held-out images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(ge=0)
+    confident_images: int = Field(
+        ge=0, description="Images where fp32's top-1 leads its runner-up by the margin."
+    )
+    confident_margin: float = Field(ge=0)
+    top1_agreement_confident: float = Field(ge=0, le=1)
+    top1_agreement_all: float = Field(ge=0, le=1)
+    top5_overlap: float = Field(ge=0, le=1, description="Mean share of fp32's top 5 in the variant's top 5.")
+    max_abs_prob_diff: float = Field(ge=0)
+    # Where the images have labels (a model trained here, judged on its validation split).
+    accuracy_fp32: float | None = None
+    accuracy_variant: float | None = None
+    accuracy_difference: float | None = Field(default=None, description="variant - fp32, in [-1, 1].")
+    accuracy_difference_ci95: tuple[float, float] | None = None
+
+
+class AccuracyGate(BaseModel):
+    """The gate a variant must pass before it may serve by default, and how it did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passed: bool
+    thresholds: dict[str, float]
+    failures: list[str] = Field(default_factory=list, description="Each threshold missed, in words.")
+    figures: GateFigures
+    images: dict[str, Any] = Field(default_factory=dict, description="Where the held-out images came from.")
+    measured_with: str = Field(description="The runtime and provider that ran both models.")
+
+
+class Variant(BaseModel):
+    """How a reduced-precision variant was made from its fp32 model, and what it costs and keeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_sha256: str = Field(description="sha256 of the fp32 model file it was made from.")
+    base_version: str
+    method: str
+    calibration: dict[str, Any] | None = None
+    kept_in_fp32: list[str] = Field(default_factory=list, description="Nodes left in full precision.")
+    gate: AccuracyGate
+    speed: dict[str, Any] = Field(
+        default_factory=dict, description="CPU-ms per image of the variant and of fp32, measured together."
+    )
+
+
 class ModelCard(BaseModel):
     """Labels, preprocessing, provenance and metrics of one exported model."""
 
@@ -87,12 +140,21 @@ class ModelCard(BaseModel):
     input: TensorSpec
     output: TensorSpec
     preprocessing: Preprocessing
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Precision = "fp32"
+    execution_provider: ExecutionProvider | None = Field(
+        default=None, description="The provider the file is made for; None: any (the server's default)."
+    )
+    variant: Variant | None = Field(default=None, description="Set on a reduced-precision variant.")
     dataset: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     exporter: dict[str, str] = Field(default_factory=dict, description="Package versions that made the file.")
     created_at: str = ""
     sha256: str | None = Field(default=None, description="sha256 of the ONNX file; only in model.json.")
+
+    @property
+    def gate_passed(self) -> bool:
+        """An fp32 model, or a variant that passed its accuracy gate: fit to serve by default."""
+        return self.variant is None or self.variant.gate.passed
 
     @property
     def num_classes(self) -> int:

@@ -1,4 +1,4 @@
-"""The ``model-export`` commands: train, lr-find, export, evaluate, default, sample-data.
+"""The ``model-export`` commands: train, lr-find, export, evaluate, default, optimize, sample-data.
 
 Each command's ``run_*`` function reads as a list of named stages; the work lives in the
 modules it calls.
@@ -295,6 +295,139 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     parser.set_defaults(run=run_evaluate)
 
 
+def add_optimize_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "optimize",
+        help="make int8 / bf16 / fp16 variants of an exported fp32 model, each judged by the accuracy gate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Calibrates int8 on the model's own training split (--split) or, without one, on "
+        "real sample photos of installed packages; the gate compares each variant with the fp32 model "
+        "on held-out images (the validation split, or other photos) and writes its figures into the "
+        "variant's model card. A variant that misses the gate is written, marked failed, and never "
+        "served by default.",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="the fp32 model.onnx to start from")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="split.json of the run that trained it (labels: accuracy too)",
+    )
+    parser.add_argument(
+        "--precisions", nargs="+", choices=["int8", "bf16", "fp16"], default=["int8", "bf16", "fp16"]
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="variants go to DIR/<precision>/ (default: MODEL_DIR/variants)",
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="also copy each variant into this model repository as "
+        "REPOSITORY/NAME/<next version>/ (needs --name)",
+    )
+    parser.add_argument("--name", default=None, help="with --repository: the model's folder")
+    parser.add_argument("--calibration-images", type=int, default=300, help="crops or training images")
+    parser.add_argument(
+        "--tuning-images", type=int, default=96, help="for the sensitivity pass (never the gate's)"
+    )
+    parser.add_argument(
+        "--gate-images", type=int, default=416, help="crops of the gate's photos (no --split)"
+    )
+    parser.add_argument("--no-sensitivity", dest="sensitivity", action="store_false", help="int8 everywhere")
+    parser.add_argument(
+        "--no-speed", dest="measure_speed", action="store_false", help="skip the timing rounds"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run_optimize)
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from model_card import load_card
+
+    from .optimize import OptimizeConfig, optimize_model
+    from .photos import labelled_crops, sample_photo_crops
+
+    started_s = time.perf_counter()
+    card = load_card(args.model)
+    if args.split is not None:
+        calibration, tuning, gate = labelled_crops(
+            args.split,
+            card.preprocessing,
+            card.labels,
+            calibration_images=args.calibration_images,
+            tuning_images=args.tuning_images,
+            seed=args.seed,
+        )
+    else:
+        calibration, tuning, gate = sample_photo_crops(
+            card.preprocessing,
+            calibration_crops=args.calibration_images,
+            tuning_crops=args.tuning_images,
+            gate_crops=args.gate_images,
+            seed=args.seed,
+        )
+    config = OptimizeConfig(
+        source=args.model,
+        output_dir=args.output_dir or args.model.parent / "variants",
+        precisions=tuple(args.precisions),
+        sensitivity=args.sensitivity,
+        measure_speed=args.measure_speed,
+    )
+    results = optimize_model(config, calibration, tuning, gate)
+    if args.repository is not None:
+        _copy_into_repository(args, [r.model_path for r in results if r.model_path is not None])
+    _print_optimize_summary(results, len(calibration), len(gate), time.perf_counter() - started_s)
+    return 0
+
+
+def _copy_into_repository(args: argparse.Namespace, paths: list[Path]) -> None:
+    import shutil
+
+    from .repository import export_to_repository
+
+    if not args.name:
+        raise ValueError("--repository needs --name: the model's folder in the repository")
+    for path in paths:
+
+        def copy(folder: Path, version: str, source: Path = path) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for item in (source, source.parent / "model.json"):
+                shutil.copyfile(item, folder / item.name)
+
+        print(f"{path.parent.name}: {export_to_repository(args.repository, args.name, copy)}")
+
+
+def _print_optimize_summary(results: list[Any], calibration: int, gate: int, elapsed_s: float) -> None:
+    print(f"calibration {calibration} images, gate {gate} held-out images; {elapsed_s:.0f} s")
+    for result in results:
+        if result.skipped:
+            print(f"  {result.precision}: not made: {result.skipped}")
+            continue
+        variant = result.card.variant
+        figures = variant.gate.figures
+        speed = variant.speed.get("speedup_vs_fp32")
+        accuracy = (
+            f", accuracy {figures.accuracy_variant:.4f} vs {figures.accuracy_fp32:.4f} "
+            f"(difference {figures.accuracy_difference:+.4f}, "
+            f"95% CI {figures.accuracy_difference_ci95[0]:+.4f}..{figures.accuracy_difference_ci95[1]:+.4f})"
+            if figures.accuracy_difference is not None
+            else ""
+        )
+        verdict = "PASSED" if variant.gate.passed else "FAILED (" + "; ".join(variant.gate.failures) + ")"
+        print(
+            f"  {result.precision} for {result.card.execution_provider}: gate {verdict}: top-1 agreement "
+            f"{figures.top1_agreement_confident:.4f} on {figures.confident_images} confident images, "
+            f"{figures.top1_agreement_all:.4f} on all, top-5 overlap {figures.top5_overlap:.4f}, "
+            f"max |dp| {figures.max_abs_prob_diff:.3f}{accuracy}; "
+            + (f"{speed:.2f}x fp32's images per CPU-second; " if speed else "speed not measured here; ")
+            + f"{result.model_path}"
+        )
+
+
 def add_sample_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from .sample_data import SAMPLE_DATASETS
 
@@ -451,6 +584,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers)
     add_evaluate_parser(subparsers)
     add_default_parser(subparsers)
+    add_optimize_parser(subparsers)
     add_sample_data_parser(subparsers)
     return parser
 

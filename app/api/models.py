@@ -80,7 +80,7 @@ def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
             shape=[None, card.num_classes],
         ),
         preprocessing=card.preprocessing,
-        precision=card.precision,
+        precision=model.precision,
         dataset=card.dataset,
         metrics=card.metrics,
         created_at=card.created_at,

@@ -1,15 +1,28 @@
-"""The ONNX Runtime session: providers (CUDA, then CPU), the card, warm-up and ``run(batch)``."""
+"""The model's session: execution provider, the card, warm-up and ``run(batch)``.
+
+Four execution providers: ONNX Runtime's CPU, CUDA and TensorRT providers, and the OpenVINO
+runtime itself (it reads the same ONNX file, and runs an int8 QDQ graph as int8 kernels). The
+OpenVINO runtime rather than ONNX Runtime's OpenVINO provider: the runtime installs beside
+``onnxruntime`` from PyPI, while the provider ships as ``onnxruntime-openvino``, a build that
+replaces the ``onnxruntime`` package. Which provider runs a file: the setting
+(``execution_provider``), or with ``auto`` the one the card says the file is made for, or CUDA
+when this build offers it, else the CPU. A provider this process cannot use falls back
+(TensorRT to CUDA to CPU, OpenVINO to CPU) with one warning, or fails the load when
+``require_provider`` is set.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +34,12 @@ logger = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+OPENVINO_PROVIDER = "OpenVINO"
+ProviderSetting = Literal["auto", "cpu", "openvino", "cuda", "tensorrt"]
+PROVIDER_SETTINGS: tuple[str, ...] = ("auto", "cpu", "openvino", "cuda", "tensorrt")
+_ORT_PROVIDER_NAMES = {"cpu": CPU_PROVIDER, "cuda": CUDA_PROVIDER, "tensorrt": TENSORRT_PROVIDER}
+_OV_TYPES = {"u8": "tensor(uint8)", "f32": "tensor(float)", "f16": "tensor(float16)"}
+_FALLBACK = {"tensorrt": "cuda", "cuda": "cpu", "openvino": "cpu"}
 # The largest batch worth its memory, by where the model runs. On a CPU an image costs the same
 # at every batch size (EfficientNet-Lite0: 9.1-10.2 CPU-ms at 1 to 32), so a large batch buys no
 # throughput, only activations that ONNX Runtime's arena keeps for good (~10 MB an image, for
@@ -32,7 +51,7 @@ _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(flo
 
 # Every session this process has created and not yet freed: proof, by reference, that an unloaded
 # version's session is gone (a leak would keep it here).
-_live_sessions: weakref.WeakSet[ort.InferenceSession] = weakref.WeakSet()
+_live_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def live_session_count() -> int:
@@ -53,6 +72,80 @@ class EngineOptions:
     # Batches that may run at once on the CPU, each on one thread (Triton's instance group);
     # 0: one per intra-op thread. With CUDA, one: batches already run on the GPU.
     instances: int = 0
+    # Which provider runs the model (see the module's docstring); fatal instead of a fallback.
+    execution_provider: ProviderSetting = "auto"
+    require_provider: bool = False
+
+
+class Session(Protocol):
+    """What the engine needs of a session: ONNX Runtime's ``InferenceSession`` or :class:`OpenVinoSession`."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray]) -> list[Any]: ...
+    def get_providers(self) -> list[str]: ...
+    def get_inputs(self) -> list[Any]: ...
+    def get_outputs(self) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    """A graph input or output as ONNX Runtime describes it (name, ``tensor(uint8)``, shape)."""
+
+    name: str
+    type: str
+    shape: list[int | str]
+
+
+class OpenVinoSession:
+    """The OpenVINO runtime on the CPU behind the same ``run`` as an ONNX Runtime session.
+
+    ``threads`` 1 with ``streams`` N: N batches at once, one thread each (the engine's
+    instances); one infer request per calling thread. ``precision_hint``: ``bf16`` or ``f32``
+    (set explicitly: on CPUs with bf16 arithmetic OpenVINO would otherwise choose bf16 itself).
+    """
+
+    def __init__(self, model_path: Path, threads: int, streams: int, precision_hint: str) -> None:
+        import openvino as ov
+
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": precision_hint,
+            "NUM_STREAMS": streams,
+            "ENABLE_CPU_PINNING": False,
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads * streams
+        self._compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+        self._local = threading.local()
+        self.precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def _request(self) -> Any:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return request
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray]) -> list[Any]:
+        results = self._request().infer(input_feed)
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return [by_name[name] for name in output_names]
+
+    def get_providers(self) -> list[str]:
+        return [OPENVINO_PROVIDER]
+
+    def _ports(self, ports: Any) -> list[PortInfo]:
+        return [
+            PortInfo(
+                port.get_any_name(),
+                _OV_TYPES.get(port.get_element_type().get_type_name(), str(port.get_element_type())),
+                [d.get_length() if d.is_static else "N" for d in port.get_partial_shape()],
+            )
+            for port in ports
+        ]
+
+    def get_inputs(self) -> list[PortInfo]:
+        return self._ports(self._compiled.inputs)
+
+    def get_outputs(self) -> list[PortInfo]:
+        return self._ports(self._compiled.outputs)
 
 
 class Engine:
@@ -70,11 +163,12 @@ class Engine:
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        session: Session,
         card: ModelCard,
         source: str,
-        instance_session: ort.InferenceSession | None = None,
+        instance_session: Session | None = None,
         instances: int = 1,
+        precision: str | None = None,
     ) -> None:
         if instances > 1 and instance_session is None:
             raise ValueError("several instances need an instance session")
@@ -84,6 +178,9 @@ class Engine:
         self.card = card
         self.source = source
         self.providers: list[str] = session.get_providers()
+        # What runs: the card's precision, unless the provider cannot run it (a bf16 card on a
+        # CPU without bf16 arithmetic, or on ONNX Runtime, runs fp32).
+        self.precision = precision or card.precision
         self._input_name = card.input.name
         self._output_names = [card.output.name]
         self._float_input = card.input.layout == "NCHW"
@@ -144,6 +241,63 @@ def choose_providers(available: Sequence[str]) -> list[str]:
     return [p for p in (CUDA_PROVIDER, CPU_PROVIDER) if p in available]
 
 
+def openvino_available() -> str | None:
+    """None when the OpenVINO runtime can be used here, else why not."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        return f"the openvino package is not installed ({exc}); install the `openvino` extra"
+    return None
+
+
+def _unavailable(provider: str, available: Sequence[str]) -> str | None:
+    if provider == "openvino":
+        return openvino_available()
+    ort_name = _ORT_PROVIDER_NAMES[provider]
+    if ort_name not in available:
+        return f"this ONNX Runtime build offers only {list(available)}"
+    return None
+
+
+def resolve_provider(options: EngineOptions, card: ModelCard, available: Sequence[str], source: str) -> str:
+    """The provider that will run ``card``'s file: asked for (setting, else card, else the
+    build's default), or the first fallback that is available, with one warning."""
+    default = "cuda" if CUDA_PROVIDER in available else "cpu"
+    if options.execution_provider != "auto":
+        wanted, why = options.execution_provider, "IMGSERVE_EXECUTION_PROVIDER"
+    elif card.execution_provider is not None:
+        wanted, why = card.execution_provider, "its model card"
+    else:
+        return default
+    provider: str | None = wanted
+    reasons: list[str] = []
+    while provider is not None:
+        reason = _unavailable(provider, available)
+        if reason is None:
+            break
+        reasons.append(f"{provider}: {reason}")
+        provider = _FALLBACK.get(provider)
+    if provider == wanted:
+        return wanted
+    if options.require_provider or provider is None:
+        raise EngineError(
+            f"{source}: {why} asks for the {wanted} execution provider, which cannot run here "
+            f"({'; '.join(reasons)}); IMGSERVE_REQUIRE_PROVIDER makes that fatal"
+            if options.require_provider
+            else f"{source}: no execution provider can run it ({'; '.join(reasons)})"
+        )
+    logger.warning(
+        "execution provider %s (from %s) is not available: %s; falling back to %s "
+        "(set IMGSERVE_REQUIRE_PROVIDER=true to make this fatal)",
+        wanted,
+        why,
+        "; ".join(reasons),
+        provider,
+        extra={"model_path": source, "requested_provider": wanted, "provider": provider},
+    )
+    return provider
+
+
 def create_engine(model_path: Path, options: EngineOptions) -> Engine:
     """Load the ONNX file and its card; fail with a clear message if they cannot be served."""
     if not model_path.is_file():
@@ -154,47 +308,100 @@ def create_engine(model_path: Path, options: EngineOptions) -> Engine:
     available = ort.get_available_providers()
     if options.require_cuda and CUDA_PROVIDER not in available:
         raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {cuda_unavailable_reason()}")
-    providers = choose_providers(available)
     # No driver or no GPU: CUDA is not offered to the session at all, so ONNX Runtime does not
     # log its own multi-line failure; the one warning below says what is missing.
     no_gpu = cuda_driver_problem() if CUDA_PROVIDER in available else None
-    if no_gpu is not None:
-        if options.require_cuda:
-            raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {no_gpu}")
-        providers = [p for p in providers if p != CUDA_PROVIDER]
-    if CUDA_PROVIDER in available:
-        preload_cuda_libraries()
-    session = _open_session(model_path, options.intra_op_threads, providers)
+    if no_gpu is not None and options.require_cuda:
+        raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {no_gpu}")
+    usable = [p for p in available if not (no_gpu is not None and p in (CUDA_PROVIDER, TENSORRT_PROVIDER))]
     try:
         card = load_card(model_path)
     except CardError as exc:
+        # A file that is no model at all: ONNX Runtime's own words say more than the card's.
+        _open_session(model_path, 1, [CPU_PROVIDER])
         raise EngineError(str(exc)) from exc
+    provider = resolve_provider(options, card, usable, str(model_path))
+    if provider == "openvino":
+        return _create_openvino_engine(model_path, card, options)
+    if CUDA_PROVIDER in available:
+        preload_cuda_libraries()
+    providers = _ort_providers(provider, usable)
+    session = _open_session(model_path, options.intra_op_threads, providers)
     check_graph_matches_card(session, card, str(model_path))
     active = session.get_providers()
-    if CUDA_PROVIDER in available and active[0] != CUDA_PROVIDER:
+    default_path = options.execution_provider == "auto" and card.execution_provider is None
+    wanted_gpu = provider in ("cuda", "tensorrt") or (no_gpu is not None and default_path)
+    if CUDA_PROVIDER in available and wanted_gpu and active[0] not in (CUDA_PROVIDER, TENSORRT_PROVIDER):
         reason = no_gpu or cuda_unavailable_reason()
         if options.require_cuda:
             raise EngineError(f"IMGSERVE_REQUIRE_CUDA is set but {reason}")
         logger.warning("CUDA provider unavailable, serving on %s: %s", active[0], reason)
+    if options.require_provider and options.execution_provider != "auto" and active[0] != providers[0]:
+        raise EngineError(f"IMGSERVE_REQUIRE_PROVIDER is set but the active providers are {active}")
     instances = resolve_instances(options, active[0])
     instance_session = _open_session(model_path, 1, [CPU_PROVIDER]) if instances > 1 else None
+    # ONNX Runtime has no bf16 kernels: a bf16 card's (fp32) graph runs in fp32 here.
+    precision = "fp32" if card.precision == "bf16" else card.precision
+    _log_loaded(card, active, instances, model_path, precision)
+    return Engine(session, card, str(model_path), instance_session, instances, precision)
+
+
+def _ort_providers(provider: str, available: Sequence[str]) -> list[str]:
+    """ONNX Runtime's provider list for ``provider``: it, then what it falls back to, then CPU."""
+    if provider == "cpu":
+        return [CPU_PROVIDER]
+    if provider == "tensorrt":
+        return [p for p in (TENSORRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER) if p in available]
+    return choose_providers(available)
+
+
+def _create_openvino_engine(model_path: Path, card: ModelCard, options: EngineOptions) -> Engine:
+    hint = "bf16" if card.precision == "bf16" else "f32"
+    instances = resolve_instances(options, CPU_PROVIDER)
+    try:
+        session = OpenVinoSession(model_path, options.intra_op_threads, 1, hint)
+        instance_session = OpenVinoSession(model_path, 1, instances, hint) if instances > 1 else None
+    except Exception as exc:  # OpenVINO raises its own exception types for bad files
+        raise EngineError(f"OpenVINO cannot load {str(model_path)!r}: {exc}") from exc
+    _live_sessions.add(session)
+    if instance_session is not None:
+        _live_sessions.add(instance_session)
+    check_graph_matches_card(session, card, str(model_path))
+    precision = card.precision
+    if card.precision == "bf16" and session.precision != "bf16":
+        if options.require_provider:
+            raise EngineError(
+                f"{model_path}: the card asks for bf16 but this CPU has no bf16 arithmetic "
+                f"(OpenVINO runs {session.precision}); IMGSERVE_REQUIRE_PROVIDER makes that fatal"
+            )
+        logger.warning(
+            "the card asks for bf16 but this CPU has no bf16 arithmetic: OpenVINO runs %s",
+            session.precision,
+            extra={"model_path": str(model_path)},
+        )
+        precision = "fp32"
+    _log_loaded(card, session.get_providers(), instances, model_path, precision)
+    return Engine(session, card, str(model_path), instance_session, instances, precision)
+
+
+def _log_loaded(card: ModelCard, providers: list[str], instances: int, path: Path, precision: str) -> None:
     logger.info(
         "model loaded",
         extra={
             "model": card.name,
             "model_version": card.version,
-            "providers": active,
+            "providers": providers,
+            "precision": precision,
             "instances": instances,
-            "path": str(model_path),
+            "path": str(path),
         },
     )
-    return Engine(session, card, str(model_path), instance_session, instances)
 
 
 def resolve_instances(options: EngineOptions, provider: str) -> int:
     """Model instances: as asked on the CPU (0: one per intra-op thread, or per core this process
     may run on when ONNX Runtime chooses the threads), one with CUDA."""
-    if provider != CPU_PROVIDER:
+    if provider not in (CPU_PROVIDER, OPENVINO_PROVIDER):
         return 1
     if options.instances > 0:
         return options.instances
@@ -273,7 +480,7 @@ def cuda_driver_problem() -> str | None:
     return None
 
 
-def check_graph_matches_card(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
+def check_graph_matches_card(session: Session, card: ModelCard, source: str) -> None:
     """The card's input/output names, dtypes and sizes must be what the graph declares."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}

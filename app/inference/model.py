@@ -301,6 +301,11 @@ class ServedModel:
         return self.engine.providers
 
     @property
+    def precision(self) -> str:
+        """The arithmetic that runs: the card's precision, or fp32 where the provider has no bf16."""
+        return self.engine.precision
+
+    @property
     def batching(self) -> BatcherConfig:
         return self.batcher.config
 

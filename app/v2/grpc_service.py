@@ -95,7 +95,7 @@ class InferenceServicer:
         self, request: pb.ModelMetadataRequest, call: _Call
     ) -> pb.ModelMetadataResponse:
         model = self.state.get_model(request.name, request.version or None)
-        return pb.ModelMetadataResponse(**metadata.model_metadata(self.state, model))
+        return pb.ModelMetadataResponse(**metadata.model_metadata(self.state, model, parameters=False))
 
     async def _infer(self, raw: bytes, call: _Call) -> pb.ModelInferResponse:
         dataplane = self.state.get_dataplane()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.inference.engine import CPU_PROVIDER, OPENVINO_PROVIDER
 from app.inference.model import ServedModel
 from app.state import AppState
 from app.v2 import codec
@@ -15,15 +16,24 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": version, "extensions": list(codec.EXTENSIONS)}
 
 
-def model_metadata(state: AppState, model: ServedModel) -> dict[str, Any]:
-    """Name, every served version of the name, platform, inputs and outputs."""
+def platform(model: ServedModel) -> str:
+    """Triton's platform name for what runs the model: ONNX Runtime, or OpenVINO."""
+    return "openvino" if model.execution_provider == OPENVINO_PROVIDER else codec.PLATFORM
+
+
+def model_metadata(state: AppState, model: ServedModel, *, parameters: bool = True) -> dict[str, Any]:
+    """Name, every served version of the name, platform, inputs and outputs; with
+    ``parameters`` (REST; gRPC's message has no such field) what runs it and in which precision."""
     versions = [m.version for m in state.served_models() if m.name == model.name]
-    return {
+    body: dict[str, Any] = {
         "name": model.name,
         "versions": versions,
-        "platform": codec.PLATFORM,
+        "platform": platform(model),
         **codec.tensor_metadata(model.card.num_classes),
     }
+    if parameters:
+        body["parameters"] = {"execution_provider": model.execution_provider, "precision": model.precision}
+    return body
 
 
 def triton_config(state: AppState, model: ServedModel) -> dict[str, Any]:
@@ -33,11 +43,11 @@ def triton_config(state: AppState, model: ServedModel) -> dict[str, Any]:
     the dynamic batcher gathers up to ``preferred_batch_size`` images from many requests.
     """
     batching = model.batching
-    on_cpu = model.execution_provider.startswith("CPU")
+    on_cpu = model.execution_provider in (CPU_PROVIDER, OPENVINO_PROVIDER)
     return {
         "name": model.name,
         "platform": codec.PLATFORM,
-        "backend": "onnxruntime",
+        "backend": "openvino" if platform(model) == "openvino" else "onnxruntime",
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": state.settings.max_images_per_request,
         "input": [

@@ -194,6 +194,7 @@
     const parts = [`${model.name} version ${model.version}`, `${model.num_classes} classes`];
     if (model.limits) parts.push(`up to ${model.limits.max_images_per_request} images per request`);
     if (model.execution_provider) parts.push(model.execution_provider.replace("ExecutionProvider", ""));
+    if (model.precision) parts.push(model.precision);
     el.modelInfo.textContent = parts.join(" · ");
     el.topK.max = String(Math.min(model.num_classes, MAX_TOP_K));
     if (!state.topKTouched) el.topK.value = String(Math.min(DEFAULT_TOP_K, model.num_classes));

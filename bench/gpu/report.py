@@ -192,6 +192,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    whole = FuncFormatter(lambda value, _: f"{value:g}")
 
     written = []
     sweep = {**results.get("sweep", {}).get("points", {}), **results.get("tensorrt", {}).get("points", {})}
@@ -203,8 +206,11 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
         for name, xy in series.items():
             xy.sort()
             ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
-        ax.set(xscale="log", xlabel="batch size", ylabel="images/s", title="The model alone")
+        ax.set(xlabel="batch size", ylabel="images/s", title="The model alone")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({p["batch"] for p in sweep.values()}))
+        ax.xaxis.set_major_formatter(whole)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -230,6 +236,13 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
             ax.set_xscale("log", base=2)
             ax.set(xlabel="concurrent clients", ylabel=ylabel)
             ax.grid(alpha=0.3)
+        levels = sorted({r["concurrency"] for r in points.values() if r["mode"] == "closed"})
+        for ax in axes:
+            ax.set_xticks(levels)
+            ax.xaxis.set_major_formatter(whole)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if not any(r.get("gpu") for r in points.values()):
+            axes[2].text(0.5, 0.5, "no nvidia-smi samples", ha="center", transform=axes[2].transAxes)
         axes[1].set_yscale("log")
         axes[0].legend(fontsize=8)
         fig.suptitle("The server end to end (multipart JPEGs)")

@@ -484,7 +484,8 @@ def test_metrics_exposes_requests_latency_queue_batches_and_images(client: TestC
         "imgserve_preprocess_duration_seconds_count 2.0",
         "imgserve_queue_images 0.0",
         "imgserve_ready 1.0",
-        'imgserve_model_info{name="tiny-rgb",provider="CPUExecutionProvider",version="1.2.3"} 1.0',
+        'imgserve_model_info{name="tiny-rgb",precision="fp32",'
+        'provider="CPUExecutionProvider",version="1.2.3"} 1.0',
         "process_cpu_seconds_total",
     ):
         assert line in text, line

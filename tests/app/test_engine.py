@@ -277,7 +277,7 @@ def test_without_instances_the_one_session_warms_up_every_size(tiny_model_path: 
     ("provider", "expected"),
     [
         (CPU_PROVIDER, 4),
-        ("OpenVINOExecutionProvider", 4),
+        (engine_module.OPENVINO_PROVIDER, 4),
         (CUDA_PROVIDER, 32),
         ("TensorrtExecutionProvider", 32),
     ],

@@ -303,7 +303,8 @@ def test_metrics_are_labelled_by_model_version_and_dropped_on_unload(
             'imgserve_model_inference_duration_seconds_count{model="colours",version="1"} 1.0',
             'imgserve_model_queue_images{model="colours",version="1"} 0.0',
             'imgserve_model_requests_in_flight{model="colours",version="1"} 0.0',
-            'imgserve_model_info{name="colours",provider="CPUExecutionProvider",version="1"} 1.0',
+            'imgserve_model_info{name="colours",precision="fp32",'
+            'provider="CPUExecutionProvider",version="1"} 1.0',
             "imgserve_batch_size_count 1.0",
         ):
             assert line in text, line

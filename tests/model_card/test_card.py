@@ -13,7 +13,17 @@ import onnx
 import pytest
 
 from harness.tiny_model import tiny_card, write_model
-from model_card import CARD_METADATA_KEY, CardError, ModelCard, load_card, sha256_file, write_card
+from model_card import (
+    CARD_METADATA_KEY,
+    AccuracyGate,
+    CardError,
+    GateFigures,
+    ModelCard,
+    Variant,
+    load_card,
+    sha256_file,
+    write_card,
+)
 from model_card.card import first_difference
 from model_card.onnx_metadata import MetadataError, read_onnx_metadata
 
@@ -150,3 +160,75 @@ def test_evaluate_refuses_the_edited_copy_like_the_server(model: Path, tmp_path:
     )
     assert result.returncode == 2, result.stderr
     assert "disagrees with the card embedded in" in result.stderr and "'labels[1]'" in result.stderr
+
+
+def _variant_card() -> ModelCard:
+    figures = GateFigures(
+        images=416,
+        confident_images=380,
+        confident_margin=0.02,
+        top1_agreement_confident=0.9974,
+        top1_agreement_all=0.9712,
+        top5_overlap=0.9631,
+        max_abs_prob_diff=0.21,
+        accuracy_fp32=0.98,
+        accuracy_variant=0.975,
+        accuracy_difference=-0.005,
+        accuracy_difference_ci95=(-0.012, 0.002),
+    )
+    gate = AccuracyGate(
+        passed=True,
+        thresholds={"top1_agreement_all_min": 0.97},
+        figures=figures,
+        images={"source": "photos", "crops": 416, "photos": ["skimage:rocket"]},
+        measured_with="OpenVINO CPU",
+    )
+    variant = Variant(
+        base_sha256="ab" * 32,
+        base_version="1",
+        method="NNCF",
+        calibration={"source": "photos", "crops": 300, "photos": ["skimage:coffee"]},
+        kept_in_fp32=["node_Gemm_1"],
+        gate=gate,
+        speed={"speedup_vs_fp32": 1.8},
+    )
+    card = tiny_card(labels=LABELS)
+    return card.model_copy(update={"precision": "int8", "execution_provider": "openvino", "variant": variant})
+
+
+def test_variant_fields_round_trip_through_the_file_and_its_copy(tmp_path: Path) -> None:
+    weights, bias = 10 * np.eye(3, dtype=np.float32), np.zeros(3, np.float32)
+    card = _variant_card()
+    path = write_model(tmp_path, card, weights, bias)
+    loaded = load_card(path)
+    assert loaded.model_dump(exclude={"sha256"}) == card.model_dump(exclude={"sha256"})
+    assert loaded.variant is not None and loaded.variant.gate.figures.accuracy_difference_ci95 == (
+        -0.012,
+        0.002,
+    )
+    assert loaded.gate_passed
+    # a model.json that says another precision disagrees with the file
+    _edit_copy(path, precision="fp16")
+    with pytest.raises(CardError, match=r"'precision': 'fp16' in model\.json, 'int8' in the ONNX file"):
+        load_card(path)
+
+
+def test_a_card_without_the_variant_fields_still_loads_as_fp32_for_any_provider() -> None:
+    data = json.loads(tiny_card().model_dump_json())
+    for key in ("execution_provider", "variant"):
+        del data[key]
+    card = ModelCard.model_validate(data)
+    assert (card.precision, card.execution_provider, card.variant, card.gate_passed) == (
+        "fp32",
+        None,
+        None,
+        True,
+    )
+
+
+def test_a_failed_gate_means_not_fit_to_serve_by_default() -> None:
+    card = _variant_card()
+    assert card.variant is not None
+    failed = card.variant.gate.model_copy(update={"passed": False, "failures": ["top-5 overlap 0.9 < 0.96"]})
+    card = card.model_copy(update={"variant": card.variant.model_copy(update={"gate": failed})})
+    assert not card.gate_passed

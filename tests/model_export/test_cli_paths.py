@@ -26,7 +26,7 @@ FAST_TRAIN += ["--no-tensorboard"]
 def worked_example_commands() -> list[list[str]]:
     """The ``python -m model_export`` lines of the README's worked example, continuations joined."""
     readme = (REPO_ROOT / "README.md").read_text()
-    block = re.search(r"Worked example that was run.*?```bash\n(.*?)```", readme, re.DOTALL)
+    block = re.search(r"Worked example that was run.*?```bash[^\n]*\n(.*?)```", readme, re.DOTALL)
     assert block, "README.md has no worked example block"
     text = block.group(1).replace("\\\n", " ")
     lines = [line.split("#")[0].strip() for line in text.splitlines()]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.loadgen import Target
-from reliability.soak import Window, histogram_delta, judge, photo_jpeg, soak
+from reliability.soak import SoakReport, Window, histogram_delta, judge, photo_jpeg, soak
 from tests.conftest import StartServer
 
 from .conftest import write_tiny_model
@@ -60,21 +60,57 @@ def window(p90_ms: float, **figures: float) -> Window:
     ("slow", "verdict"),
     [
         ({}, "slow: unexplained"),
-        ({"other_cores": 0.9}, "slow: host: other processes 0.90 cores (median 0.10)"),
+        ({"other_cores": 0.9}, "slow: host: other processes 0.90 of 2 cores (median 0.10)"),
         ({"steal_pct": 12.0}, "slow: host: steal 12.0%"),
         ({"send_lag_p99_ms": 300.0}, "slow: host: load generator late (p99 300 ms)"),
         ({"loop_lag_max_ms": 500.0}, "slow: server: event loop lag up to 500 ms"),
         ({"gc_pause_ms": 250.0}, "slow: server: GC 250 ms"),
         (
             {"other_cores": 1.5, "loop_lag_max_ms": 500.0},
-            "slow: host: other processes 1.50 cores (median 0.10) (server: event loop lag up to 500 ms)",
+            "slow: host: other processes 1.50 of 2 cores (median 0.10) (server: event loop lag up to 500 ms)",
         ),
     ],
 )
 def test_a_slow_window_is_told_apart_by_what_the_machine_did(slow: dict[str, float], verdict: str) -> None:
     windows = [window(15.0), window(16.0), window(400.0, **slow), window(14.0)]
-    judge(windows)
+    judge(windows, cores=2)
     assert [w.verdict for w in windows] == ["ok", "ok", verdict, "ok"]
+
+
+def test_a_host_busy_all_along_still_explains_its_slow_windows() -> None:
+    """Other processes took 1.8 of 2 cores in every window: no window stands out from the
+    median, but the host's CPUs were full, so the server could get no more."""
+    busy = {"other_cores": 1.8, "server_cores": 0.15}
+    windows = [window(15.0, **busy), window(16.0, **busy), window(900.0, **busy), window(1200.0, **busy)]
+    judge(windows, cores=2)
+    assert [w.verdict for w in windows][2:] == [
+        "slow: host: other processes 1.80 of 2 cores (median 1.80)"
+    ] * 2
+    assert windows[0].verdict == windows[1].verdict == "ok"
+
+
+def report_with(windows: list[Window], **figures: float) -> SoakReport:
+    base = dict(
+        model="m", capacity_rps=100.0, target_rps=70.0, load_fraction=0.7, warmup_s=5.0, duration_s=60.0,
+        requests=4200, errors=0, dropped=0, error_kinds={}, p50_ms=15.0, p90_ms=20.0, p99_ms=30.0,
+        max_ms=50.0, rss_start_mb=300.0, rss_end_mb=301.0, rss_peak_mb=302.0, rss_growth_pct=0.3,
+        gpu_memory="no GPU",
+    )  # fmt: skip
+    return SoakReport(**(base | figures), windows=windows)  # type: ignore[arg-type]
+
+
+def test_the_verdict_passes_only_a_quiet_clean_run() -> None:
+    quiet = [window(15.0), window(16.0)]
+    host = [window(15.0), window(400.0, other_cores=1.5)]
+    server = [window(15.0), window(400.0, gc_pause_ms=300.0)]
+    for w in (host, server):
+        judge(w, cores=2)
+    assert report_with(quiet).verdict(5.0) == "PASS"
+    assert report_with(host).verdict(5.0) == "HOST NOISE"
+    assert report_with(server).verdict(5.0) == "FAIL"
+    assert report_with(quiet, errors=1).verdict(5.0) == "FAIL"
+    assert report_with(quiet, dropped=3).verdict(5.0) == "FAIL"
+    assert report_with(quiet, rss_growth_pct=6.0).verdict(5.0) == "FAIL"
 
 
 def gc_scrape(le_001: float, le_01: float, total: float, sum_s: float) -> dict[str, float]:
