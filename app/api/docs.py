@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,42 +25,63 @@ from app.state import AppState
 SWAGGER_UI_ASSETS = "/docs-assets"
 
 
+# The schema is data: nothing in it may run, and no page may frame it.
+SCHEMA_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def add_docs(app: FastAPI, settings: Settings, protected: list[Any]) -> None:
     """Public docs, docs behind ``protected`` (the API-key dependency), or none."""
     if settings.docs_public:
-        _add_swagger_ui(app, [])
+        _add_docs(app, [])
     elif settings.auth_enabled:
-        _add_protected_docs(app, protected)
+        _add_docs(app, protected)
     _state_limits_in_openapi(app, settings)
 
 
-def _add_swagger_ui(app: FastAPI, dependencies: list[Any]) -> None:
-    """/docs, with Swagger UI's files served by this app (see SWAGGER_UI_ASSETS)."""
+def _add_docs(app: FastAPI, dependencies: list[Any]) -> None:
+    """/openapi.json, /docs (Swagger UI, its files served by this app: see SWAGGER_UI_ASSETS)
+    and /redoc, each behind ``dependencies``."""
     app.mount(SWAGGER_UI_ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
-
-    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{SWAGGER_UI_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{SWAGGER_UI_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{SWAGGER_UI_ASSETS}/favicon-32x32.png",
-        )
-
-
-def _add_protected_docs(app: FastAPI, dependencies: list[Any]) -> None:
-    """The docs behind the API key (docs_public=false with keys on)."""
+    swagger = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{SWAGGER_UI_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_UI_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{SWAGGER_UI_ASSETS}/favicon-32x32.png",
+    )
+    swagger_headers = {
+        "Content-Security-Policy": swagger_policy(bytes(swagger.body)),
+        "X-Content-Type-Options": "nosniff",
+    }
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
     async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
+        return JSONResponse(app.openapi(), headers=SCHEMA_HEADERS)
 
-    _add_swagger_ui(app, dependencies)
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(swagger.body, headers=swagger_headers)
 
     @app.get("/redoc", include_in_schema=False, dependencies=dependencies)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+
+def swagger_policy(page: bytes) -> str:
+    """Swagger UI's page: scripts and styles from this app only, and its one inline script
+    (the set-up call) allowed by its hash; requests to this app only; no framing."""
+    inline = re.findall(rb"<script>(.*?)</script>", page, flags=re.DOTALL)
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'" for script in inline
+    )
+    return (
+        f"default-src 'none'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
 
 
 def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:

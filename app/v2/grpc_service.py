@@ -2,9 +2,10 @@
 
 Every method takes its request as bytes (the identity deserializer) and parses it itself, after
 the API key is checked: a malformed message is INVALID_ARGUMENT with its access-log line, never
-an exception inside grpc, and ModelInfer's protobuf parse runs on the parse thread, off the
-event loop. Every call gets one access-log line and the request metrics; the protocol-free
-errors map to codes in :data:`app.v2.errors.GRPC_CODE`.
+an exception inside grpc, and ModelInfer's message is parsed on the parse thread, off the
+event loop, its fields counted from the wire first (``app/v2/wire.py``). Every call gets one
+access-log line and the request metrics; the protocol-free errors map to codes in
+:data:`app.v2.errors.GRPC_CODE`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from app.state import AppState
 from app.v2 import codec, metadata
 from app.v2.errors import GRPC_CODE
 from app.v2.proto import grpc_predict_v2_pb2 as pb
+from app.v2.wire import check_field_count
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,8 @@ class InferenceServicer:
     async def _infer(self, raw: bytes, call: _Call) -> pb.ModelInferResponse:
         dataplane = self.state.get_dataplane()
         async with dataplane.deadline():
-            request = await dataplane.parse(_parse, pb.ModelInferRequest, raw)
+            limit = dataplane.limits.max_images_per_request
+            request = await dataplane.parse(_parse_infer_request, raw, limit)
             dataplane.model(request.model_name, request.model_version or None)  # 404 before the input
             images, outputs = _inputs(request, dataplane.limits.max_images_per_request)
             top_k = codec.InferRequest([], outputs).top_k
@@ -200,6 +203,14 @@ def _parse(request_type: type[M], raw: bytes) -> M:
         raise MalformedRequestError(
             f"not a valid {request_type.DESCRIPTOR.full_name} message: {exc}"
         ) from None
+
+
+def _parse_infer_request(raw: bytes, max_images: int) -> pb.ModelInferRequest:
+    """On the parse thread: the fields counted from the wire first (one per image, a few for
+    names and parameters), so a message of millions of tiny fields is refused before protobuf
+    builds them."""
+    check_field_count(raw, pb.ModelInferRequest.DESCRIPTOR, max_fields=1024 + 16 * max_images)
+    return _parse(pb.ModelInferRequest, raw)
 
 
 def _text(value: object) -> str | None:
