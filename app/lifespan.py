@@ -80,10 +80,17 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
 
 def create_decoder(settings: Settings, state: AppState) -> Decoder:
     limits = ImageLimits(
-        allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels
+        allowed_formats=frozenset(settings.allowed_formats),
+        max_image_pixels=settings.max_image_pixels,
+        max_jpeg_scans=settings.max_jpeg_scans,
     )
     budget = DecodeBudget(
-        max_request_pixels=settings.max_request_pixels, max_decoding_pixels=settings.max_decoding_pixels
+        max_request_pixels=settings.max_request_pixels,
+        max_decoding_pixels=settings.max_decoding_pixels,
+        # Never so much that a request at max_request_pixels could not be admitted.
+        light_reserved_pixels=min(
+            settings.light_decoding_pixels, settings.max_decoding_pixels - settings.max_request_pixels
+        ),
     )
     return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
 

@@ -62,10 +62,14 @@ class DecodeBudget:
     ``max_request_pixels``: one request's images together; more is refused for good.
     ``max_decoding_pixels``: every request's images admitted and not yet decoded, across the
     process; a request that would pass it is refused for now (retry later).
+    ``light_reserved_pixels``: the part of ``max_decoding_pixels`` only light requests (at most
+    ``HEAVY_IMAGE_PIXELS`` in all) may take: heavy requests, however many, cannot spend it, so
+    a few clients looping heavy requests do not turn everyone else's requests away.
     """
 
     max_request_pixels: int
     max_decoding_pixels: int
+    light_reserved_pixels: int = 0
 
 
 # An image that decodes to more pixels than this is heavy: it takes the heavy lane, which
@@ -185,14 +189,17 @@ class Decoder:
                 f"the request's {len(costs)} images decode to {total} pixels, over the budget of "
                 f"{limit} pixels per request (max_request_pixels); send fewer or smaller images per request"
             )
+        heavy = total > HEAVY_IMAGE_PIXELS
+        room = self.budget.max_decoding_pixels - (self.budget.light_reserved_pixels if heavy else 0)
         with self._budget_lock:
             busy = self._decoding_pixels
-            if busy + total > self.budget.max_decoding_pixels:
+            if busy + total > room:
                 wait_s = retry_after_s(busy, self._seconds_per_pixel / self.threads)
                 raise DecodeBusyError(
                     f"overloaded: {busy} pixels are waiting to be decoded and this request brings {total}, "
                     f"over the process budget of {self.budget.max_decoding_pixels} pixels "
-                    f"(max_decoding_pixels); retry after {wait_s} s",
+                    f"(max_decoding_pixels){_less_reserve(heavy, self.budget.light_reserved_pixels)}; "
+                    f"retry after {wait_s} s",
                     wait_s,
                 )
             self._decoding_pixels += total
@@ -232,6 +239,13 @@ class Decoder:
         if self._observer is not None:
             self._observer.observe_preprocess(seconds)
         return array
+
+
+def _less_reserve(heavy: bool, reserved: int) -> str:
+    if not heavy or not reserved:
+        return ""
+    light = HEAVY_IMAGE_PIXELS
+    return f" less the {reserved} kept for requests of at most {light} pixels (light_decoding_pixels)"
 
 
 def _moving_average(average: float, sample: float, weight: float = 0.2) -> float:
