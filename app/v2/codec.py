@@ -38,7 +38,6 @@ from app.http.json_body import decode_base64, load_json
 from app.inference.errors import BodyTooLargeError, MalformedRequestError
 from app.inference.postprocess import Classification, ClassScore
 from app.v2 import pixels as pixel_tensor
-from model_card import Explanation
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
@@ -467,20 +466,12 @@ def encode_rest_response(
 # -- metadata ------------------------------------------------------------------------------------
 
 
-def tensor_metadata(
-    num_classes: int, explanation: Explanation | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """The model's inputs and outputs as model metadata lists them (-1: the batch dimension;
-    the explanation outputs' -1 after it: up to the card's ``top_k`` maps)."""
-    outputs = [{"name": OUTPUT_NAME, "datatype": FP32, "shape": [-1, num_classes]}]
-    if explanation is not None:
-        outputs += [
-            {
-                "name": EXPLANATION_MAPS,
-                "datatype": FP32,
-                "shape": [-1, -1, explanation.height, explanation.width],
-            },
-            {"name": EXPLANATION_CLASSES, "datatype": INT64, "shape": [-1, -1]},
-            {"name": EXPLANATION_BOX, "datatype": FP32, "shape": [-1, 4]},
-        ]
-    return {"inputs": [{"name": INPUT_NAME, "datatype": BYTES, "shape": [-1, 1]}], "outputs": outputs}
+def tensor_metadata(num_classes: int) -> dict[str, list[dict[str, Any]]]:
+    """The model's inputs and outputs as model metadata lists them (-1: the batch dimension).
+
+    The explanation outputs are not listed: they exist only when a request asks for them, and
+    Triton's own clients (its image client) expect a classifier to list one output."""
+    return {
+        "inputs": [{"name": INPUT_NAME, "datatype": BYTES, "shape": [-1, 1]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": FP32, "shape": [-1, num_classes]}],
+    }

@@ -27,7 +27,7 @@ def model_metadata(state: AppState, model: ServedModel, *, parameters: bool = Tr
     """Name, every served version of the name, platform, inputs and outputs; with
     ``parameters`` (REST; gRPC's message has no such field) what runs it and in which precision."""
     versions = [m.version for m in state.served_models() if m.name == model.name]
-    tensors = codec.tensor_metadata(model.card.num_classes, model.card.explanation)
+    tensors = codec.tensor_metadata(model.card.num_classes)
     if state.settings.v2_input == "pixels":
         tensors["inputs"] = [{"name": PIXELS_INPUT, "datatype": UINT8, "shape": [-1, *model.pixels_shape]}]
     body: dict[str, Any] = {"name": model.name, "versions": versions, "platform": platform(model), **tensors}

@@ -185,12 +185,7 @@ def test_tritonclient_sees_health_and_metadata(default_v2: V2Server) -> None:
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}],
-        "outputs": [
-            {"name": "probs", "datatype": "FP32", "shape": [-1, 1000]},
-            {"name": "explanation_maps", "datatype": "FP32", "shape": [-1, -1, 7, 7]},
-            {"name": "explanation_classes", "datatype": "INT64", "shape": [-1, -1]},
-            {"name": "explanation_box", "datatype": "FP32", "shape": [-1, 4]},
-        ],
+        "outputs": [{"name": "probs", "datatype": "FP32", "shape": [-1, 1000]}],
         "parameters": {"execution_provider": "CPUExecutionProvider", "precision": "fp32"},
     }
     assert http_client.get_model_metadata(DEFAULT) == metadata
