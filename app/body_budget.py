@@ -6,8 +6,9 @@ few hundred clients that each send a body one byte short of the limit and then s
 gigabytes until their deadline. The budget counts a body's declared ``Content-Length`` up
 front, the moment the route first reads the body, and the bytes of a chunked body as they
 arrive; a body that would pass the budget is refused at once with 503 and ``Retry-After``
-(through the route's own error shape), before its bytes are read. What a request holds is
-given back when its response is done.
+(through the route's own error shape), before its bytes are read. A compressed body's
+decompressed bytes count too, as they are produced (:func:`hold_body_bytes`). What a request
+holds is given back when its response is done.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.inference.errors import BodyBudgetBusyError
 
+SCOPE_KEY = "imgserve.body_hold"
 RETRY_AFTER_S = 1  # bodies come and go in the time of one request: no better estimate exists
 
 
@@ -41,6 +43,31 @@ class BodyBudget:
         self.held_bytes -= count
 
 
+class BodyHold:
+    """The bytes one request holds in the budget: its body as received, and what a route
+    makes of it (a compressed body's decompressed bytes); all given back when it ends."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held_bytes = 0
+
+    def hold(self, count: int) -> None:
+        self.budget.hold(count)
+        self.held_bytes += count
+
+    def release(self) -> None:
+        self.budget.release(self.held_bytes)
+        self.held_bytes = 0
+
+
+def hold_body_bytes(scope: Scope, count: int) -> None:
+    """Count ``count`` more bytes against the budget for this request (``BodyBudgetBusyError``
+    when they do not fit); nothing without the middleware (tests of other parts)."""
+    hold = scope.get(SCOPE_KEY)
+    if isinstance(hold, BodyHold):
+        hold.hold(count)
+
+
 class BodyBudgetMiddleware:
     """Counts each HTTP request's body against a :class:`BodyBudget` while the request runs."""
 
@@ -53,26 +80,27 @@ class BodyBudgetMiddleware:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
-        held = 0
+        hold = scope[SCOPE_KEY] = BodyHold(self.budget)
+        counted = 0  # body bytes counted: the declared length up front, then what arrives
         received = 0
 
         async def receive_within_budget() -> Message:
-            nonlocal held, received
-            if held == 0 and declared:
-                self.budget.hold(declared)  # before a byte of the body is read
-                held = declared
+            nonlocal counted, received
+            if counted == 0 and declared:
+                hold.hold(declared)  # before a byte of the body is read
+                counted = declared
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > held:
-                    self.budget.hold(received - held)
-                    held = received
+                if received > counted:
+                    hold.hold(received - counted)
+                    counted = received
             return message
 
         try:
             await self.app(scope, receive_within_budget, send)
         finally:
-            self.budget.release(held)
+            hold.release()
 
 
 def _content_length(scope: Scope) -> int:

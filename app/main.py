@@ -41,9 +41,10 @@ def create_app(settings: Settings, *, load_engine: EngineLoader = create_engine)
         description=DESCRIPTION + (PAGE_LINK if settings.demo_page else ""),
         version="0.1.0",
         lifespan=create_lifespan(state, load_engine),
-        docs_url=None,  # app.api.docs serves /docs with local Swagger UI assets
-        redoc_url="/redoc" if settings.docs_public else None,
-        openapi_url="/openapi.json" if settings.docs_public else None,
+        # app.api.docs serves them: /docs with local Swagger UI assets, all with their headers.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
         dependencies=[Depends(reject_repeated_query_parameters)],
     )
     app.state.imgserve = state

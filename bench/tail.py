@@ -62,8 +62,9 @@ def run_tail(args: Any) -> dict[str, Any]:
             row: dict[str, Any] = {"capacity_images_per_s": capacity, "closed": closed, "loads": {}}
             for load in args.loads:
                 point = Point("ours", args.workload, rate_fraction=load)
+                rate = load * capacity / closed["images_per_request"]  # requests/s
                 measured = measure_point(
-                    topo, point, workload_dir, args, client_cpus, client_procs, load * capacity, out
+                    topo, point, workload_dir, args, client_cpus, client_procs, rate, out
                 )
                 ideal = simulate(load, service_s=instances / capacity, servers=instances, max_batch=max_batch)
                 row["loads"][str(load)] = {

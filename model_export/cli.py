@@ -385,20 +385,33 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 
 def _copy_into_repository(args: argparse.Namespace, paths: list[Path]) -> None:
+    """The fp32 model (unless a version of NAME already is that file) and each variant as the
+    next versions of REPOSITORY/NAME; a new config.toml serves the fastest that passed its gate."""
     import shutil
+
+    from model_card import sha256_file
 
     from .repository import export_to_repository
 
     if not args.name:
         raise ValueError("--repository needs --name: the model's folder in the repository")
-    for path in paths:
+    model_dir = args.repository / args.name
+    fp32_sha256 = sha256_file(args.model)
+    on_disk = {sha256_file(p) for p in model_dir.glob("*/model.onnx")} if model_dir.is_dir() else set()
+    sources = ([] if fp32_sha256 in on_disk else [args.model]) + paths
+    for source in sources:
 
-        def copy(folder: Path, version: str, source: Path = path) -> None:
+        def copy(folder: Path, version: str, source: Path = source) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             for item in (source, source.parent / "model.json"):
-                shutil.copyfile(item, folder / item.name)
+                if item.is_file():
+                    shutil.copyfile(item, folder / item.name)
 
-        print(f"{path.parent.name}: {export_to_repository(args.repository, args.name, copy)}")
+        print(f"{source}: {export_to_repository(args.repository, args.name, copy)}")
+    config = model_dir / "config.toml"
+    if not config.exists():
+        config.write_text("[version_policy]\nauto = true  # the fastest version that passed its gate\n")
+        print(f"{config}: version_policy auto")
 
 
 def _print_optimize_summary(results: list[Any], calibration: int, gate: int, elapsed_s: float) -> None:

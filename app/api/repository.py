@@ -182,6 +182,8 @@ async def _read_json(request: Request) -> Any:
         return {}
     try:
         return json.loads(body)
+    except RecursionError:  # 64 KiB of '[' is deeper than the parser's recursion limit
+        raise _RequestError(400, "the request body nests JSON arrays or objects too deeply") from None
     except ValueError as exc:
         raise _RequestError(400, f"the request body is not JSON: {exc}") from exc
 

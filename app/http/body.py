@@ -3,20 +3,24 @@ that takes one (``/predict``'s uploads, the v2 and TF Serving front ends).
 
 ``Content-Encoding: gzip`` or ``deflate`` bodies are decompressed as they arrive, with the
 same limit on the decompressed bytes: a small compressed body that inflates to gigabytes (a
-"zip bomb") is refused with 413 once it passes the limit, never held in memory.
+"zip bomb") is refused with 413 once it passes the limit, never held in memory; and the
+decompressed bytes count against the process's body budget (``app/body_budget.py``).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import ClientDisconnect, Request
 
+from app.body_budget import hold_body_bytes
 from app.inference.errors import BodyTooLargeError, MalformedRequestError, UnsupportedMediaTypeError
 
 # zlib's window bits for each Content-Encoding: gzip has a gzip header; HTTP's "deflate" is
 # the zlib format (RFC 9110), which is what tritonclient and curl send.
+# Decompressed in pieces of at most this many bytes: each is counted before the next is made.
+_PIECE_BYTES = 1024 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -59,19 +63,27 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         raise UnsupportedMediaTypeError(
             f"Content-Encoding {encoding!r} is not accepted; send gzip, deflate or an uncompressed body"
         )
-    return await _inflate(chunks, encoding, max_bytes)
+    return await _inflate(chunks, encoding, max_bytes, lambda count: hold_body_bytes(request.scope, count))
 
 
-async def _inflate(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int) -> bytes:
+async def _inflate(
+    chunks: AsyncIterator[bytes], encoding: str, max_bytes: int, hold: Callable[[int], None]
+) -> bytes:
+    """The decompressed body, each piece counted by ``hold`` (the body budget) as it is made;
+    kept as pieces, joined once at the end (no over-allocation while it grows)."""
     inflater = zlib.decompressobj(_WBITS[encoding])
-    out = bytearray()
+    pieces: list[bytes] = []
+    size = 0
     try:
         async for chunk in chunks:
             pending = chunk
             while pending and not inflater.eof:
                 # Never more than one byte past the limit per call, however dense the input.
-                out += inflater.decompress(pending, max_bytes + 1 - len(out))
-                if len(out) > max_bytes:
+                piece = inflater.decompress(pending, min(max_bytes + 1 - size, _PIECE_BYTES))
+                hold(len(piece))
+                pieces.append(piece)
+                size += len(piece)
+                if size > max_bytes:
                     raise BodyTooLargeError(
                         f"the {encoding} request body decompresses to more than the limit of "
                         f"{max_bytes} bytes"
@@ -83,4 +95,4 @@ async def _inflate(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int) 
         raise MalformedRequestError(f"the body is not valid {encoding} data: {exc}") from exc
     if not inflater.eof:
         raise MalformedRequestError(f"the {encoding} body ends before its compressed stream does")
-    return bytes(out)
+    return b"".join(pieces)

@@ -259,6 +259,25 @@ def _unavailable(provider: str, available: Sequence[str]) -> str | None:
     return None
 
 
+def provider_unavailable(card: ModelCard) -> str | None:
+    """Why the provider (and precision) ``card`` is made for cannot run here, or None when it can."""
+    if card.execution_provider in (None, "cpu"):
+        return None
+    if card.execution_provider == "openvino":
+        missing = openvino_available()
+        if missing is None and card.precision == "bf16":
+            import openvino as ov
+
+            if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                return "this CPU has no bf16 arithmetic"
+        return missing
+    available = ort.get_available_providers()
+    missing = _unavailable(card.execution_provider, available)
+    if missing is None and CUDA_PROVIDER in available:
+        return cuda_driver_problem()
+    return missing
+
+
 def resolve_provider(options: EngineOptions, card: ModelCard, available: Sequence[str], source: str) -> str:
     """The provider that will run ``card``'s file: asked for (setting, else card, else the
     build's default), or the first fallback that is available, with one warning."""
