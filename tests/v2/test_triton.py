@@ -76,7 +76,8 @@ def repository_server(
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V2Server]:
     grpc_port = free_port()
-    env = settings_env(tiny_model_path, {"api_keys": KEY, "grpc_port": grpc_port, "warmup_batch_sizes": 1})
+    settings = {"api_keys": KEY, "grpc_port": grpc_port, "warmup_batch_sizes": 1, "model_control": "explicit"}
+    env = settings_env(tiny_model_path, settings)
     log = tmp_path_factory.mktemp("logs") / "server.log"
     with ServerProcess(env, log, inherit_settings=False) as process:
         yield V2Server(process, grpc_port)
@@ -336,13 +337,32 @@ def test_a_failed_load_is_invalid_argument_and_serving_goes_on(repository_server
 
 def test_the_extension_calls_need_the_api_key(keyed_server: V2Server) -> None:
     grpc = grpcclient.InferenceServerClient(keyed_server.grpc_address)
-    for call in (grpc.get_model_config, grpc.get_inference_statistics):
+    calls = (
+        lambda **kw: grpc.get_model_config("tiny-rgb", **kw),
+        lambda **kw: grpc.get_inference_statistics("tiny-rgb", **kw),
+        lambda **kw: grpc.get_model_repository_index(**kw),
+        lambda **kw: grpc.load_model("tiny-rgb", **kw),
+        lambda **kw: grpc.unload_model("tiny-rgb", **kw),
+    )
+    for call in calls:
         with pytest.raises(InferenceServerException, match=r"StatusCode\.UNAUTHENTICATED"):
-            call("tiny-rgb")
+            call()
+        with pytest.raises(InferenceServerException, match=r"StatusCode\.UNAUTHENTICATED"):
+            call(headers={"authorization": "Bearer wrong-key"})
     headers = {"authorization": f"Bearer {KEY}"}
     assert grpc.get_model_config("tiny-rgb", headers=headers).config.name == "tiny-rgb"
     stats = grpc.get_inference_statistics("tiny-rgb", headers=headers, as_json=True)
     assert [s["name"] for s in stats["model_stats"]] == ["tiny-rgb"]
+    index = grpc.get_model_repository_index(headers=headers, as_json=True)
+    assert [(m["name"], m["state"]) for m in index["models"]] == [("tiny-rgb", "READY")]
+    grpc.load_model("tiny-rgb", headers={"x-api-key": KEY})  # the same file: nothing to reload
+    assert grpc.is_model_ready("tiny-rgb", headers=headers)
     assert httpx.get(f"{keyed_server.http}/v2/models/tiny-rgb/stats", timeout=30).status_code == 401
-    with pytest.raises(InferenceServerException, match=r"StatusCode\.UNIMPLEMENTED"):
-        grpc.get_model_repository_index(headers=headers)
+
+
+def test_without_explicit_model_control_the_repository_calls_are_unimplemented(tiny_v2: V2Server) -> None:
+    grpc = grpcclient.InferenceServerClient(tiny_v2.grpc_address)
+    for call in (grpc.get_model_repository_index, lambda: grpc.load_model("tiny-rgb")):
+        with pytest.raises(InferenceServerException, match=r"StatusCode\.UNIMPLEMENTED"):
+            call()
+    assert grpc.get_model_config("tiny-rgb").config.name == "tiny-rgb"
