@@ -158,11 +158,56 @@ class Settings(BaseSettings):
     lingering_timeout_s: float = Field(
         default=5.0, gt=0, description="... and close sooner once the client sends nothing for this long."
     )
+    send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "A response the client takes in nothing of (the server's send buffer stays full) for "
+            "this long closes its connection."
+        ),
+    )
     grpc_port: int = Field(
         default=8001,
         ge=0,
         le=65535,
         description="Port of the Open Inference Protocol's gRPC service, on the same host; 0 turns it off.",
+    )
+    v2_input: Literal["image", "pixels"] = Field(
+        default="image",
+        description=(
+            "The input v2 model metadata and config declare (both are accepted): image, BYTES [N, 1] "
+            "encoded images; pixels, UINT8 [N, crop, crop, 3] decoded and resized images (NHWC), "
+            "the tensor Triton's image client and perf_analyzer send."
+        ),
+    )
+
+    grpc_max_concurrent_streams: int = Field(
+        default=32, ge=1, description="gRPC calls at once on one connection (HTTP/2 streams); more wait."
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=256,
+        ge=1,
+        description="gRPC calls in progress across the process; one past it gets RESOURCE_EXHAUSTED at once.",
+    )
+    grpc_max_connections: int = Field(
+        default=100,
+        ge=1,
+        description="Open gRPC connections; one past it is closed as soon as it is accepted.",
+    )
+    grpc_connection_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A gRPC connection without calls for this long is closed (GOAWAY; clients reconnect).",
+    )
+    grpc_connection_age_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A gRPC connection this old is asked to close (GOAWAY): clients spread out again.",
+    )
+    grpc_connection_age_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="... and its calls in progress get this long to finish before it closes.",
     )
 
     # Batching
@@ -212,11 +257,20 @@ class Settings(BaseSettings):
         ge=1,
         description="Width x height of one image, from its header, before decoding; more is 413.",
     )
+    max_jpeg_scans: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Scans one JPEG may have (encoders write 1, or about 10 when progressive); more is 413. "
+            "Each scan walks every block of the image again, whatever its size in bytes."
+        ),
+    )
     max_request_pixels: int = Field(
         default=100_000_000,
         ge=1,
         description=(
-            "Pixels one request's images decode to, together (JPEG draft-mode scaling counted), "
+            "Pixels one request's images decode to, together (JPEG draft-mode scaling counted; a "
+            "progressive JPEG at full size times the work of its scans), "
             "from their headers before decoding; more is 413."
         ),
     )
@@ -226,6 +280,15 @@ class Settings(BaseSettings):
         description=(
             "Pixels admitted for decoding and not yet decoded, across the process; a request "
             "that would pass it gets 503 + Retry-After."
+        ),
+    )
+    light_decoding_pixels: int = Field(
+        default=40_000_000,
+        ge=0,
+        description=(
+            "The part of max_decoding_pixels kept for light requests (at most 4 MP in all): heavy "
+            "requests get 503 + Retry-After before they would spend it. At most max_decoding_pixels "
+            "- max_request_pixels is kept."
         ),
     )
     max_buffered_body_bytes: int = Field(

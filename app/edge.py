@@ -19,6 +19,9 @@ subclass adds, per connection (docs/EDGE.md says why each bound lives here):
   with unread bytes sends a TCP reset, which throws away the response in the client's receive
   buffer: stdlib clients (urllib, http.client) send the whole body before reading and saw
   only the reset. nginx's ``lingering_close`` does the same.
+- a send timeout: a response the client does not take in (the write buffer stays above its
+  high-water mark, so the request cycle waits) for ``send_timeout_s`` closes the connection,
+  which gives back its place under the cap; nginx's ``send_timeout``.
 - a fix for uvicorn's pipelining: a client that closes with pipelined requests queued left
   the running request marked connected (uvicorn marks only the newest), and its response
   then raised on the closed transport ("Exception in ASGI application", a traceback at
@@ -74,6 +77,7 @@ class EdgeLimits:
     max_connections: int
     lingering_time_s: float
     lingering_timeout_s: float
+    send_timeout_s: float = 10.0
 
 
 def _ignore(reason: str) -> None:
@@ -155,6 +159,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         self._linger_until = 0.0
         self._last_read = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
 
     @property
     def closing(self) -> bool:
@@ -221,6 +226,16 @@ class EdgeProtocol(HttpToolsProtocol):
                 logger.info("invalid HTTP request: %s", exc, extra={"client": self.client})
                 refusal = Refusal(400, "invalid", "Invalid HTTP request received.")
             self._refuse(refusal)
+
+    def pause_writing(self) -> None:
+        """The client is not taking in what was written: it has ``send_timeout_s`` to start."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._on_send_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_send_timer()
 
     # Parser callbacks
 
@@ -343,8 +358,14 @@ class EdgeProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
     def _cancel_timers(self) -> None:
         self._cancel_header_timer()
+        self._cancel_send_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -363,6 +384,21 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.write(Refusal(408, "header_timeout", detail).response())
             self.hooks.on_refusal("header_timeout")
         self.transport.close()
+
+    def _on_send_timeout(self) -> None:
+        """Nothing of the response drained for ``send_timeout_s``: drop the connection and what
+        it buffered (a close would wait for the client to read it)."""
+        self._send_timer = None
+        if self.transport.is_closing():
+            return
+        seconds = self.limits.send_timeout_s
+        logger.info(
+            "client took in nothing of its response for %s s (send_timeout_s): closed",
+            seconds,
+            extra={"client": self.client},
+        )
+        self.hooks.on_refusal("send_timeout")
+        self.transport.abort()
 
     def _close_lingering(self) -> None:
         """Half-close, then read and discard for up to ``lingering_time_s`` (and no longer than

@@ -80,10 +80,17 @@ def create_lifespan(state: AppState, load_engine: EngineLoader) -> Callable[[Fas
 
 def create_decoder(settings: Settings, state: AppState) -> Decoder:
     limits = ImageLimits(
-        allowed_formats=frozenset(settings.allowed_formats), max_image_pixels=settings.max_image_pixels
+        allowed_formats=frozenset(settings.allowed_formats),
+        max_image_pixels=settings.max_image_pixels,
+        max_jpeg_scans=settings.max_jpeg_scans,
     )
     budget = DecodeBudget(
-        max_request_pixels=settings.max_request_pixels, max_decoding_pixels=settings.max_decoding_pixels
+        max_request_pixels=settings.max_request_pixels,
+        max_decoding_pixels=settings.max_decoding_pixels,
+        # Never so much that a request at max_request_pixels could not be admitted.
+        light_reserved_pixels=min(
+            settings.light_decoding_pixels, settings.max_decoding_pixels - settings.max_request_pixels
+        ),
     )
     return Decoder(settings.decode_threads, limits, observer=state.metrics, budget=budget)
 
@@ -95,7 +102,7 @@ def create_dataplane(settings: Settings, state: AppState) -> DataPlane:
         max_images_per_request=settings.max_images_per_request,
         allowed_formats=frozenset(settings.allowed_formats),
     )
-    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool)
+    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool, observers=[state.statistics])
 
 
 def create_model_source(settings: Settings) -> ModelSource:
@@ -131,7 +138,15 @@ def create_model_control(
     )
     state.registry.default_name = settings.default_model
     source = create_model_source(settings)
-    return ModelControl(source, state.registry, decoder, load_engine, options, observer=state.metrics)
+    return ModelControl(
+        source,
+        state.registry,
+        decoder,
+        load_engine,
+        options,
+        observer=state.metrics,
+        statistics=state.statistics,
+    )
 
 
 def check_default_model(settings: Settings, state: AppState) -> None:

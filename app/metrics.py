@@ -37,6 +37,7 @@ EDGE_REFUSAL_REASONS = (
     "invalid",
     "connection_cap",
     "body_framing",
+    "send_timeout",
 )
 
 

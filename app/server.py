@@ -128,6 +128,7 @@ def edge_limits(settings: Settings) -> EdgeLimits:
         max_connections=settings.max_connections,
         lingering_time_s=settings.lingering_time_s,
         lingering_timeout_s=settings.lingering_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
     )
 
 
@@ -157,7 +158,10 @@ def raise_open_files_limit(max_connections: int) -> None:
 
 def create_server(app: FastAPI, settings: Settings) -> DrainingServer:
     """One process (batching is per process), uvloop and httptools (app/edge.py's protocol)."""
-    raise_open_files_limit(settings.max_connections)
+    # HTTP connections, then gRPC's (when it is on): both take descriptors from one limit.
+    raise_open_files_limit(
+        settings.max_connections + (settings.grpc_max_connections if settings.grpc_port else 0)
+    )
     state = app.state.imgserve
     metrics: Metrics = state.metrics
     graceful_s = max(

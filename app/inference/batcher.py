@@ -20,6 +20,10 @@ instance idle and no other image decoding runs on ``run_alone`` instead (all cor
 image: the lowest latency), and holds every instance while it runs. When the policy says run,
 each free instance takes its share of the queue (see :func:`next_batch_size`).
 
+A request may ask for the model's explanations (``infer(..., explain=True)``): a batch that
+holds any such image runs with ``explain=True`` (the runner then returns longer rows), and
+a batch without one runs as before.
+
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
 and runs them in dedicated threads, so the event loop never blocks on the model; a request
 whose images make a batch due (a lone image on an idle model) starts it itself. Each image
@@ -40,15 +44,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
 
 from app.inference.errors import ModelFailedError, NotReadyError, QueueFullError
+from app.inference.statistics import ExecutionObserver, ExecutionTiming
 
 logger = logging.getLogger(__name__)
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+# run_batch(batch) -> rows; called as run_batch(batch, explain=True) for a batch that holds an
+# image whose request asked for explanations.
+RunBatch = Callable[..., np.ndarray]
 BatchObserver = Callable[[int, float], None]
 
 
@@ -113,11 +121,21 @@ def retry_after_s(images_ahead: int, seconds_per_image: float) -> int:
 
 
 @dataclass(eq=False)
+class _Execution:
+    """One model run as its images see it: when it took them off the queue, and its timing."""
+
+    started_at: float
+    timing: ExecutionTiming | None = None
+
+
+@dataclass(eq=False)
 class _Item:
     array: np.ndarray
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     in_queue: bool = True
+    explain: bool = False
+    execution: _Execution | None = None  # set when it runs, only for a batcher with statistics
 
 
 @dataclass(eq=False)
@@ -144,7 +162,8 @@ class Batcher:
     """Dynamic batching in front of a blocking ``run_batch(uint8 [N,...]) -> [N, ...]``.
 
     ``run_batch`` must be safe to call from ``instances`` threads at once; ``run_alone`` (by
-    default ``run_batch``) runs a lone image while no other batch runs.
+    default ``run_batch``) runs a lone image while no other batch runs. ``statistics`` is told
+    each run's timing and, per request that succeeds, its queue and compute time.
     """
 
     def __init__(
@@ -155,6 +174,7 @@ class Batcher:
         *,
         instances: int = 1,
         run_alone: RunBatch | None = None,
+        statistics: ExecutionObserver | None = None,
     ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1, not {instances}")
@@ -163,6 +183,7 @@ class Batcher:
         self.config = config
         self.instances = instances
         self._on_batch = on_batch
+        self._statistics = statistics
         self._queue: deque[_Item] = deque()
         self._queued = 0  # live (not dropped) items in _queue
         self._reserved = 0  # admitted images not yet enqueued (being decoded)
@@ -249,11 +270,12 @@ class Batcher:
         self._wakeup.set()  # a batch waiting for these images need not wait any longer
 
     async def infer(
-        self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None
+        self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None, *, explain: bool = False
     ) -> list[np.ndarray]:
         """Run the arrays (possibly across several batches); results in order.
 
-        Cancelling the caller (a deadline, a client gone) drops the arrays not yet run.
+        ``explain``: their batches run with ``explain=True``. Cancelling the caller (a
+        deadline, a client gone) drops the arrays not yet run.
         """
         if reservation is None:
             reservation = self.reserve(len(arrays))
@@ -262,22 +284,25 @@ class Batcher:
                 raise ValueError(f"reserved {reservation.count} images but got {len(arrays)}")
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            items = self._enqueue(arrays)
+            items = self._enqueue(arrays, explain)
             reservation.release()
         self._launch_if_due()
         try:
-            return [await item.future for item in items]
+            rows = [await item.future for item in items]
         finally:
             self._drop_unfinished(items)
+        if self._statistics is not None:
+            _observe_request(self._statistics, items)
+        return rows
 
     async def submit(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Reserve and infer in one step."""
         return await self.infer(arrays, self.reserve(len(arrays)))
 
-    def _enqueue(self, arrays: Sequence[np.ndarray]) -> list[_Item]:
+    def _enqueue(self, arrays: Sequence[np.ndarray], explain: bool = False) -> list[_Item]:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [_Item(array, loop.create_future(), now) for array in arrays]
+        items = [_Item(array, loop.create_future(), now, explain=explain) for array in arrays]
         self._queue.extend(items)
         self._queued += len(items)
         self._wakeup.set()
@@ -365,6 +390,10 @@ class Batcher:
 
     def _launch(self, items: list[_Item], alone: bool) -> None:
         held = self.instances if alone else 1
+        if self._statistics is not None:
+            execution = _Execution(time.monotonic())
+            for item in items:
+                item.execution = execution
         self._busy += held
         self._running += len(items)
         run = asyncio.get_running_loop().create_task(self._run(items, alone, held))
@@ -376,8 +405,11 @@ class Batcher:
         start = time.perf_counter()
         try:
             batch = np.stack([item.array for item in items])
+            stacked = time.perf_counter()
             runner = self._run_alone if alone else self._run_batch
-            outputs = await loop.run_in_executor(self._executor, runner, batch)
+            if any(item.explain for item in items):
+                runner = partial(runner, explain=True)
+            outputs, infer_s = await loop.run_in_executor(self._executor, _timed, runner, batch)
             if len(outputs) != len(items):
                 raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {len(items)}")
         except asyncio.CancelledError:
@@ -394,9 +426,13 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(error)
         else:
+            returned = time.perf_counter()
             for item, row in zip(items, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)
+            if self._statistics is not None:  # before the callers resume: they read the timing
+                timing = ExecutionTiming(len(items), stacked - start, infer_s, time.perf_counter() - returned)
+                _observe_execution(self._statistics, items, timing)
         finally:
             self._busy -= held
             self._running -= len(items)
@@ -416,6 +452,39 @@ class Batcher:
                 item.future.set_exception(error)
             item.in_queue = False
         self._queued = 0
+
+
+def _observe_execution(statistics: ExecutionObserver, items: list[_Item], timing: ExecutionTiming) -> None:
+    execution = items[0].execution  # the same for every item of the run
+    if execution is not None:
+        execution.timing = timing
+    statistics.observe_execution(timing)
+
+
+def _observe_request(statistics: ExecutionObserver, items: list[_Item]) -> None:
+    """A request's queue time (its images' longest wait for a run) and the runs its images were in."""
+    if len(items) == 1:  # most requests
+        execution = items[0].execution
+        if execution is not None and execution.timing is not None:
+            statistics.observe_request(execution.started_at - items[0].enqueued_at, (execution.timing,))
+        return
+    queue_s = 0.0
+    timings: dict[int, ExecutionTiming] = {}
+    for item in items:
+        execution = item.execution
+        if execution is not None:
+            queue_s = max(queue_s, execution.started_at - item.enqueued_at)
+            if execution.timing is not None:
+                timings[id(execution)] = execution.timing
+    statistics.observe_request(queue_s, list(timings.values()))
+
+
+def _timed(run: RunBatch, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """``run(batch)`` and its duration, measured on the thread that runs it: the model's own
+    time, without the hand-offs between threads."""
+    start = time.perf_counter()
+    outputs = run(batch)
+    return outputs, time.perf_counter() - start
 
 
 def _moving_average(average: float, sample: float, weight: float = 0.2) -> float:

@@ -20,9 +20,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.inference.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
+from app.inference.jpeg import JpegLayoutError, TooManyScansError, decode_work, read_jpeg_layout
 from model_card import Preprocessing
 
 _RESAMPLE = {
@@ -35,6 +36,9 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
 DRAFT_FACTOR = 2
 PILLOW_DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 MAX_EXACT_INTERMEDIATE_PIXELS = 64_000_000
+# Scans one JPEG may have: libjpeg and Pillow write 10 for a progressive colour image (6 for
+# greyscale), a baseline JPEG has 1; each scan walks the whole image's coefficients again.
+DEFAULT_MAX_JPEG_SCANS = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ImageLimits:
 
     allowed_formats: frozenset[str]
     max_image_pixels: int
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
 
 
 def configure_pillow(max_image_pixels: int) -> None:
@@ -87,7 +92,10 @@ class ImageCost:
 
     width: int
     height: int
-    pixels: int  # pixels the decoder produces: width x height, less JPEG draft-mode scaling
+    # Pixels the decoder produces (width x height, less JPEG draft-mode scaling); a JPEG whose
+    # decoder buffers every coefficient (progressive, several scans) counts at full size plus
+    # the work of its scans (app.inference.jpeg.decode_work).
+    pixels: int
 
 
 def draft_scale(width: int, height: int, draft_size: int) -> int:
@@ -100,7 +108,8 @@ def probe(data: bytes, spec: Preprocessing, limits: ImageLimits, name: str, exac
     """The cost of decoding ``data`` from its header (format allowlist and pixel limit checked),
     without decoding it: what admission counts before any decode work is queued.
 
-    Animated GIF and WebP count one frame (the canvas): only the first is ever decoded.
+    Animated GIF and WebP count one frame (the canvas): only the first is ever decoded. A JPEG
+    with more than ``limits.max_jpeg_scans`` scans is refused (``ImageTooLargeError``).
     """
     image = open_image(data, limits, name)
     width, height = image.size
@@ -109,7 +118,23 @@ def probe(data: bytes, spec: Preprocessing, limits: ImageLimits, name: str, exac
     if draft_size is not None and image.format == "JPEG" and min(width, height) >= 2 * draft_size:
         scale = draft_scale(width, height, draft_size)
     pixels = -(-width // scale) * -(-height // scale)
+    if image.format == "JPEG":
+        pixels = _jpeg_work(data, pixels, limits, name)
     return ImageCost(width, height, max(pixels, 1))
+
+
+def _jpeg_work(data: bytes, output_pixels: int, limits: ImageLimits, name: str) -> int:
+    """The pixels a JPEG's decode counts as, from its scans; refuses too many scans."""
+    try:
+        layout = read_jpeg_layout(data, limits.max_jpeg_scans)
+    except TooManyScansError as exc:
+        raise ImageTooLargeError(
+            f"{name}: the JPEG has more than {exc.scans} scans, the limit per image (max_jpeg_scans); "
+            f"encoders write 1 (baseline) or about 10 (progressive)"
+        ) from None
+    except JpegLayoutError as exc:
+        raise UndecodableImageError(f"{name}: cannot read JPEG markers: {exc}") from exc
+    return decode_work(layout, output_pixels)
 
 
 def _not_allowed_or_undecodable(data: bytes, limits: ImageLimits, name: str) -> Exception:
@@ -172,6 +197,31 @@ def crop_box(width: int, height: int, spec: Preprocessing) -> tuple[tuple[int, i
     crop = spec.crop_size
     # torchvision: int(round((h - crop) / 2.0)); round() of a float is already an int
     return (new_width, new_height), (round((new_width - crop) / 2.0), round((new_height - crop) / 2.0))
+
+
+# EXIF orientations that turn the image a quarter (ImageOps.exif_transpose swaps its sides).
+_QUARTER_TURN_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def oriented_size(data: bytes, limits: ImageLimits, name: str) -> tuple[int, int]:
+    """Width and height of the image as it is shown (its EXIF orientation applied), from its
+    headers only: the frame of reference of :func:`crop_in_original`."""
+    image = open_image(data, limits, name)
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # a corrupt EXIF block: decoding ignores it too
+        orientation = None
+    return (height, width) if orientation in _QUARTER_TURN_ORIENTATIONS else (width, height)
+
+
+def crop_in_original(width: int, height: int, spec: Preprocessing) -> tuple[float, float, float, float]:
+    """The model's input crop as (left, top, width, height) in the pixels of a ``width`` x
+    ``height`` original: the resize and centre crop of :func:`crop_box`, undone."""
+    (new_width, new_height), (left, top) = crop_box(width, height, spec)
+    scale_x, scale_y = width / new_width, height / new_height
+    crop = spec.crop_size
+    return left * scale_x, top * scale_y, crop * scale_x, crop * scale_y
 
 
 def resize_and_crop(image: Image.Image, spec: Preprocessing, exact: bool = True) -> np.ndarray:

@@ -8,6 +8,11 @@ beside it), where ``<version>`` is a positive integer, and an optional
     latest = 2              # the 2 highest versions (the default is latest = 1)
     # specific = [1, 3]     # exactly these versions
     # all = true            # every version in the folder
+    # auto = true           # one version: the fastest variant that passed its accuracy gate
+    #                       # and whose execution provider runs here; fp32 otherwise
+
+A reduced-precision variant whose card says it failed its accuracy gate is never picked by
+``latest``, ``all`` or ``auto``; only ``specific`` serves it, by its number.
 
 A single model file (``IMGSERVE_MODEL_PATH``) is a repository of one model whose name and
 version come from its card (:class:`SingleModelFile`). Both only read folders and small files;
@@ -24,13 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from app.inference.engine import provider_unavailable
+from model_card import CardError, ModelCard, load_card
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.toml"
 _VERSION_DIR = re.compile(r"[1-9][0-9]{0,17}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_POLICY_KEYS = ("latest", "specific", "all")
+_POLICY_KEYS = ("latest", "specific", "all", "auto")
+_TRITON_POLICY_KEYS = ("latest", "specific", "all")
 
 
 class RepositoryError(Exception):
@@ -41,20 +50,22 @@ class RepositoryError(Exception):
 class VersionPolicy:
     """Which of a model's versions to serve: the ``latest`` N, ``specific`` ones, or ``all``."""
 
-    kind: Literal["latest", "specific", "all"] = "latest"
+    kind: Literal["latest", "specific", "all", "auto"] = "latest"
     latest: int = 1
     specific: tuple[int, ...] = ()
 
     def select(self, available: list[int]) -> list[int]:
-        """The versions to serve out of ``available``, ascending."""
+        """The versions to serve out of ``available``, ascending (``auto``: every candidate)."""
         ordered = sorted(set(available))
-        if self.kind == "all":
+        if self.kind in ("all", "auto"):
             return ordered
         if self.kind == "specific":
             return [v for v in ordered if v in self.specific]
         return ordered[-self.latest :]
 
     def describe(self) -> str:
+        if self.kind == "auto":
+            return "the fastest version that passed its gate"
         if self.kind == "all":
             return "all versions"
         if self.kind == "specific":
@@ -88,8 +99,8 @@ def parse_version_policy(table: Any, source: str) -> VersionPolicy:
             )
         return VersionPolicy("specific", specific=tuple(sorted(set(value))))
     if value is not True:
-        raise RepositoryError(f"{source}: version_policy.all must be true, got {value!r}")
-    return VersionPolicy("all")
+        raise RepositoryError(f"{source}: version_policy.{kind} must be true, got {value!r}")
+    return VersionPolicy("auto" if kind == "auto" else "all")
 
 
 def load_model_config(model_dir: Path) -> VersionPolicy:
@@ -125,9 +136,9 @@ def parse_triton_config(config_json: str, source: str) -> VersionPolicy:
     if unknown:
         raise RepositoryError(f"{source}: only 'version_policy' can be set here, got {unknown}")
     policy = config.get("version_policy", {"latest": {"num_versions": 1}})
-    if not isinstance(policy, dict) or len(policy) != 1 or next(iter(policy)) not in _POLICY_KEYS:
+    if not isinstance(policy, dict) or len(policy) != 1 or next(iter(policy)) not in _TRITON_POLICY_KEYS:
         raise RepositoryError(
-            f"{source}: version_policy needs exactly one of {list(_POLICY_KEYS)}, got {policy!r}"
+            f"{source}: version_policy needs exactly one of {list(_TRITON_POLICY_KEYS)}, got {policy!r}"
         )
     kind, body = next(iter(policy.items()))
     body = body if isinstance(body, dict) else {}
@@ -249,7 +260,11 @@ class DirectoryRepository:
                 f"model {name!r} has no version: expected {model_dir}/<version>/{MODEL_FILENAME} "
                 "with <version> a positive integer"
             )
+        if policy.kind != "specific":
+            available = _passed_their_gate(model_dir, available)
         chosen = policy.select(available)
+        if policy.kind == "auto" and chosen:
+            chosen = [choose_fastest(model_dir, chosen)]
         if not chosen:
             raise RepositoryError(
                 f"model {name!r}: its policy ({policy.describe()}) matches none of the versions "
@@ -267,6 +282,51 @@ class DirectoryRepository:
             else:
                 logger.warning("skipping %s: no %s in it", entry, MODEL_FILENAME)
         return versions
+
+
+def _version_card(model_dir: Path, version: int) -> ModelCard | None:
+    try:
+        return load_card(model_dir / str(version) / MODEL_FILENAME)
+    except CardError:
+        return None  # the load reports it, as for any version
+
+
+def _passed_their_gate(model_dir: Path, versions: list[int]) -> list[int]:
+    """``versions`` less the variants whose card says they failed their accuracy gate."""
+    kept = []
+    for version in versions:
+        card = _version_card(model_dir, version)
+        if card is not None and not card.gate_passed:
+            logger.warning(
+                "not serving %s version %d by default: it failed its accuracy gate (%s); "
+                "a specific version policy can still serve it",
+                model_dir.name,
+                version,
+                "; ".join(card.variant.gate.failures) if card.variant else "",
+            )
+            continue
+        kept.append(version)
+    return kept
+
+
+def choose_fastest(model_dir: Path, versions: list[int]) -> int:
+    """The version whose card measured the highest speed-up over fp32 among those whose execution
+    provider (and precision) run here; fp32 counts 1.0 and wins ties, then the highest version."""
+
+    def speed(version: int) -> tuple[float, int, int]:
+        card = _version_card(model_dir, version)
+        if card is None or card.variant is None:
+            return (1.0, 1, version)
+        if provider_unavailable(card) is not None:
+            return (0.0, 0, version)
+        return (float(card.variant.speed.get("speedup_vs_fp32", 0.0)), 0, version)
+
+    best = max(versions, key=speed)
+    logger.info(
+        "auto version policy",
+        extra={"model": model_dir.name, "version": best, "speed_vs_fp32": speed(best)[0]},
+    )
+    return best
 
 
 class SingleModelFile:

@@ -2,7 +2,8 @@
 
 ``grpc.aio`` runs on the app's own event loop (uvicorn's), started and stopped by the lifespan,
 so a ModelInfer call reaches the same dataplane, and the same batches, as ``/predict`` and
-``/v2`` requests (the servicer: ``app/v2/grpc_service.py``). ``grpc.health.v1`` answers for
+``/v2`` requests (the servicer: ``app/v2/grpc_service.py``; the port's bounds and the
+interceptor that reads messages within them: ``app/v2/grpc_bounds.py``). ``grpc.health.v1`` answers for
 ``""`` and the service's name (what a Kubernetes ``grpc`` probe asks). On SIGTERM the server
 stops with HTTP: health turns NOT_SERVING, new calls are refused (GOAWAY: clients reconnect
 elsewhere) and calls in flight finish within the drain timeout.
@@ -17,12 +18,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app.state import AppState
-from app.v2.grpc_service import SERVICE_NAME, add_servicer
+from app.v2.grpc_bounds import BoundsInterceptor, MessageBudget, grpc_limits, server_options
+from app.v2.grpc_service import PROTOCOL, SERVICE_NAME, add_servicer
 
 logger = logging.getLogger(__name__)
-
-# Above the HTTP body limit by the protobuf framing a request of that many bytes can carry.
-_MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 class GrpcServer:
@@ -38,13 +37,12 @@ class GrpcServer:
 
     async def start(self) -> None:
         settings = self.state.settings
+        limits = grpc_limits(settings)
+        budget = MessageBudget(self.state.body_budget)
         server = grpc.aio.server(
-            options=[
-                # A second process on the port must fail to start, not share it silently.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", settings.max_upload_bytes + _MESSAGE_OVERHEAD_BYTES),
-                ("grpc.max_send_message_length", -1),
-            ]
+            options=server_options(limits),
+            interceptors=[BoundsInterceptor(limits, budget, settings.api_keys, self._count_refusal)],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         add_servicer(server, self.state, self.server_version)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -58,6 +56,9 @@ class GrpcServer:
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("gRPC serving", extra={"address": address, "service": SERVICE_NAME})
+
+    def _count_refusal(self, method: str, code: str, seconds: float) -> None:
+        self.state.metrics.observe_request(method, "POST", code, PROTOCOL, seconds)
 
     def begin_stop(self) -> None:
         """Refuse new calls now, let the ones in flight finish within the rest of the drain."""

@@ -187,3 +187,32 @@ def test_a_heavy_lone_image_is_decoded_in_the_heavy_lane() -> None:
 
     asyncio.run(scenario())
     assert lanes == [False, True]  # the header in a light job, the pixels in the heavy lane
+
+
+def test_heavy_requests_cannot_spend_the_part_kept_for_light_ones() -> None:
+    """max_decoding_pixels 12 MP of which 4 MP kept for light requests (<= 4 MP in all): a
+    second 5-MP request is refused (10 MP > 12 - 4), two 3-MP ones still fit (11 MP)."""
+    heavy = NamedImage("heavy", encode(Image.new("RGB", (2500, 2000), (9, 9, 9)), "PNG"))  # 5 MP
+    light = NamedImage("light", encode(Image.new("RGB", (1000, 1000), (9, 9, 9)), "PNG"))  # 1 MP
+
+    async def scenario() -> None:
+        budget = DecodeBudget(
+            max_request_pixels=5_000_000, max_decoding_pixels=12_000_000, light_reserved_pixels=4_000_000
+        )
+        decoder = await _decoder(budget)
+        try:
+            with await decoder.admit([heavy], SPEC):
+                with pytest.raises(DecodeBusyError) as busy:
+                    await decoder.admit([heavy], SPEC)
+                assert (
+                    "over the process budget of 12000000 pixels (max_decoding_pixels) less the 4000000 kept "
+                    in (busy.value.message)
+                )
+                first = await decoder.admit([light, light, light], SPEC)
+                second = await decoder.admit([light, light, light], SPEC)  # past the 8 MP heavy ones may
+                with first, second:
+                    assert decoder.decoding_pixels == 11_000_000
+        finally:
+            decoder.stop()
+
+    asyncio.run(scenario())

@@ -56,11 +56,11 @@ def test_config_toml(tmp_path: Path, text: str, expected: VersionPolicy) -> None
         ),
         (
             "[version_policy]\nlates = 2\n",
-            "version_policy needs exactly one of ['latest', 'specific', 'all'], got ['lates']",
+            "version_policy needs exactly one of ['latest', 'specific', 'all', 'auto'], got ['lates']",
         ),
         (
             "[version_policy]\nlatest = 1\nall = true\n",
-            "needs exactly one of ['latest', 'specific', 'all'], got ['all', 'latest']",
+            "needs exactly one of ['latest', 'specific', 'all', 'auto'], got ['all', 'latest']",
         ),
         ("[version_policy]\nlatest = 0\n", "version_policy.latest must be an integer >= 1, got 0"),
         ("[version_policy]\nlatest = true\n", "version_policy.latest must be an integer >= 1, got True"),

@@ -178,7 +178,7 @@ def test_tritonclient_sees_health_and_metadata(default_v2: V2Server) -> None:
     assert http_client.get_server_metadata() == {
         "name": "imgserve",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+        "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics"],
     }
     metadata = {
         "name": DEFAULT,
@@ -210,13 +210,13 @@ def test_tritonclient_sees_health_and_metadata(default_v2: V2Server) -> None:
     assert grpc_client.get_server_metadata(as_json=True) == {
         "name": "imgserve",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+        "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics"],
     }
     # protobuf's JSON writes int64 as strings
     assert grpc_client.get_model_metadata(DEFAULT, as_json=True) == {
         **{key: value for key, value in metadata.items() if key != "parameters"},
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": ["-1", "1"]}],
-        "outputs": [{"name": "probs", "datatype": "FP32", "shape": ["-1", "1000"]}],
+        "outputs": [{**output, "shape": [str(d) for d in output["shape"]]} for output in metadata["outputs"]],
     }
 
 
