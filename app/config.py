@@ -172,6 +172,14 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the Open Inference Protocol's gRPC service, on the same host; 0 turns it off.",
     )
+    v2_input: Literal["image", "pixels"] = Field(
+        default="image",
+        description=(
+            "The input v2 model metadata and config declare (both are accepted): image, BYTES [N, 1] "
+            "encoded images; pixels, UINT8 [N, crop, crop, 3] decoded and resized images (NHWC), "
+            "the tensor Triton's image client and perf_analyzer send."
+        ),
+    )
 
     grpc_max_concurrent_streams: int = Field(
         default=100,

@@ -32,6 +32,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import numpy as np
+
 from app.inference.deadline import request_deadline
 from app.inference.errors import (
     BodyTooLargeError,
@@ -52,6 +54,8 @@ class InferenceRequest:
 
     ``top_k_parameter`` is what the client called it (``top_k``, ``classification``), for the
     error message; ``protocol`` names the front end for the metrics and the statistics.
+    ``pixels``: images the client has already decoded and resized (uint8 [N, H, W, 3]), sent
+    instead of encoded ``images`` (``ServedModel.classify_pixels``).
     """
 
     images: Sequence[NamedImage]
@@ -61,6 +65,11 @@ class InferenceRequest:
     explain: bool = False
     protocol: str = "rest"
     top_k_parameter: str = "top_k"
+    pixels: np.ndarray | None = None
+
+    @property
+    def image_count(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self.images)
 
 
 @dataclass(frozen=True)
@@ -209,9 +218,9 @@ class DataPlane:
         start = time.perf_counter() if started_at is None else started_at
         model: ServedModel | None = None
         try:
-            self.check_image_count(len(request.images))
+            self.check_image_count(request.image_count)
             if record is not None:
-                record.images = len(request.images)
+                record.images = request.image_count
             # No await from here to classify: see the module docstring (hot swap).
             model = self._resolve(request.model_name, request.model_version)
             top_k = self.top_k(model, request.top_k, request.top_k_parameter)
@@ -219,7 +228,11 @@ class DataPlane:
                 raise ExplainUnsupportedError(
                     f"this model does not explain: {model.name!r} {model.version!r}"
                 )
-            results = await _unless_gone(model.classify(request.images, top_k), gone)
+            if request.pixels is not None:
+                work = model.classify_pixels(request.pixels, top_k)
+            else:
+                work = model.classify(request.images, top_k)
+            results = await _unless_gone(work, gone)
         except BaseException as exc:
             self._finished(request, model, start, exc)
             raise
@@ -236,7 +249,7 @@ class DataPlane:
             protocol=request.protocol,
             model_name=model.name if model is not None else request.model_name,
             model_version=model.version if model is not None else None,
-            images=len(request.images),
+            images=request.image_count,
             duration_s=time.perf_counter() - start,
             error=error,
         )

@@ -102,7 +102,7 @@ def create_dataplane(settings: Settings, state: AppState) -> DataPlane:
         max_images_per_request=settings.max_images_per_request,
         allowed_formats=frozenset(settings.allowed_formats),
     )
-    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool)
+    return DataPlane(state.get_model, limits, state.metrics, state.parse_pool, observers=[state.statistics])
 
 
 def create_model_source(settings: Settings) -> ModelSource:
@@ -138,7 +138,15 @@ def create_model_control(
     )
     state.registry.default_name = settings.default_model
     source = create_model_source(settings)
-    return ModelControl(source, state.registry, decoder, load_engine, options, observer=state.metrics)
+    return ModelControl(
+        source,
+        state.registry,
+        decoder,
+        load_engine,
+        options,
+        observer=state.metrics,
+        statistics=state.statistics,
+    )
 
 
 def check_default_model(settings: Settings, state: AppState) -> None:

@@ -17,6 +17,7 @@ from app.inference.control import ModelControl
 from app.inference.errors import ModelNotFoundError, NotReadyError
 from app.inference.model import ServedModel
 from app.inference.registry import ModelRegistry
+from app.inference.statistics import ModelStatistics
 from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class AppState:
     body_budget: BodyBudget
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     registry: ModelRegistry = field(default_factory=ModelRegistry)
+    # Per model version: requests, queue and compute times (Triton's ModelStatistics).
+    statistics: ModelStatistics = field(default_factory=ModelStatistics)
     control: ModelControl | None = None  # set by the lifespan once the models are loaded
     # Parses request framing (multipart) off the event loop; started and stopped by the lifespan.
     parse_pool: ThreadPoolExecutor | None = None

@@ -100,6 +100,8 @@ def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
             predict_body["content"] = copy.deepcopy(predict_body["content"])
             files = predict_body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
             files["maxItems"] = settings.max_images_per_request
+            _image_count_limits(schema, settings.max_images_per_request)
+            _headers_never_null(schema)
             app.openapi_schema = schema
         maxima = _top_k_maxima(app)
         if maxima not in built:
@@ -136,3 +138,39 @@ def _with_top_k_maxima(schema: dict[str, Any], default: int, largest: int) -> di
                         if bound.get("type") == "integer":
                             bound["maximum"] = default if path == "/predict" else largest
     return schema
+
+
+def _headers_never_null(schema: dict[str, Any]) -> None:
+    """An optional header is absent or has a value: drop the ``null`` that FastAPI writes for
+    ``int | None`` (a client cannot send a null header; ``Inference-Header-Content-Length: null``
+    is text that is not a number, a 400)."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                any_of = parameter["schema"].get("anyOf") if parameter["in"] == "header" else None
+                if any_of is not None:
+                    kept = [branch for branch in any_of if branch.get("type") != "null"]
+                    if len(kept) == 1:
+                        del parameter["schema"]["anyOf"]
+                        parameter["schema"].update(kept[0])
+
+
+def _image_count_limits(schema: dict[str, Any], max_images: int) -> None:
+    """The most images one request may carry, where the v2 and TF Serving bodies count them:
+    a v2 input's first dimension, TF Serving's instances and columns."""
+    for path, operations in schema["paths"].items():
+        body = operations.get("post", {}).get("requestBody")
+        if body is None or "application/json" not in body["content"]:
+            continue
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            body["content"] = copy.deepcopy(body["content"])  # shared with other apps (openapi_extra)
+            inputs = body["content"]["application/json"]["schema"]["properties"]["inputs"]
+            for tensor in inputs["items"]["oneOf"]:
+                tensor["properties"]["shape"]["prefixItems"][0]["maximum"] = max_images
+        elif path.startswith("/v1/models/") and path.endswith(":predict"):
+            body["content"] = copy.deepcopy(body["content"])
+            properties = body["content"]["application/json"]["schema"]["properties"]
+            properties["instances"]["maxItems"] = max_images
+            columns = properties["inputs"]["oneOf"]
+            columns[0]["maxItems"] = max_images
+            columns[2]["additionalProperties"]["maxItems"] = max_images

@@ -8,9 +8,11 @@ from app.api.errors import NOT_READY, error_response
 from app.api.uploads import FILE_FIELD, FORMAT_MEDIA_TYPES, OCTET_STREAM
 from app.config import SUPPORTED_FORMATS
 from app.http.errors import error_body_schema
+from app.http.json_body import BASE64_PATTERN, EXAMPLE_PNG_BASE64
 
 # -- POST /predict ---------------------------------------------------------------------------------
-_BINARY = {"type": "string", "format": "binary"}
+# Not empty: an empty body or part is refused (422) like any other undecodable image.
+_BINARY = {"type": "string", "format": "binary", "minLength": 1}
 _IMAGE_TYPES = [t for fmt in SUPPORTED_FORMATS for t in FORMAT_MEDIA_TYPES[fmt][:1]]
 PREDICT_REQUEST_BODY: dict[str, Any] = {
     "required": True,
@@ -31,6 +33,8 @@ PREDICT_REQUEST_BODY: dict[str, Any] = {
                     }
                 },
                 "required": [FILE_FIELD],
+                # A part under another name is refused (422), not ignored.
+                "additionalProperties": False,
             }
         },
         **{
@@ -64,11 +68,35 @@ TF_SERVING_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: error_body_schema("Overloaded (the queue is full), loading or draining.", retry_after=True),
     504: error_body_schema("Not finished within the request deadline."),
 }
-_IMAGE = {
+_B64_IMAGE = {
     "type": "object",
-    "properties": {"b64": {"type": "string", "description": "The encoded image, base64"}},
+    "properties": {
+        "b64": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "pattern": BASE64_PATTERN,
+            "description": "The encoded image, base64",
+        }
+    },
     "required": ["b64"],
+    "additionalProperties": False,
 }
+
+
+def _named(value: dict[str, Any]) -> dict[str, Any]:
+    """One input named by the client (``{"image_bytes": ...}``), any name but ``b64``."""
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "propertyNames": {"not": {"const": "b64"}},
+        "additionalProperties": value,
+    }
+
+
+# An instance: {"b64": ...}, or one named input holding it.
+_INSTANCE = {"oneOf": [_B64_IMAGE, _named(_B64_IMAGE)]}
+_INSTANCES = {"type": "array", "items": _INSTANCE, "minItems": 1}
 TF_SERVING_REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
@@ -76,12 +104,15 @@ TF_SERVING_REQUEST_BODY: dict[str, Any] = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "signature_name": {"type": "string"},
-                    "instances": {"type": "array", "items": _IMAGE, "minItems": 1},
-                    "inputs": {"type": "array", "items": _IMAGE, "minItems": 1},
+                    "signature_name": {"type": "string", "description": "Accepted and not used."},
+                    "instances": _INSTANCES,
+                    # Columns: a list of images, one image, or one named input holding either.
+                    "inputs": {"oneOf": [_INSTANCES, _INSTANCE, _named(_INSTANCES)]},
                 },
+                # Rows or columns: exactly one of the two.
+                "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
             },
-            "example": {"instances": [{"b64": "/9j/4AAQSkZJRg..."}]},
+            "example": {"instances": [{"b64": EXAMPLE_PNG_BASE64}]},
         }
     },
 }

@@ -54,3 +54,12 @@ def decode_base64(value: object, where: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MalformedRequestError(f"{where}: not valid base64 ({exc})") from None
+
+
+# A real image (a 1 x 1 grey PNG) as base64, for the OpenAPI examples: an example request the
+# server answers 200, not a placeholder it refuses.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
+# Standard base64 with its padding, what ``decode_base64`` accepts, as a JSON Schema pattern.
+BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"

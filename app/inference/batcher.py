@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 
 from app.inference.errors import ModelFailedError, NotReadyError, QueueFullError
+from app.inference.statistics import ExecutionObserver, ExecutionTiming
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +114,20 @@ def retry_after_s(images_ahead: int, seconds_per_image: float) -> int:
 
 
 @dataclass(eq=False)
+class _Execution:
+    """One model run as its images see it: when it took them off the queue, and its timing."""
+
+    started_at: float
+    timing: ExecutionTiming | None = None
+
+
+@dataclass(eq=False)
 class _Item:
     array: np.ndarray
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     in_queue: bool = True
+    execution: _Execution | None = None  # set when it runs, only for a batcher with statistics
 
 
 @dataclass(eq=False)
@@ -144,7 +154,8 @@ class Batcher:
     """Dynamic batching in front of a blocking ``run_batch(uint8 [N,...]) -> [N, ...]``.
 
     ``run_batch`` must be safe to call from ``instances`` threads at once; ``run_alone`` (by
-    default ``run_batch``) runs a lone image while no other batch runs.
+    default ``run_batch``) runs a lone image while no other batch runs. ``statistics`` is told
+    each run's timing and, per request that succeeds, its queue and compute time.
     """
 
     def __init__(
@@ -155,6 +166,7 @@ class Batcher:
         *,
         instances: int = 1,
         run_alone: RunBatch | None = None,
+        statistics: ExecutionObserver | None = None,
     ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1, not {instances}")
@@ -163,6 +175,7 @@ class Batcher:
         self.config = config
         self.instances = instances
         self._on_batch = on_batch
+        self._statistics = statistics
         self._queue: deque[_Item] = deque()
         self._queued = 0  # live (not dropped) items in _queue
         self._reserved = 0  # admitted images not yet enqueued (being decoded)
@@ -266,9 +279,12 @@ class Batcher:
             reservation.release()
         self._launch_if_due()
         try:
-            return [await item.future for item in items]
+            rows = [await item.future for item in items]
         finally:
             self._drop_unfinished(items)
+        if self._statistics is not None:
+            _observe_request(self._statistics, items)
+        return rows
 
     async def submit(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Reserve and infer in one step."""
@@ -365,6 +381,10 @@ class Batcher:
 
     def _launch(self, items: list[_Item], alone: bool) -> None:
         held = self.instances if alone else 1
+        if self._statistics is not None:
+            execution = _Execution(time.monotonic())
+            for item in items:
+                item.execution = execution
         self._busy += held
         self._running += len(items)
         run = asyncio.get_running_loop().create_task(self._run(items, alone, held))
@@ -376,8 +396,9 @@ class Batcher:
         start = time.perf_counter()
         try:
             batch = np.stack([item.array for item in items])
+            stacked = time.perf_counter()
             runner = self._run_alone if alone else self._run_batch
-            outputs = await loop.run_in_executor(self._executor, runner, batch)
+            outputs, infer_s = await loop.run_in_executor(self._executor, _timed, runner, batch)
             if len(outputs) != len(items):
                 raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {len(items)}")
         except asyncio.CancelledError:
@@ -394,9 +415,13 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(error)
         else:
+            returned = time.perf_counter()
             for item, row in zip(items, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)
+            if self._statistics is not None:  # before the callers resume: they read the timing
+                timing = ExecutionTiming(len(items), stacked - start, infer_s, time.perf_counter() - returned)
+                _observe_execution(self._statistics, items, timing)
         finally:
             self._busy -= held
             self._running -= len(items)
@@ -416,6 +441,39 @@ class Batcher:
                 item.future.set_exception(error)
             item.in_queue = False
         self._queued = 0
+
+
+def _observe_execution(statistics: ExecutionObserver, items: list[_Item], timing: ExecutionTiming) -> None:
+    execution = items[0].execution  # the same for every item of the run
+    if execution is not None:
+        execution.timing = timing
+    statistics.observe_execution(timing)
+
+
+def _observe_request(statistics: ExecutionObserver, items: list[_Item]) -> None:
+    """A request's queue time (its images' longest wait for a run) and the runs its images were in."""
+    if len(items) == 1:  # most requests
+        execution = items[0].execution
+        if execution is not None and execution.timing is not None:
+            statistics.observe_request(execution.started_at - items[0].enqueued_at, (execution.timing,))
+        return
+    queue_s = 0.0
+    timings: dict[int, ExecutionTiming] = {}
+    for item in items:
+        execution = item.execution
+        if execution is not None:
+            queue_s = max(queue_s, execution.started_at - item.enqueued_at)
+            if execution.timing is not None:
+                timings[id(execution)] = execution.timing
+    statistics.observe_request(queue_s, list(timings.values()))
+
+
+def _timed(run: RunBatch, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """``run(batch)`` and its duration, measured on the thread that runs it: the model's own
+    time, without the hand-offs between threads."""
+    start = time.perf_counter()
+    outputs = run(batch)
+    return outputs, time.perf_counter() - start
 
 
 def _moving_average(average: float, sample: float, weight: float = 0.2) -> float:

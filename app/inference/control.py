@@ -44,6 +44,7 @@ from app.inference.repository import (
     VersionPolicy,
     VersionSource,
 )
+from app.inference.statistics import ModelStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class ModelControl:
         load_engine: EngineLoader,
         options: LoadOptions,
         observer: VersionObserver | None = None,
+        statistics: ModelStatistics | None = None,
     ) -> None:
         self.source = source
         self.registry = registry
@@ -113,6 +115,7 @@ class ModelControl:
         self.options = options
         self._load_engine = load_engine
         self._observer = observer
+        self._statistics = statistics
         self._lock = asyncio.Lock()
         self._origins: dict[tuple[str, str], _Origin] = {}
         self._policies: dict[str, VersionPolicy] = {}  # set by a load request's config
@@ -310,6 +313,7 @@ class ModelControl:
         name = source.name or engine.card.name
         version = source.version or engine.card.version
         observer = self._observer.for_version(name, version) if self._observer is not None else None
+        statistics = self._statistics.track(name, version) if self._statistics is not None else None
         model = ServedModel(
             engine,
             batching,
@@ -318,6 +322,7 @@ class ModelControl:
             name=name,
             version=version,
             warmup_batch_sizes=warmup_sizes,
+            statistics=statistics,
         )
         model.start()
         if source.name is None:
@@ -351,6 +356,8 @@ class ModelControl:
                 self._origins.pop((model.name, model.version), None)
             if self._observer is not None:
                 self._observer.forget_version(model)
+            if self._statistics is not None:
+                self._statistics.forget(model.name, model.version)
             logger.info("model version unloaded", extra={"model": model.name, "model_version": model.version})
             del model
         gc.collect()  # a failed batch's traceback can hold a session in a reference cycle

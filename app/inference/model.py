@@ -16,7 +16,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -29,6 +30,7 @@ from app.inference.errors import DecodeBusyError, InvalidRequestError, NotReadyE
 from app.inference.postprocess import Classification, classify
 from app.inference.preprocess import ImageCost, ImageLimits, preprocess, probe
 from app.inference.scheduler import FairScheduler, Job
+from app.inference.statistics import ExecutionObserver
 from model_card import ModelCard, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -268,6 +270,7 @@ class ServedModel:
         name: str | None = None,
         version: str | None = None,
         warmup_batch_sizes: Sequence[int] = (),
+        statistics: ExecutionObserver | None = None,
     ) -> None:
         self.engine = engine
         self.warmup_batch_sizes = list(warmup_batch_sizes)
@@ -281,6 +284,7 @@ class ServedModel:
             on_batch=on_batch,
             instances=engine.instances,
             run_alone=engine.run,
+            statistics=statistics,
         )
         self._in_flight = 0  # classify calls that have started and not returned
         self._idle = asyncio.Event()
@@ -382,11 +386,7 @@ class ServedModel:
         ``ModelFailedError`` when the model fails.
         """
         self.check_top_k(top_k)
-        if self._unloaded:
-            raise NotReadyError(f"model {self.name!r} version {self.version!r} was unloaded; retry")
-        self._in_flight += 1
-        self._idle.clear()
-        try:
+        with self._classifying():
             spec = self.card.preprocessing
             # Room in the queue first: under overload a request is refused before any work
             # on it (a bad image sent then gets its own error when it comes back).
@@ -397,9 +397,40 @@ class ServedModel:
                     with await self.decoder.admit(images, spec) as admission:
                         arrays = await self.decoder.decode_all(admission)
                 rows = await self.batcher.infer(arrays, reservation)
+        labels = self.card.labels
+        return [classify(row, labels, top_k) for row in rows]
+
+    @property
+    def pixels_shape(self) -> tuple[int, int, int]:
+        """One preprocessed image as the batcher takes it: uint8 RGB, crop_size x crop_size, HWC."""
+        size = self.card.preprocessing.crop_size
+        return (size, size, 3)
+
+    async def classify_pixels(self, pixels: np.ndarray, top_k: int) -> list[Classification]:
+        """Like :meth:`classify`, for images the client has already decoded and resized:
+        ``pixels`` is uint8 ``[N, crop_size, crop_size, 3]`` RGB (:attr:`pixels_shape`), which
+        goes to the batcher as it is (the card's mean and std are still applied by the graph)."""
+        self.check_top_k(top_k)
+        if pixels.dtype != np.uint8 or pixels.shape[1:] != self.pixels_shape or len(pixels) == 0:
+            raise InvalidRequestError(
+                f"pixels must be uint8 [N, {', '.join(map(str, self.pixels_shape))}] (RGB, N >= 1), "
+                f"got {pixels.dtype} {list(pixels.shape)}"
+            )
+        with self._classifying(), self.batcher.reserve(len(pixels)) as reservation:
+            rows = await self.batcher.infer(list(pixels), reservation)
+        labels = self.card.labels
+        return [classify(row, labels, top_k) for row in rows]
+
+    @contextmanager
+    def _classifying(self) -> Iterator[None]:
+        """Count a classify call in flight (for :meth:`drain`); refuse one on an unloaded version."""
+        if self._unloaded:
+            raise NotReadyError(f"model {self.name!r} version {self.version!r} was unloaded; retry")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        labels = self.card.labels
-        return [classify(row, labels, top_k) for row in rows]

@@ -31,6 +31,7 @@ import numpy as np
 from app.http.json_body import decode_base64, load_json
 from app.inference.errors import BodyTooLargeError, MalformedRequestError
 from app.inference.postprocess import Classification, ClassScore
+from app.v2 import pixels as pixel_tensor
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
@@ -38,7 +39,7 @@ BYTES = "BYTES"
 FP32 = "FP32"
 PLATFORM = "onnxruntime_onnx"
 # Reported by GET /v2 and ServerMetadata: what a client may rely on beyond the required API.
-EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 
 _LENGTH = struct.Struct("<I")
 
@@ -68,9 +69,16 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferRequest:
+    """Encoded ``images``, or (the ``pixels`` input) images already decoded: uint8 [N, H, W, 3]."""
+
     images: list[bytes]
     outputs: list[RequestedOutput]
     id: str | None = None
+    pixels: np.ndarray | None = None
+
+    @property
+    def image_count(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self.images)
 
     @property
     def top_k(self) -> int | None:
@@ -142,14 +150,27 @@ def decode_bytes_elements(data: bytes | memoryview, expected: int) -> list[bytes
 # -- requests ------------------------------------------------------------------------------------
 
 
+def whole_numbers(shape: Sequence[object]) -> list[int] | None:
+    """The shape's dimensions as ints, or None unless each is a whole number (JSON's ``1.0`` is
+    one, as JSON Schema's ``integer`` says; ``true`` is not)."""
+    dims = []
+    for d in shape:
+        if isinstance(d, float) and d.is_integer():
+            d = int(d)
+        if not isinstance(d, int) or isinstance(d, bool):
+            return None
+        dims.append(d)
+    return dims
+
+
 def batch_size(shape: Sequence[object], max_images: int) -> int:
     """N of an input shape ``[N]`` or ``[N, 1]``, 1 <= N <= ``max_images``."""
-    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or len(shape) not in (1, 2):
+    dims = whole_numbers(shape)
+    if dims is None or len(dims) not in (1, 2):
         raise CodecError(
             f"input {INPUT_NAME!r}: shape {list(shape)} is not accepted; send [N, 1] or [N], one encoded "
             f"image per element"
         )
-    dims: list[int] = list(shape)  # type: ignore[arg-type]
     if len(dims) == 2 and dims[1] != 1:
         raise CodecError(
             f"input {INPUT_NAME!r}: shape {dims} is not accepted; the second dimension must be 1"
@@ -164,7 +185,10 @@ def batch_size(shape: Sequence[object], max_images: int) -> int:
 
 def check_input(name: str, datatype: str) -> None:
     if name != INPUT_NAME:
-        raise CodecError(f"unexpected input {name!r}; this model takes one BYTES input named {INPUT_NAME!r}")
+        raise CodecError(
+            f"unexpected input {name!r}; send one input: {INPUT_NAME!r} (BYTES, encoded images) or "
+            f"{pixel_tensor.PIXELS_INPUT!r} (UINT8 [N, H, W, 3], decoded images)"
+        )
     if datatype != BYTES:
         raise CodecError(
             f"input {INPUT_NAME!r} has datatype {datatype!r}; send {BYTES!r}, one encoded image per element"
@@ -218,11 +242,12 @@ def parse_rest_request(body: bytes, header_length: int | None, max_images: int) 
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise CodecError(f"binary_data_output must be true or false, got {binary_default!r}")
-    return InferRequest(
-        images=_rest_input(inputs[0], binary, max_images),
-        outputs=parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default),
-        id=_request_id(header.get("id")),
-    )
+    outputs = parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default)
+    request_id = _request_id(header.get("id"))
+    if inputs[0].get("name") == pixel_tensor.PIXELS_INPUT:
+        pixels = _rest_pixels(inputs[0], binary, max_images)
+        return InferRequest(images=[], outputs=outputs, id=request_id, pixels=pixels)
+    return InferRequest(images=_rest_input(inputs[0], binary, max_images), outputs=outputs, id=request_id)
 
 
 def _json_object(data: bytes, max_images: int) -> dict[str, Any]:
@@ -265,6 +290,40 @@ def _rest_input(tensor: dict[str, Any], binary: memoryview, max_images: int) -> 
             f"input {INPUT_NAME!r}: binary_data_size is {size} but {len(binary)} bytes follow the JSON"
         )
     return decode_bytes_elements(binary, count)
+
+
+def _rest_pixels(tensor: dict[str, Any], binary: memoryview, max_images: int) -> np.ndarray:
+    """The ``pixels`` input: its numbers in ``data``, or its bytes after the JSON."""
+    try:
+        shape = pixels_input_shape(tensor.get("datatype"), tensor.get("shape"), max_images)
+        size = _object(tensor.get("parameters", {}), "the input's 'parameters'").get("binary_data_size")
+        if size is None:
+            if len(binary):
+                raise CodecError(
+                    f"{len(binary)} bytes of binary data follow the JSON, but no input names them"
+                )
+            return pixel_tensor.pixels_from_values(tensor.get("data"), shape)
+        if size != len(binary):
+            raise CodecError(
+                f"input 'pixels': binary_data_size is {size!r} but {len(binary)} bytes follow the JSON"
+            )
+        return pixel_tensor.pixels_from_bytes(binary, shape)
+    except pixel_tensor.PixelsError as exc:
+        raise CodecError(exc.message) from None
+
+
+def pixels_input_shape(datatype: object, shape: object, max_images: int) -> list[int]:
+    """The ``pixels`` input's shape, checked with its datatype and the image count."""
+    try:
+        pixel_tensor.check_pixels_datatype(str(datatype))
+        listed = list(shape) if isinstance(shape, list | tuple) else []
+        whole = whole_numbers(listed)
+        dims = pixel_tensor.pixels_shape(whole if whole is not None else listed)
+    except pixel_tensor.PixelsError as exc:
+        raise CodecError(exc.message) from None
+    if dims[0] > max_images:
+        raise TooManyImagesError(f"more than {max_images} images in one request (max_images_per_request)")
+    return dims
 
 
 def _base64_elements(data: object, count: int) -> list[bytes]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from app.dataplane import InferenceRequest, request_id_or_new
@@ -26,9 +27,10 @@ from app.inference.model import NamedImage
 from app.logs import log_access
 from app.security import ApiKeys
 from app.state import AppState
-from app.v2 import codec, metadata
+from app.v2 import codec, grpc_triton, metadata
+from app.v2 import pixels as pixel_tensor
 from app.v2.errors import GRPC_CODE
-from app.v2.proto import grpc_predict_v2_pb2 as pb
+from app.v2.proto import grpc_service_pb2 as pb
 from app.v2.wire import check_field_count
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class InferenceServicer:
             ),
             "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse, self._model_metadata, True),
             "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse, self._infer, True),
+            **self._extensions(),
         }
         return {
             name: grpc.unary_unary_rpc_method_handler(
@@ -76,6 +79,23 @@ class InferenceServicer:
             )
             for name, (request_type, response_type, work, protected) in methods.items()
         }
+
+    def _extensions(self) -> dict[str, tuple[type[Message], type[Message], Work, bool]]:
+        """Triton's extension RPCs (``app.v2.grpc_triton``); without explicit model control the
+        repository's are not served (UNIMPLEMENTED), as their HTTP routes are not."""
+        rpcs = dict(grpc_triton.MODEL_RPCS)
+        if self.state.settings.model_control == "explicit":
+            rpcs |= grpc_triton.REPOSITORY_RPCS
+        return {
+            name: (request_type, response_type, self._extension(work), True)
+            for name, (request_type, response_type, work) in rpcs.items()
+        }
+
+    def _extension(self, work: grpc_triton.Extension) -> Work:
+        async def run(request: Any, call: _Call) -> Message:
+            return await work(self.state, request)
+
+        return run
 
     # -- the methods ----------------------------------------------------------------------------------
     async def _live(self, request: pb.ServerLiveRequest, call: _Call) -> pb.ServerLiveResponse:
@@ -105,24 +125,24 @@ class InferenceServicer:
             limit = dataplane.limits.max_images_per_request
             request = await dataplane.parse(_parse_infer_request, raw, limit)
             dataplane.model(request.model_name, request.model_version or None)  # 404 before the input
-            images, outputs = _inputs(request, dataplane.limits.max_images_per_request)
-            top_k = codec.InferRequest([], outputs).top_k
-            named = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(images)]
+            parsed = _inputs(request, dataplane.limits.max_images_per_request)
+            named = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
             inference = InferenceRequest(
                 named,
                 request.model_name,
                 request.model_version or None,
-                top_k,
+                parsed.top_k,
                 False,
                 PROTOCOL,
                 "classification",
+                parsed.pixels,
             )
             result = await dataplane.infer(inference, record=call)
         response = pb.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=request.id
         )
         # tritonclient reads only raw_output_contents, so every output travels raw.
-        for tensor in codec.build_outputs(result.classifications, outputs):
+        for tensor in codec.build_outputs(result.classifications, parsed.outputs):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.raw())
         return response
@@ -231,15 +251,33 @@ def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object
     return values
 
 
-def _inputs(
-    request: pb.ModelInferRequest, max_images: int
-) -> tuple[list[bytes], list[codec.RequestedOutput]]:
-    """The encoded images of the one input and the outputs asked for."""
-    images = _images(request, max_images)
+def _inputs(request: pb.ModelInferRequest, max_images: int) -> codec.InferRequest:
+    """The one input (encoded images, or pixels) and the outputs asked for."""
+    pixels = _pixels(request, max_images)
+    images = _images(request, max_images) if pixels is None else []
     outputs = codec.parse_outputs(
         [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True
     )
-    return images, outputs
+    return codec.InferRequest(images, outputs, pixels=pixels)
+
+
+def _pixels(request: pb.ModelInferRequest, max_images: int) -> np.ndarray | None:
+    """The ``pixels`` input (``raw_input_contents`` or ``contents.uint_contents``), if that is
+    the one input sent."""
+    if len(request.inputs) != 1 or request.inputs[0].name != pixel_tensor.PIXELS_INPUT:
+        return None
+    tensor = request.inputs[0]
+    shape = codec.pixels_input_shape(tensor.datatype, list(tensor.shape), max_images)
+    try:
+        if request.raw_input_contents:
+            if len(request.raw_input_contents) != 1:
+                raise codec.CodecError(
+                    f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
+                )
+            return pixel_tensor.pixels_from_bytes(request.raw_input_contents[0], shape)
+        return pixel_tensor.pixels_from_values(tensor.contents.uint_contents, shape)
+    except pixel_tensor.PixelsError as exc:
+        raise codec.CodecError(exc.message) from None
 
 
 def _images(request: pb.ModelInferRequest, max_images: int) -> list[bytes]:

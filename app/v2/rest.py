@@ -62,6 +62,26 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return metadata.server_metadata(request.app.version)
 
 
+# Before /v2/models/{name}: "stats" is this route, not a model's metadata.
+@router.get("/v2/models/stats", responses={503: MODEL_RESPONSES[503]})
+async def all_statistics(state: StateDep) -> dict[str, Any]:
+    """Statistics of every loaded model version (Triton's statistics extension)."""
+    return metadata.model_statistics(state, None)
+
+
+@router.get("/v2/models/{name}/stats", responses=MODEL_RESPONSES)
+async def model_statistics(name: str, state: StateDep) -> dict[str, Any]:
+    """Every loaded version's statistics: requests that succeeded and failed, queue and compute
+    time, and the model runs by batch size (durations in nanoseconds)."""
+    return metadata.model_statistics(state, name)
+
+
+@router.get("/v2/models/{name}/versions/{version}/stats", responses=MODEL_RESPONSES)
+async def model_version_statistics(name: str, version: str, state: StateDep) -> dict[str, Any]:
+    """One version's statistics (Triton's statistics extension)."""
+    return metadata.model_statistics(state, name, version)
+
+
 @router.get("/v2/models/{name}", responses=MODEL_RESPONSES)
 async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
     """A model's name, versions, platform, inputs and outputs (the latest version)."""
@@ -145,7 +165,7 @@ async def run_inference(
         parsed = await dataplane.parse(codec.parse_rest_request, body, header_length, limit)
         images = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
         return InferenceRequest(
-            images, name, version, parsed.top_k, False, V2Route.protocol, "classification"
+            images, name, version, parsed.top_k, False, V2Route.protocol, "classification", parsed.pixels
         ), parsed
 
     result, parsed = await dataplane.run(

@@ -102,9 +102,15 @@ def test_openapi_describes_both_bodies_and_every_error(make_client: Callable[...
         "type": "array",
         "minItems": 1,
         "maxItems": 32,
-        "items": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"},
+        "items": {
+            "type": "string",
+            "format": "binary",
+            "minLength": 1,
+            "contentMediaType": "application/octet-stream",
+        },
         "description": "Images (JPEG, PNG, WebP, BMP or GIF), one per part.",
     }
+    assert content["multipart/form-data"]["schema"]["additionalProperties"] is False
     for media_type in (
         "image/jpeg",
         "image/png",

@@ -66,7 +66,9 @@ def test_every_page_is_in_the_nav_and_the_readme_links_every_topic() -> None:
             return [p for value in nav.values() for p in pages(value)]
         return []
 
-    in_nav = set(pages(config["nav"]))
+    listed = pages(config["nav"])
+    in_nav = set(listed)
+    assert len(listed) == len(in_nav), "a page is in the nav twice"
     on_disk = {str(p.relative_to(REPO_ROOT / "docs")) for p in (REPO_ROOT / "docs").rglob("*.md")}
     assert on_disk == in_nav
     readme = (REPO_ROOT / "README.md").read_text()

@@ -219,7 +219,7 @@ def test_a_photo_from_the_picker_shows_the_top_5_of_predict(
         page = watched.page
         wait_model_info(page)
         assert page.get_by_test_id("model-info").inner_text() == (
-            "efficientnet_lite0-imagenet1k version 1 · 1000 classes · up to 4 images per request · CPU"
+            "efficientnet_lite0-imagenet1k version 1 · 1000 classes · up to 4 images per request · CPU · fp32"
         )
         page.get_by_test_id("file-input").set_input_files([payload("chelsea.jpg", CHELSEA)])
         (card,) = wait_results(page, 1)

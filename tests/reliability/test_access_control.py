@@ -294,7 +294,8 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(
         ("/v2/health/live", "get"),
         ("/v2/health/ready", "get"),
         *((f"{base}{tail}", method) for base in v2_models for tail, method in
-          (("", "get"), ("/ready", "get"), ("/config", "get"), ("/infer", "post"))),
+          (("", "get"), ("/ready", "get"), ("/config", "get"), ("/stats", "get"), ("/infer", "post"))),
+        ("/v2/models/stats", "get"),
         ("/v1/models/{name}:predict", "post"),
         ("/v1/models/{name}/versions/{version}:predict", "post"),
         ("/v1/models/{name}/versions/{version}", "get"),

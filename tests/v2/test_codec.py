@@ -79,10 +79,11 @@ def test_outputs_classification_binary_and_id_are_read() -> None:
         (b'{"inputs": []}', None, "'inputs' must be a list of one input tensor, 'image' (BYTES [N, 1])"),
         (
             json.dumps(
-                {"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}
+                {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]}
             ).encode(),
             None,
-            "unexpected input 'pixels'; this model takes one BYTES input named 'image'",
+            "unexpected input 'input'; send one input: 'image' (BYTES, encoded images) or 'pixels' "
+            "(UINT8 [N, H, W, 3], decoded images)",
         ),
         (
             json.dumps(

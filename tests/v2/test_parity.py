@@ -178,7 +178,7 @@ def test_tritonclient_sees_health_and_metadata(default_v2: V2Server) -> None:
     assert http_client.get_server_metadata() == {
         "name": "imgserve",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+        "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics"],
     }
     metadata = {
         "name": DEFAULT,
@@ -210,7 +210,7 @@ def test_tritonclient_sees_health_and_metadata(default_v2: V2Server) -> None:
     assert grpc_client.get_server_metadata(as_json=True) == {
         "name": "imgserve",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "classification", "model_configuration"],
+        "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics"],
     }
     # protobuf's JSON writes int64 as strings
     assert grpc_client.get_model_metadata(DEFAULT, as_json=True) == {

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from harness.tiny_model import tiny_card, write_model
@@ -53,6 +54,10 @@ def test_the_server_says_what_runs_the_variant(int8_server: V2Server) -> None:
     metadata = httpx.get(f"{int8_server.http}/v2/models/{NAME}").json()
     assert metadata["platform"] == "openvino"
     assert metadata["parameters"] == {"execution_provider": "OpenVINO", "precision": "int8"}
+    grpc_metadata = grpcclient.InferenceServerClient(int8_server.grpc_address).get_model_metadata(
+        NAME, as_json=True
+    )
+    assert grpc_metadata["platform"] == "openvino" and "parameters" not in grpc_metadata
     info = f'imgserve_model_info{{name="{NAME}",precision="int8",provider="OpenVINO",version="1.2.3"}}'
     assert int8_server.metrics()[info] == 1.0
 
