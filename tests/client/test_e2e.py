@@ -234,3 +234,42 @@ def test_the_cli_health_models_and_its_failures(busy_server: ServerProcess, came
         2,
         "imgserve-client: error: --top-k 1001: the model efficientnet_lite0-imagenet1k has 1000 classes\n",
     )
+
+
+def test_the_cli_writes_each_photos_map_over_it_with_explain(
+    busy_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The cat pasted into the bottom-right quadrant of a grey canvas: the overlay is hottest there."""
+    import numpy as np
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    canvas = Image.new("RGB", (448, 448), (128, 128, 128))
+    canvas.paste(Image.fromarray(data.chelsea()).resize((224, 224)), (224, 224))
+    canvas.save(photos / "cat-corner.png")
+    Image.fromarray(data.coffee()).save(photos / "coffee.jpg", quality=90)
+    maps = tmp_path / "maps"
+    run = run_cli(
+        "classify",
+        photos,
+        "--url",
+        busy_server.base_url,
+        "--api-key",
+        API_KEY,
+        "--explain",
+        maps,
+        "-o",
+        tmp_path / "o.jsonl",
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in maps.iterdir()) == ["cat-corner.cam.png", "coffee.cam.png"]
+    assert f"wrote 2 overlay images to {maps}" in run.stderr
+    overlay = np.asarray(Image.open(maps / "cat-corner.cam.png").convert("RGB")).astype(int)
+    assert overlay.shape == (448, 448, 3)
+    heat = overlay[..., 0] - overlay[..., 2]  # red over blue: the jet scale's hot end
+    row, col = np.unravel_index(int(heat.argmax()), heat.shape)
+    assert (row >= 224, col >= 224) == (True, True), (row, col)
+    assert (overlay[:20, :20] == 128).all()  # outside the crop the model saw: the photo untouched
+    records = read_jsonl(tmp_path / "o.jsonl")
+    assert len(records) == 2 and all("explanation" not in r for r in records)
