@@ -2,7 +2,7 @@
 # Packs everything the GPU run needs that a lent GPU machine lacks, in pieces that each travel
 # with one device call, and prints the calls. Run it on the workstation, from anywhere:
 #
-#   bench/gpu/pack.sh          # ~300 MB: 5 pieces of 60 MiB (.gpu1 ... .gpu5, git-ignored)
+#   bench/gpu/pack.sh          # ~300 MiB: 6 pieces of 59 MiB (.gpu1 ... .gpu6, git-ignored)
 #
 # What goes in:
 #   wheels   onnxruntime-gpu (its CUDA provider uses the CUDA 13 and cuDNN 9 libraries the
@@ -13,14 +13,15 @@
 #   images   real photos as 500x375 JPEGs (bench.gpu.step.write_photos)
 #
 # Environment: CHUNK_MIB (default: what a call carries, 64 MiB, less the working tree that
-# travels with it and 2 MiB to spare), ORT_GPU (onnxruntime-gpu==1.31.1), PYTHON (.venv/bin/python).
+# travels with it and 2 MiB to spare), ORT_GPU (onnxruntime-gpu, at the version requirements.lock
+# pins, as every other package), PYTHON (.venv/bin/python).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 # the working tree that travels with every call: tracked and untracked files git does not ignore
 tree_mib=$(( ($(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1) >> 20) + 1 ))
 CHUNK_MIB=${CHUNK_MIB:-$((64 - tree_mib - 2))}
-ORT_GPU=${ORT_GPU:-onnxruntime-gpu==1.31.1}
+ORT_GPU=${ORT_GPU:-onnxruntime-gpu}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 START=$SECONDS
@@ -32,8 +33,10 @@ mapfile -t serving < <("$PYTHON" docker/requirements-from-pyproject.py pyproject
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
     manylinux_2_5_x86_64 manylinux1_x86_64; do platforms+=(--platform "$p"); done
+constraints=()
+[[ -f requirements.lock ]] && constraints=(-c requirements.lock)  # the versions CI tested
 "$PYTHON" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
-    -d "$kit/wheels" "$ORT_GPU" "${serving[@]}"
+    "${constraints[@]}" -d "$kit/wheels" "$ORT_GPU" "${serving[@]}"
 # On the machine already, in versions that fit (device KINDS.md: numpy 2.5, matplotlib, tqdm, httpx)
 rm -f "$kit"/wheels/numpy-*.whl
 ls "$kit/wheels" | sed 's/^/  /'
