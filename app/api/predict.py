@@ -117,7 +117,9 @@ def _prediction(filename: str | None, classification: Classification) -> ImagePr
             method=explanation.method,
             box=CropBoxInfo(left=box.left, top=box.top, width=box.width, height=box.height),
             maps=[
-                ClassMapInfo(index=m.index, label=m.label, heatmap=np.round(m.heatmap, 4).tolist())
+                ClassMapInfo(
+                    index=m.index, label=m.label, heatmap=np.round(m.heatmap.astype(np.float64), 4).tolist()
+                )
                 for m in explanation.maps
             ],
         ),

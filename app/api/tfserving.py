@@ -143,7 +143,9 @@ def prediction(result: Classification, with_probabilities: bool) -> dict[str, An
         entry["probabilities"] = result.probabilities.tolist()
     explanation = result.explanation
     if explanation is not None:
-        entry["explanation_maps"] = [np.round(m.heatmap, 4).tolist() for m in explanation.maps]
+        entry["explanation_maps"] = [
+            np.round(m.heatmap.astype(np.float64), 4).tolist() for m in explanation.maps
+        ]
         entry["explanation_classes"] = [m.index for m in explanation.maps]
         box = explanation.box
         entry["explanation_box"] = [box.left, box.top, box.width, box.height]

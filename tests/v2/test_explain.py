@@ -49,6 +49,7 @@ def test_predict_explains_only_when_asked_and_the_answer_is_unchanged(default_v2
     for class_map in explanation["maps"]:
         heatmap = np.array(class_map["heatmap"])
         assert heatmap.shape == (7, 7) and heatmap.min() == 0 and heatmap.max() == 1
+        assert all(round(value, 4) == value for row in class_map["heatmap"] for value in row)  # 4 decimals
     with Image.open(PHOTOS["chelsea"][0]) as image:
         width, height = image.size
     box = explanation["box"]
