@@ -182,7 +182,9 @@ class Settings(BaseSettings):
     )
 
     grpc_max_concurrent_streams: int = Field(
-        default=32, ge=1, description="gRPC calls at once on one connection (HTTP/2 streams); more wait."
+        default=100,
+        ge=1,
+        description="gRPC calls at once on one connection (HTTP/2 streams); more wait in the client.",
     )
     grpc_max_concurrent_rpcs: int = Field(
         default=256,

@@ -38,7 +38,6 @@ from app.inference.deadline import request_deadline
 from app.inference.errors import (
     BodyTooLargeError,
     ClientGoneError,
-    ExplainUnsupportedError,
     InvalidRequestError,
 )
 from app.inference.model import NamedImage, ServedModel
@@ -147,12 +146,14 @@ class DataPlane:
         version: str | None = None,
         top_k: int | None = None,
         top_k_parameter: str = "top_k",
+        explain: bool = False,
     ) -> ServedModel:
         """The model that would answer now (``NotReadyError``, ``ModelNotFoundError``), with an
-        explicit ``top_k`` checked against it."""
+        explicit ``top_k`` and ``explain`` checked against it."""
         model = self._resolve(name, version)
         if top_k is not None:
             self.top_k(model, top_k, top_k_parameter)
+        model.check_explain(explain)
         return model
 
     @staticmethod
@@ -190,14 +191,15 @@ class DataPlane:
         read: Callable[[], Awaitable[tuple[InferenceRequest, P]]],
         *,
         top_k: int | None = None,
+        explain: bool = False,
         record: ImageCount | None = None,
         gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> tuple[InferenceResult, P]:
-        """The whole path: the model (and an explicit ``top_k``) checked first, then, under the
-        deadline, ``read`` (the front end reads and parses its body into the request and what
-        it needs to render the answer) and :meth:`infer`."""
+        """The whole path: the model (an explicit ``top_k``, ``explain``) checked first, then,
+        under the deadline, ``read`` (the front end reads and parses its body into the request
+        and what it needs to render the answer) and :meth:`infer`."""
         start = time.perf_counter()
-        self.model(name, version, top_k)
+        self.model(name, version, top_k, explain=explain)
         async with self.deadline():
             request, parsed = await read()
             return await self.infer(request, record=record, gone=gone, started_at=start), parsed
@@ -224,14 +226,11 @@ class DataPlane:
             # No await from here to classify: see the module docstring (hot swap).
             model = self._resolve(request.model_name, request.model_version)
             top_k = self.top_k(model, request.top_k, request.top_k_parameter)
-            if request.explain:  # the seam for explanations: the model says whether it gives them
-                raise ExplainUnsupportedError(
-                    f"this model does not explain: {model.name!r} {model.version!r}"
-                )
+            model.check_explain(request.explain)  # ExplainUnsupportedError: the card has no maps
             if request.pixels is not None:
-                work = model.classify_pixels(request.pixels, top_k)
+                work = model.classify_pixels(request.pixels, top_k, request.explain)
             else:
-                work = model.classify(request.images, top_k)
+                work = model.classify(request.images, top_k, request.explain)
             results = await _unless_gone(work, gone)
         except BaseException as exc:
             self._finished(request, model, start, exc)

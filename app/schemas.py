@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference.postprocess import ClassScore
-from model_card import Preprocessing
+from model_card import Explanation, Preprocessing
 
 
 class ErrorResponse(BaseModel):
@@ -18,11 +18,41 @@ class ErrorResponse(BaseModel):
     )
 
 
+class CropBoxInfo(BaseModel):
+    """The part of the photo the model saw (its centre crop), in the photo's pixels (EXIF
+    orientation applied, as viewers show it)."""
+
+    left: float = Field(examples=[93.95])
+    top: float = Field(examples=[18.75])
+    width: float = Field(examples=[263.09])
+    height: float = Field(examples=[262.5])
+
+
+class ClassMapInfo(BaseModel):
+    """Where the model saw one class: rows (top to bottom) of cells (left to right), in [0, 1]."""
+
+    index: int = Field(examples=[281])
+    label: str = Field(examples=["tabby"])
+    heatmap: list[list[float]] = Field(description="The map over the box, 4 decimals.")
+
+
+class ExplanationInfo(BaseModel):
+    """The class activation maps of the listed classes that the model explains, most probable
+    first, and the box they cover."""
+
+    method: Literal["cam", "grad-cam"]
+    box: CropBoxInfo
+    maps: list[ClassMapInfo]
+
+
 class ImagePrediction(BaseModel):
     filename: str | None = Field(
         description="The multipart part's filename; null for a raw body.", examples=["cat.jpg"]
     )
     top_k: list[ClassScore] = Field(description="The k most probable classes, most probable first.")
+    explanation: ExplanationInfo | None = Field(
+        default=None, description="Only with explain=true: where the model saw each listed class."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -104,6 +134,9 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     created_at: str
     sha256: str | None
+    explanation: Explanation | None = Field(
+        default=None, description="How the model explains its answers (explain=true); null: it does not."
+    )
     execution_provider: str = Field(
         description="What runs the model: an ONNX Runtime provider, or OpenVINO.",
         examples=["CPUExecutionProvider", "OpenVINO"],

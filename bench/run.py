@@ -343,6 +343,8 @@ def measure_point(
             "--out",
             str(result_path),
         ]
+        if getattr(args, "path", None):  # another route or query than /predict (bench.explain)
+            argv += ["--path", args.path]
         if rate:
             # one Poisson stream per process, each seeded apart: together a Poisson stream of ``rate``
             argv += ["--rate", repr(rate / client_procs), "--arrivals", "poisson", "--seed", str(index)]

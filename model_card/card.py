@@ -76,6 +76,29 @@ class Preprocessing(BaseModel):
         return self
 
 
+class Explanation(BaseModel):
+    """How the model explains its answers: class activation maps computed inside the graph.
+
+    ``maps_output`` holds float maps [N, ``top_k``, ``height``, ``width``], each normalised to
+    [0, 1] (min-max over its cells), for the image's ``top_k`` most probable classes, most
+    probable first; ``classes_output`` holds their class indices [N, ``top_k``] (int64). The
+    grid covers the model's input crop. ``method``: ``cam`` (the pooled feature map weighted by
+    the linear head's row of the class) or ``grad-cam`` (channels weighted by the spatial mean
+    of the class logit's gradient, then ReLU).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["cam", "grad-cam"]
+    maps_output: str
+    classes_output: str
+    top_k: int = Field(ge=1)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    dtype: Literal["float32", "float16"] = "float32"
+    layer: str = Field(default="", description="The feature map explained, in the exporter's words.")
+
+
 class GateFigures(BaseModel):
     """A variant against its fp32 model on the same held-out images."""
 
@@ -149,6 +172,9 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     exporter: dict[str, str] = Field(default_factory=dict, description="Package versions that made the file.")
     created_at: str = ""
+    explanation: Explanation | None = Field(
+        default=None, description="How the model explains its answers; absent: it does not."
+    )
     sha256: str | None = Field(default=None, description="sha256 of the ONNX file; only in model.json.")
 
     @property

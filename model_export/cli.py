@@ -46,6 +46,13 @@ def add_default_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         action="store_true",
         help="take normalised float32 NCHW input instead of uint8 NHWC pixels",
     )
+    parser.add_argument(
+        "--no-explain",
+        dest="explain",
+        action="store_false",
+        help="leave the class activation maps out of the graph (by default a model whose head "
+        "can be explained exactly outputs them)",
+    )
     parser.add_argument("--model-version", default="1", help="version written to the model card")
     parser.set_defaults(run=run_default)
 
@@ -78,6 +85,7 @@ def run_default(args: argparse.Namespace) -> int:
         },
         fp16=args.fp16,
         float_input=args.float_input,
+        explain=args.explain,
     )
     _print_export_summary(result, time.perf_counter() - started_s)
     return 0
@@ -98,6 +106,15 @@ def _print_export_summary(result: object, elapsed_s: float) -> None:
         f"(tolerance {parity.tolerance:g}), top-1 agreement {parity.top1_agreement:.0%} "
         f"on {parity.num_images} real images; {elapsed_s:.1f} s"
     )
+    explanation = card.explanation
+    if explanation is None:
+        print("explanations: none (--no-explain, or a head the exporter cannot explain exactly: see above)")
+    else:
+        print(
+            f"explanations: {explanation.method} maps {explanation.height}x{explanation.width} for the top "
+            f"{explanation.top_k} classes (outputs {explanation.maps_output}, {explanation.classes_output}); "
+            f"parity max |d| {parity.max_abs_map_diff:.2e} (tolerance {parity.map_tolerance:g})"
+        )
 
 
 # Help for the TrainConfig / AugmentConfig fields that are options; their defaults and types come
@@ -252,6 +269,13 @@ def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> 
         "--float-input",
         action="store_true",
         help="take normalised float32 NCHW input instead of uint8 NHWC pixels",
+    )
+    parser.add_argument(
+        "--no-explain",
+        dest="explain",
+        action="store_false",
+        help="leave the class activation maps out of the graph (by default a model whose head "
+        "can be explained exactly outputs them)",
     )
     parser.add_argument("--name", default=None, help="model name for the card (default: ARCH-DATASET)")
     parser.add_argument("--model-version", default="1", help="version written to the model card")
@@ -499,7 +523,14 @@ def run_lr_find_command(args: argparse.Namespace) -> int:
 
 
 def export_checkpoint(
-    checkpoint: Path, output_dir: Path, *, fp16: bool, float_input: bool, name: str | None, version: str
+    checkpoint: Path,
+    output_dir: Path,
+    *,
+    fp16: bool,
+    float_input: bool,
+    name: str | None,
+    version: str,
+    explain: bool = True,
 ) -> None:
     from .export import export_model
     from .train import load_checkpoint, model_from_checkpoint
@@ -525,6 +556,7 @@ def export_checkpoint(
         fp16=fp16,
         float_input=float_input,
         parity_paths=[Path(p) for p in payload.get("val_samples", []) if Path(p).is_file()],
+        explain=explain,
     )
     _print_export_summary(result, time.perf_counter() - started_s)
 
@@ -538,6 +570,7 @@ def run_export(args: argparse.Namespace) -> int:
             float_input=args.float_input,
             name=args.name,
             version=version,
+            explain=args.explain,
         )
 
     if args.repository is None:

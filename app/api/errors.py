@@ -18,6 +18,7 @@ from app.http.errors import StatusTable, describe_validation_errors, http_header
 from app.inference.errors import (
     ClientGoneError,
     DeadlineExceededError,
+    ExplainUnsupportedError,
     ImageError,
     ImageTooLargeError,
     InferenceError,
@@ -38,6 +39,7 @@ from app.schemas import ErrorResponse
 REST_STATUS: StatusTable = {
     InvalidRequestError: 422,
     MalformedRequestError: 400,
+    ExplainUnsupportedError: 400,  # the request is fine; this model cannot do what it asks
     ImageError: 422,
     UnsupportedFormatError: 415,
     UndecodableImageError: 422,

@@ -85,6 +85,7 @@ def describe_model(model: ServedModel, settings: Settings) -> ModelInfo:
         metrics=card.metrics,
         created_at=card.created_at,
         sha256=card.sha256,
+        explanation=card.explanation,
         execution_provider=model.execution_provider,
         providers=model.providers,
         batching=BatchingInfo(

@@ -7,15 +7,19 @@
 Binary data travels as ``{"b64": ...}``, TF Serving's convention; an instance may also name its
 input (``{"image_bytes": {"b64": ...}}``, as Google's AI Platform examples do). Each prediction
 is the labelled top-k: ``classes`` (indices), ``labels`` and ``scores`` (probabilities,
-descending), plus ``probabilities`` (every class) with ``?probabilities=true``; ``?top_k=``
-as on ``/predict``. Errors are ``{"error": message}`` like TF Serving's. The model status API
-is ``GET /v1/models/{name}`` (app/api/models.py) and ``GET /v1/models/{name}/versions/{v}``.
+descending), plus ``probabilities`` (every class) with ``?probabilities=true``, and with
+``?explain=true`` the class activation maps of the listed classes (``explanation_maps``,
+``explanation_classes``) and the crop they cover (``explanation_box``: left, top, width,
+height in the photo's pixels); ``?top_k=`` as on ``/predict``. Errors are
+``{"error": message}`` like TF Serving's. The model status API is ``GET /v1/models/{name}``
+(app/api/models.py) and ``GET /v1/models/{name}/versions/{v}``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from app.api.errors import TF_SERVING_STATUS
@@ -44,6 +48,13 @@ router = APIRouter(route_class=TFServingRoute, tags=["TensorFlow Serving predict
 
 TopK = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description=TOP_K_DESCRIPTION), WholeNumber]
 WithProbabilities = Annotated[bool, Query(description="Also return every class's probability.")]
+Explain = Annotated[
+    bool,
+    Query(
+        description="Also return where the model saw each listed class: explanation_maps, "
+        "explanation_classes and explanation_box (400 for a model that does not explain)."
+    ),
+]
 
 
 _PREDICT: dict[str, Any] = {
@@ -54,10 +65,15 @@ _PREDICT: dict[str, Any] = {
 
 @router.post("/v1/models/{name}:predict", **_PREDICT)
 async def predict(
-    name: str, request: Request, state: StateDep, top_k: TopK = None, probabilities: WithProbabilities = False
+    name: str,
+    request: Request,
+    state: StateDep,
+    top_k: TopK = None,
+    probabilities: WithProbabilities = False,
+    explain: Explain = False,
 ) -> dict[str, Any]:
     """Classify base64 images, TF Serving style (the latest version of the model)."""
-    return await run_predict(request, state, name, None, top_k, probabilities)
+    return await run_predict(request, state, name, None, top_k, probabilities, explain)
 
 
 @router.post("/v1/models/{name}/versions/{version}:predict", **_PREDICT)
@@ -68,9 +84,10 @@ async def predict_version(
     state: StateDep,
     top_k: TopK = None,
     probabilities: WithProbabilities = False,
+    explain: Explain = False,
 ) -> dict[str, Any]:
     """Classify base64 images with one version of the model, TF Serving style."""
-    return await run_predict(request, state, name, version, top_k, probabilities)
+    return await run_predict(request, state, name, version, top_k, probabilities, explain)
 
 
 @router.get(
@@ -91,16 +108,24 @@ async def run_predict(
     version: str | None,
     top_k: int | None,
     with_probabilities: bool,
+    explain: bool = False,
 ) -> dict[str, Any]:
     dataplane = state.get_dataplane()
 
     async def read() -> tuple[InferenceRequest, bool]:
         body = await read_body(request, dataplane.limits.max_upload_bytes)
         columnar, images = await dataplane.parse(parse_request, body, dataplane)
-        return InferenceRequest(images, name, version, top_k, protocol=TFServingRoute.protocol), columnar
+        protocol = TFServingRoute.protocol
+        return InferenceRequest(images, name, version, top_k, explain=explain, protocol=protocol), columnar
 
     result, columnar = await dataplane.run(
-        name, version, read, top_k=top_k, record=get_request_context(request.scope), gone=client_gone(request)
+        name,
+        version,
+        read,
+        top_k=top_k,
+        explain=explain,
+        record=get_request_context(request.scope),
+        gone=client_gone(request),
     )
     predictions = [prediction(r, with_probabilities) for r in result.classifications]
     if columnar:
@@ -116,4 +141,12 @@ def prediction(result: Classification, with_probabilities: bool) -> dict[str, An
     }
     if with_probabilities:
         entry["probabilities"] = result.probabilities.tolist()
+    explanation = result.explanation
+    if explanation is not None:
+        entry["explanation_maps"] = [
+            np.round(m.heatmap.astype(np.float64), 4).tolist() for m in explanation.maps
+        ]
+        entry["explanation_classes"] = [m.index for m in explanation.maps]
+        box = explanation.box
+        entry["explanation_box"] = [box.left, box.top, box.width, box.height]
     return entry

@@ -20,6 +20,10 @@ instance idle and no other image decoding runs on ``run_alone`` instead (all cor
 image: the lowest latency), and holds every instance while it runs. When the policy says run,
 each free instance takes its share of the queue (see :func:`next_batch_size`).
 
+A request may ask for the model's explanations (``infer(..., explain=True)``): a batch that
+holds any such image runs with ``explain=True`` (the runner then returns longer rows), and
+a batch without one runs as before.
+
 One background task (started and stopped by the owner, e.g. the app lifespan) forms batches
 and runs them in dedicated threads, so the event loop never blocks on the model; a request
 whose images make a batch due (a lone image on an idle model) starts it itself. Each image
@@ -40,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -49,7 +54,9 @@ from app.inference.statistics import ExecutionObserver, ExecutionTiming
 
 logger = logging.getLogger(__name__)
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+# run_batch(batch) -> rows; called as run_batch(batch, explain=True) for a batch that holds an
+# image whose request asked for explanations.
+RunBatch = Callable[..., np.ndarray]
 BatchObserver = Callable[[int, float], None]
 
 
@@ -127,6 +134,7 @@ class _Item:
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     in_queue: bool = True
+    explain: bool = False
     execution: _Execution | None = None  # set when it runs, only for a batcher with statistics
 
 
@@ -262,11 +270,12 @@ class Batcher:
         self._wakeup.set()  # a batch waiting for these images need not wait any longer
 
     async def infer(
-        self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None
+        self, arrays: Sequence[np.ndarray], reservation: Reservation | None = None, *, explain: bool = False
     ) -> list[np.ndarray]:
         """Run the arrays (possibly across several batches); results in order.
 
-        Cancelling the caller (a deadline, a client gone) drops the arrays not yet run.
+        ``explain``: their batches run with ``explain=True``. Cancelling the caller (a
+        deadline, a client gone) drops the arrays not yet run.
         """
         if reservation is None:
             reservation = self.reserve(len(arrays))
@@ -275,7 +284,7 @@ class Batcher:
                 raise ValueError(f"reserved {reservation.count} images but got {len(arrays)}")
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            items = self._enqueue(arrays)
+            items = self._enqueue(arrays, explain)
             reservation.release()
         self._launch_if_due()
         try:
@@ -290,10 +299,10 @@ class Batcher:
         """Reserve and infer in one step."""
         return await self.infer(arrays, self.reserve(len(arrays)))
 
-    def _enqueue(self, arrays: Sequence[np.ndarray]) -> list[_Item]:
+    def _enqueue(self, arrays: Sequence[np.ndarray], explain: bool = False) -> list[_Item]:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [_Item(array, loop.create_future(), now) for array in arrays]
+        items = [_Item(array, loop.create_future(), now, explain=explain) for array in arrays]
         self._queue.extend(items)
         self._queued += len(items)
         self._wakeup.set()
@@ -398,6 +407,8 @@ class Batcher:
             batch = np.stack([item.array for item in items])
             stacked = time.perf_counter()
             runner = self._run_alone if alone else self._run_batch
+            if any(item.explain for item in items):
+                runner = partial(runner, explain=True)
             outputs, infer_s = await loop.run_in_executor(self._executor, _timed, runner, batch)
             if len(outputs) != len(items):
                 raise RuntimeError(f"model returned {len(outputs)} rows for a batch of {len(items)}")

@@ -183,6 +183,10 @@ class Engine:
         self.precision = precision or card.precision
         self._input_name = card.input.name
         self._output_names = [card.output.name]
+        explanation = card.explanation
+        self._explain_output_names = (
+            [card.output.name, explanation.maps_output, explanation.classes_output] if explanation else []
+        )
         self._float_input = card.input.layout == "NCHW"
         pre = card.preprocessing
         # (x / 255 - mean) / std == x * scale + shift, per channel, broadcast over NCHW
@@ -194,15 +198,41 @@ class Engine:
     def execution_provider(self) -> str:
         return self.providers[0]
 
-    def run(self, batch: np.ndarray, *, instance: bool = False) -> np.ndarray:
-        """uint8 [N, H, W, 3] -> float32 probabilities [N, C]; ``instance``: on one thread."""
+    @property
+    def explains(self) -> bool:
+        """Whether the graph outputs class activation maps (the card says so)."""
+        return bool(self._explain_output_names)
+
+    def run(self, batch: np.ndarray, *, instance: bool = False, explain: bool = False) -> np.ndarray:
+        """uint8 [N, H, W, 3] -> float32 probabilities [N, C]; ``instance``: on one thread.
+
+        ``explain`` (a model that :attr:`explains`): each row is the probabilities followed by
+        the maps and their class indices, flattened (:meth:`split_row` takes a row apart), so
+        that explained rows travel through the batcher as any other. Without it, only the
+        probabilities are fetched.
+        """
         session = self.instance_session if instance and self.instance_session is not None else self.session
         feed = self._to_graph_input(batch)
+        if explain and self.explains:
+            probabilities, maps, classes = session.run(self._explain_output_names, {self._input_name: feed})
+            count = len(probabilities)
+            parts = [probabilities, np.reshape(maps, (count, -1)), classes]
+            return np.concatenate([np.asarray(part, dtype=np.float32) for part in parts], axis=1)
         (probabilities,) = session.run(self._output_names, {self._input_name: feed})
         probabilities = np.asarray(probabilities)
         if probabilities.dtype != np.float32:
             probabilities = probabilities.astype(np.float32)
         return probabilities
+
+    def split_row(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One row of :meth:`run`: (probabilities [C], maps [K, h, w] or None, classes [K] or None)."""
+        classes = self.card.num_classes
+        explanation = self.card.explanation
+        if explanation is None or row.shape[0] == classes:
+            return row[:classes], None, None
+        k, height, width = explanation.top_k, explanation.height, explanation.width
+        maps = row[classes : classes + k * height * width].reshape(k, height, width)
+        return row[:classes], maps, row[classes + k * height * width :].astype(np.int64)
 
     def _to_graph_input(self, batch: np.ndarray) -> np.ndarray:
         if not self._float_input:
@@ -527,3 +557,18 @@ def check_graph_matches_card(session: Session, card: ModelCard, source: str) -> 
         raise EngineError(
             f"{source}: the graph has {classes} classes but the card has {card.num_classes} labels"
         )
+    explanation = card.explanation
+    if explanation is not None:
+        maps, map_classes = outputs.get(explanation.maps_output), outputs.get(explanation.classes_output)
+        expected_maps = (explanation.top_k, explanation.height, explanation.width)
+        if maps is None or map_classes is None:
+            raise EngineError(
+                f"{source}: the card's explanation outputs {explanation.maps_output!r} and "
+                f"{explanation.classes_output!r} are not both graph outputs ({list(outputs)})"
+            )
+        if tuple(maps.shape[1:]) != expected_maps or map_classes.shape[1:] != [explanation.top_k]:
+            raise EngineError(
+                f"{source}: explanation outputs have shapes {maps.shape} and {map_classes.shape}, "
+                f"the card says [N, {explanation.top_k}, {explanation.height}, {explanation.width}] "
+                f"and [N, {explanation.top_k}]"
+            )

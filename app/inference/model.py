@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
@@ -26,9 +26,23 @@ import numpy as np
 
 from app.inference.batcher import Batcher, BatcherConfig, retry_after_s
 from app.inference.engine import Engine
-from app.inference.errors import DecodeBusyError, InvalidRequestError, NotReadyError, RequestTooLargeError
-from app.inference.postprocess import Classification, classify
-from app.inference.preprocess import ImageCost, ImageLimits, preprocess, probe
+from app.inference.errors import (
+    DecodeBusyError,
+    ExplainUnsupportedError,
+    InvalidRequestError,
+    ModelFailedError,
+    NotReadyError,
+    RequestTooLargeError,
+)
+from app.inference.postprocess import Classification, CropBox, Explanation, class_maps, classify
+from app.inference.preprocess import (
+    ImageCost,
+    ImageLimits,
+    crop_in_original,
+    oriented_size,
+    preprocess,
+    probe,
+)
 from app.inference.scheduler import FairScheduler, Job
 from app.inference.statistics import ExecutionObserver
 from model_card import ModelCard, Preprocessing
@@ -377,15 +391,33 @@ class ServedModel:
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidRequestError(f"top_k must be between {self.top_k_range()}, got {top_k}")
 
-    async def classify(self, images: Sequence[NamedImage], top_k: int) -> list[Classification]:
+    @property
+    def explains(self) -> bool:
+        """Whether this model answers with class activation maps when asked (its card says so)."""
+        return self.engine.explains
+
+    def check_explain(self, explain: bool) -> None:
+        """Raise ``ExplainUnsupportedError`` when asked to explain a model that does not."""
+        if explain and not self.explains:
+            raise ExplainUnsupportedError(
+                f"model {self.name!r} version {self.version!r} does not explain its answers (its card has "
+                "no explanation: its head is not one the exporter can explain exactly); ask without explain"
+            )
+
+    async def classify(
+        self, images: Sequence[NamedImage], top_k: int, explain: bool = False
+    ) -> list[Classification]:
         """The labelled top-k (and the probabilities) of each image, in order; all or nothing.
 
-        Raises the core's typed error of the first bad image (in request order),
-        ``RequestTooLargeError`` past the per-request pixel budget, ``DecodeBusyError`` when the
-        process's pixel budget is spent, ``QueueFullError`` when the queue has no room,
-        ``ModelFailedError`` when the model fails.
+        ``explain``: each answer also carries the class activation maps of its top-k classes
+        and the crop's box in the original image (``ExplainUnsupportedError`` for a model
+        that does not explain). Raises the core's typed error of the first bad image (in
+        request order), ``RequestTooLargeError`` past the per-request pixel budget,
+        ``DecodeBusyError`` when the process's pixel budget is spent, ``QueueFullError`` when
+        the queue has no room, ``ModelFailedError`` when the model fails.
         """
         self.check_top_k(top_k)
+        self.check_explain(explain)
         with self._classifying():
             spec = self.card.preprocessing
             # Room in the queue first: under overload a request is refused before any work
@@ -396,9 +428,11 @@ class ServedModel:
                 else:
                     with await self.decoder.admit(images, spec) as admission:
                         arrays = await self.decoder.decode_all(admission)
-                rows = await self.batcher.infer(arrays, reservation)
-        labels = self.card.labels
-        return [classify(row, labels, top_k) for row in rows]
+                rows = await self.batcher.infer(arrays, reservation, explain=explain)
+            boxes = await asyncio.to_thread(self._crop_boxes, images) if explain else None
+        if boxes is None:
+            return self._classified(rows, top_k)
+        return [self._explained(row, box, top_k) for row, box in zip(rows, boxes, strict=True)]
 
     @property
     def pixels_shape(self) -> tuple[int, int, int]:
@@ -406,20 +440,26 @@ class ServedModel:
         size = self.card.preprocessing.crop_size
         return (size, size, 3)
 
-    async def classify_pixels(self, pixels: np.ndarray, top_k: int) -> list[Classification]:
+    async def classify_pixels(
+        self, pixels: np.ndarray, top_k: int, explain: bool = False
+    ) -> list[Classification]:
         """Like :meth:`classify`, for images the client has already decoded and resized:
         ``pixels`` is uint8 ``[N, crop_size, crop_size, 3]`` RGB (:attr:`pixels_shape`), which
-        goes to the batcher as it is (the card's mean and std are still applied by the graph)."""
+        goes to the batcher as it is (the card's mean and std are still applied by the graph).
+        With ``explain``, the maps' box is the whole of each image (it is the crop)."""
         self.check_top_k(top_k)
+        self.check_explain(explain)
         if pixels.dtype != np.uint8 or pixels.shape[1:] != self.pixels_shape or len(pixels) == 0:
             raise InvalidRequestError(
                 f"pixels must be uint8 [N, {', '.join(map(str, self.pixels_shape))}] (RGB, N >= 1), "
                 f"got {pixels.dtype} {list(pixels.shape)}"
             )
         with self._classifying(), self.batcher.reserve(len(pixels)) as reservation:
-            rows = await self.batcher.infer(list(pixels), reservation)
-        labels = self.card.labels
-        return [classify(row, labels, top_k) for row in rows]
+            rows = await self.batcher.infer(list(pixels), reservation, explain=explain)
+        if not explain:
+            return self._classified(rows, top_k)
+        size = float(self.card.preprocessing.crop_size)
+        return [self._explained(row, CropBox(0.0, 0.0, size, size), top_k) for row in rows]
 
     @contextmanager
     def _classifying(self) -> Iterator[None]:
@@ -434,3 +474,25 @@ class ServedModel:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    def _classified(self, rows: Sequence[np.ndarray], top_k: int) -> list[Classification]:
+        labels, classes = self.card.labels, self.card.num_classes
+        return [classify(row[:classes], labels, top_k) for row in rows]
+
+    def _crop_boxes(self, images: Sequence[NamedImage]) -> list[CropBox]:
+        """Each image's crop in its original pixels (headers only: the images decoded already)."""
+        spec = self.card.preprocessing
+        limits = self.decoder.limits
+        return [
+            CropBox(*crop_in_original(*oriented_size(image.data, limits, image.name), spec))
+            for image in images
+        ]
+
+    def _explained(self, row: np.ndarray, box: CropBox, top_k: int) -> Classification:
+        probabilities, maps, map_classes = self.engine.split_row(row)
+        result = classify(probabilities, self.card.labels, top_k)
+        explanation = self.card.explanation
+        if maps is None or map_classes is None or explanation is None:  # not reached: checked above
+            raise ModelFailedError("the model returned no explanation")
+        found = Explanation(explanation.method, box, class_maps(result.top_k, maps, map_classes))
+        return replace(result, explanation=found)

@@ -1,10 +1,10 @@
-"""Probabilities -> the labelled top-k of one image."""
+"""Probabilities -> the labelled top-k of one image, with its class activation maps when asked."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -21,11 +21,43 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class CropBox:
+    """Where the model's input crop lies in the original image, in the original's pixels
+    (after its EXIF orientation, as browsers show it): what a map is laid over."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """One class's activation map: float32 [h, w], normalised to [0, 1], over the crop's box."""
+
+    index: int
+    label: str
+    heatmap: np.ndarray
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why the model answered as it did for one image: the maps of the top-k classes that the
+    model explains (most probable first; the first is the top class's) and the crop's box."""
+
+    method: Literal["cam", "grad-cam"]
+    box: CropBox
+    maps: list[ClassMap]
+
+
+@dataclass(frozen=True)
 class Classification:
-    """The answer for one image: the top-k, most probable first, and the whole float32 vector."""
+    """The answer for one image: the top-k, most probable first, and the whole float32 vector;
+    its explanation when the request asked for one."""
 
     top_k: list[ClassScore]
     probabilities: np.ndarray
+    explanation: Explanation | None = None
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,3 +83,15 @@ def classify(probabilities: np.ndarray, labels: Sequence[str], k: int) -> Classi
         for i, p in zip(indices.tolist(), values.tolist(), strict=True)
     ]
     return Classification(top_k=scores, probabilities=probabilities)
+
+
+def class_maps(scores: Sequence[ClassScore], maps: np.ndarray, map_classes: np.ndarray) -> list[ClassMap]:
+    """The maps (float [K, h, w]) of the ``scores``' classes among ``map_classes`` ([K]), in the
+    scores' order: the graph explains its own top K, matched here by class index, not position
+    (a tie may order two classes differently in the graph and here)."""
+    position = {int(index): i for i, index in enumerate(map_classes.tolist())}
+    return [
+        ClassMap(score.index, score.label, np.asarray(maps[position[score.index]], dtype=np.float32))
+        for score in scores
+        if score.index in position
+    ]

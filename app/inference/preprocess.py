@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.inference.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
 from app.inference.jpeg import JpegLayoutError, TooManyScansError, decode_work, read_jpeg_layout
@@ -197,6 +197,31 @@ def crop_box(width: int, height: int, spec: Preprocessing) -> tuple[tuple[int, i
     crop = spec.crop_size
     # torchvision: int(round((h - crop) / 2.0)); round() of a float is already an int
     return (new_width, new_height), (round((new_width - crop) / 2.0), round((new_height - crop) / 2.0))
+
+
+# EXIF orientations that turn the image a quarter (ImageOps.exif_transpose swaps its sides).
+_QUARTER_TURN_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def oriented_size(data: bytes, limits: ImageLimits, name: str) -> tuple[int, int]:
+    """Width and height of the image as it is shown (its EXIF orientation applied), from its
+    headers only: the frame of reference of :func:`crop_in_original`."""
+    image = open_image(data, limits, name)
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # a corrupt EXIF block: decoding ignores it too
+        orientation = None
+    return (height, width) if orientation in _QUARTER_TURN_ORIENTATIONS else (width, height)
+
+
+def crop_in_original(width: int, height: int, spec: Preprocessing) -> tuple[float, float, float, float]:
+    """The model's input crop as (left, top, width, height) in the pixels of a ``width`` x
+    ``height`` original: the resize and centre crop of :func:`crop_box`, undone."""
+    (new_width, new_height), (left, top) = crop_box(width, height, spec)
+    scale_x, scale_y = width / new_width, height / new_height
+    crop = spec.crop_size
+    return left * scale_x, top * scale_y, crop * scale_x, crop * scale_y
 
 
 def resize_and_crop(image: Image.Image, spec: Preprocessing, exact: bool = True) -> np.ndarray:

@@ -10,7 +10,13 @@ How a model looks through the protocol (``model_metadata``):
   (any format ``/predict`` takes; the server decodes and preprocesses it from the card);
 - one output, ``probs``: FP32 ``[N, classes]``, the probabilities ``/predict`` ranks; with the
   classification extension (``parameters.classification = k``) it is BYTES ``[N, k]`` instead,
-  each element ``"<probability>:<index>:<label>"``, most probable first.
+  each element ``"<probability>:<index>:<label>"``, most probable first;
+- with the request parameter ``explain: true`` (for a model whose card says it explains), three
+  more: ``explanation_maps`` FP32 ``[N, K, h, w]`` (the class activation maps of the K classes
+  listed, most probable first), ``explanation_classes`` INT64 ``[N, K]`` (their class indices;
+  -1 pads an image with fewer maps), ``explanation_box`` FP32 ``[N, 4]`` (the crop the maps
+  cover: left, top, width, height in the image's pixels). Naming any of them in ``outputs``
+  asks for it alone.
 
 Three request encodings reach the same :class:`InferRequest`: JSON with base64 strings in
 ``data``; the binary tensor extension (a JSON header of ``Inference-Header-Content-Length``
@@ -37,6 +43,13 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 BYTES = "BYTES"
 FP32 = "FP32"
+INT64 = "INT64"
+EXPLANATION_MAPS = "explanation_maps"
+EXPLANATION_CLASSES = "explanation_classes"
+EXPLANATION_BOX = "explanation_box"
+EXPLANATION_OUTPUTS = (EXPLANATION_MAPS, EXPLANATION_CLASSES, EXPLANATION_BOX)
+EXPLAIN_PARAMETER = "explain"
+_RAW_DTYPES = {FP32: "<f4", INT64: "<i8"}
 PLATFORM = "onnxruntime_onnx"
 # Reported by GET /v2 and ServerMetadata: what a client may rely on beyond the required API.
 EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
@@ -85,6 +98,11 @@ class InferRequest:
         """The classification count asked for, if any (there is one output to ask it of)."""
         return next((o.classification for o in self.outputs if o.classification is not None), None)
 
+    @property
+    def explain(self) -> bool:
+        """Whether an explanation output is asked for."""
+        return wants_explanation(self.outputs)
+
 
 @dataclass(frozen=True)
 class OutputTensor:
@@ -99,7 +117,7 @@ class OutputTensor:
     def raw(self) -> bytes:
         """The tensor as the binary extension and ``raw_output_contents`` carry it."""
         if isinstance(self.values, np.ndarray):
-            return self.values.astype("<f4", copy=False).tobytes()
+            return self.values.astype(_RAW_DTYPES[self.datatype], copy=False).tobytes()
         return encode_bytes_elements(self.values)
 
     def json_data(self) -> list[Any]:
@@ -196,22 +214,42 @@ def check_input(name: str, datatype: str) -> None:
 
 
 def parse_outputs(
-    requested: Sequence[tuple[str, Mapping[str, object]]], binary_default: bool
+    requested: Sequence[tuple[str, Mapping[str, object]]], binary_default: bool, explain: bool = False
 ) -> list[RequestedOutput]:
-    """The outputs asked for as (name, parameters) pairs; none asked: every output."""
-    if not requested:
-        return [RequestedOutput(binary=binary_default)]
-    outputs: list[RequestedOutput] = []
+    """The outputs asked for as (name, parameters) pairs; none asked: every output. ``explain``
+    (the request's parameter) adds the explanation outputs unless some are named."""
+    outputs: list[RequestedOutput] = [] if requested else [RequestedOutput(binary=binary_default)]
     for name, parameters in requested:
-        if name != OUTPUT_NAME:
-            raise CodecError(f"unknown output {name!r}; this model has one output, {OUTPUT_NAME!r}")
+        if name != OUTPUT_NAME and name not in EXPLANATION_OUTPUTS:
+            explained = ", ".join(repr(n) for n in EXPLANATION_OUTPUTS)
+            raise CodecError(
+                f"unknown output {name!r}; the outputs are {OUTPUT_NAME!r} and, for a model that "
+                f"explains, {explained}"
+            )
         if any(o.name == name for o in outputs):
             raise CodecError(f"output {name!r} is requested twice")
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise CodecError(f"output {name!r}: binary_data must be true or false, got {binary!r}")
-        outputs.append(RequestedOutput(name, _classification(name, parameters), binary))
+        classification = _classification(name, parameters)
+        if classification is not None and name != OUTPUT_NAME:
+            raise CodecError(f"output {name!r} takes no classification parameter; {OUTPUT_NAME!r} does")
+        outputs.append(RequestedOutput(name, classification, binary))
+    if explain and not wants_explanation(outputs):
+        outputs += [RequestedOutput(name, None, binary_default) for name in EXPLANATION_OUTPUTS]
     return outputs
+
+
+def wants_explanation(outputs: Sequence[RequestedOutput]) -> bool:
+    return any(o.name in EXPLANATION_OUTPUTS for o in outputs)
+
+
+def explain_parameter(parameters: Mapping[str, object]) -> bool:
+    """The request parameter ``explain`` (absent: false)."""
+    value = parameters.get(EXPLAIN_PARAMETER, False)
+    if not isinstance(value, bool):
+        raise CodecError(f"parameter {EXPLAIN_PARAMETER!r} must be true or false, got {value!r}")
+    return value
 
 
 def _classification(name: str, parameters: Mapping[str, object]) -> int | None:
@@ -242,7 +280,8 @@ def parse_rest_request(body: bytes, header_length: int | None, max_images: int) 
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise CodecError(f"binary_data_output must be true or false, got {binary_default!r}")
-    outputs = parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default)
+    explain = explain_parameter(parameters)
+    outputs = parse_outputs(_rest_outputs(header.get("outputs", [])), binary_default, explain)
     request_id = _request_id(header.get("id"))
     if inputs[0].get("name") == pixel_tensor.PIXELS_INPUT:
         pixels = _rest_pixels(inputs[0], binary, max_images)
@@ -361,7 +400,9 @@ def build_outputs(
     """The requested output tensors for the images' results, in request order."""
     tensors = []
     for output in outputs:
-        if output.classification is None:
+        if output.name in EXPLANATION_OUTPUTS:
+            tensors.append(_explanation_tensor(output, results))
+        elif output.classification is None:
             probabilities = np.stack([r.probabilities for r in results]).astype(np.float32, copy=False)
             tensors.append(
                 OutputTensor(output.name, FP32, list(probabilities.shape), probabilities, output.binary)
@@ -371,6 +412,30 @@ def build_outputs(
             elements = [classification_element(score) for r in results for score in r.top_k[:k]]
             tensors.append(OutputTensor(output.name, BYTES, [len(results), k], elements, output.binary))
     return tensors
+
+
+def _explanation_tensor(output: RequestedOutput, results: Sequence[Classification]) -> OutputTensor:
+    """One explanation output: every image's maps (padded to the most any image has), their
+    classes (-1 pads) or the crop boxes."""
+    explanations = [r.explanation for r in results]
+    if any(e is None for e in explanations):
+        raise ValueError("an explanation output for results without explanations")
+    found = [e for e in explanations if e is not None]
+    if output.name == EXPLANATION_BOX:
+        boxes = np.array([[e.box.left, e.box.top, e.box.width, e.box.height] for e in found], np.float32)
+        return OutputTensor(output.name, FP32, [len(found), 4], boxes, output.binary)
+    count = max(len(e.maps) for e in found)
+    if output.name == EXPLANATION_CLASSES:
+        classes = np.full((len(found), count), -1, dtype=np.int64)
+        for row, explanation in zip(classes, found, strict=True):
+            row[: len(explanation.maps)] = [m.index for m in explanation.maps]
+        return OutputTensor(output.name, INT64, [len(found), count], classes, output.binary)
+    shape = next((m.heatmap.shape for e in found for m in e.maps), (0, 0))
+    maps = np.zeros((len(found), count, *shape), dtype=np.float32)
+    for image, explanation in zip(maps, found, strict=True):
+        for slot, class_map in zip(image, explanation.maps, strict=False):
+            slot[...] = class_map.heatmap
+    return OutputTensor(output.name, FP32, list(maps.shape), maps, output.binary)
 
 
 def encode_rest_response(
@@ -402,7 +467,10 @@ def encode_rest_response(
 
 
 def tensor_metadata(num_classes: int) -> dict[str, list[dict[str, Any]]]:
-    """The model's inputs and outputs as model metadata lists them (-1: the batch dimension)."""
+    """The model's inputs and outputs as model metadata lists them (-1: the batch dimension).
+
+    The explanation outputs are not listed: they exist only when a request asks for them, and
+    Triton's own clients (its image client) expect a classifier to list one output."""
     return {
         "inputs": [{"name": INPUT_NAME, "datatype": BYTES, "shape": [-1, 1]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": FP32, "shape": [-1, num_classes]}],

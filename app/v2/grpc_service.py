@@ -132,7 +132,7 @@ class InferenceServicer:
                 request.model_name,
                 request.model_version or None,
                 parsed.top_k,
-                False,
+                parsed.explain,
                 PROTOCOL,
                 "classification",
                 parsed.pixels,
@@ -255,8 +255,9 @@ def _inputs(request: pb.ModelInferRequest, max_images: int) -> codec.InferReques
     """The one input (encoded images, or pixels) and the outputs asked for."""
     pixels = _pixels(request, max_images)
     images = _images(request, max_images) if pixels is None else []
+    explain = codec.explain_parameter(_parameters(request.parameters))
     outputs = codec.parse_outputs(
-        [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True
+        [(o.name, _parameters(o.parameters)) for o in request.outputs], binary_default=True, explain=explain
     )
     return codec.InferRequest(images, outputs, pixels=pixels)
 

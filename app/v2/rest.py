@@ -164,9 +164,17 @@ async def run_inference(
         limit = dataplane.limits.max_images_per_request
         parsed = await dataplane.parse(codec.parse_rest_request, body, header_length, limit)
         images = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
-        return InferenceRequest(
-            images, name, version, parsed.top_k, False, V2Route.protocol, "classification", parsed.pixels
-        ), parsed
+        inference = InferenceRequest(
+            images,
+            name,
+            version,
+            parsed.top_k,
+            parsed.explain,
+            V2Route.protocol,
+            "classification",
+            parsed.pixels,
+        )
+        return inference, parsed
 
     result, parsed = await dataplane.run(
         name, version, read, record=get_request_context(request.scope), gone=client_gone(request)

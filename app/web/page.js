@@ -1,5 +1,6 @@
 // imgserve demo page: photos in (file picker, drag and drop, paste, camera), POST predict,
-// the top-k of each photo as bars. Vanilla JavaScript, no build step, no third-party code.
+// the top-k of each photo as bars, and (a toggle) where the model looked: its class activation
+// map drawn on a canvas over the photo. Vanilla JavaScript, no build step, no third-party code.
 // Every URL is relative, so the page works at / and behind a proxy under any path.
 "use strict";
 
@@ -28,6 +29,8 @@
     dropzone: byId("dropzone"),
     fileInput: byId("file-input"),
     topK: byId("top-k"),
+    explain: byId("explain"),
+    explainLabel: byId("explain-label"),
     cameraButton: byId("camera-button"),
     camera: byId("camera"),
     cameraVideo: byId("camera-video"),
@@ -41,7 +44,7 @@
 
   const state = {
     apiKey: "", // page memory only: never stored, gone on reload
-    model: null, // the first entry of v1/models
+    model: null, // the entry of v1/models that answers predict (the default model's latest version)
     modelLoad: null, // promise of the model (or null), awaited before the first upload
     topKTouched: false,
     lastFiles: [],
@@ -170,9 +173,11 @@
   async function loadModel() {
     try {
       const { body } = await send("v1/models", { method: "GET", cache: "no-store" }, new AbortController());
-      const model = body.models && body.models[0];
+      const model = defaultModel(body);
       if (!model) {
-        el.modelInfo.textContent = "The server serves no model.";
+        el.modelInfo.textContent = body.models && body.models.length
+          ? `This server serves ${body.models.length} model versions and names no default one.`
+          : "The server serves no model.";
         return null;
       }
       state.model = model;
@@ -190,6 +195,19 @@
     }
   }
 
+  // What POST predict uses: the default model's latest version (v1/models lists the versions of
+  // each name in ascending order); a server that names no default has none.
+  function defaultModel(body) {
+    const models = body.models || [];
+    if (!("default_model" in body)) return models[0] || null;
+    const versions = models.filter((m) => m.name === body.default_model);
+    return versions.length ? versions[versions.length - 1] : null;
+  }
+
+  function explains() {
+    return Boolean(state.model && state.model.explanation);
+  }
+
   function describeModel(model) {
     const parts = [`${model.name} version ${model.version}`, `${model.num_classes} classes`];
     if (model.limits) parts.push(`up to ${model.limits.max_images_per_request} images per request`);
@@ -198,6 +216,7 @@
     el.modelInfo.textContent = parts.join(" · ");
     el.topK.max = String(Math.min(model.num_classes, MAX_TOP_K));
     if (!state.topKTouched) el.topK.value = String(Math.min(DEFAULT_TOP_K, model.num_classes));
+    el.explainLabel.hidden = !explains();
   }
 
   function topK() {
@@ -239,6 +258,7 @@
     await state.modelLoad;
     if (controller.signal.aborted) return;
     const k = topK();
+    const explainParameter = el.explain.checked && explains() ? "&explain=true" : "";
     const perRequest = (state.model && state.model.limits && state.model.limits.max_images_per_request) || files.length;
     let done = 0;
     try {
@@ -246,7 +266,7 @@
         const chunk = files.slice(done, done + perRequest);
         const form = new FormData();
         for (const file of chunk) form.append("file", file, file.name || "image");
-        const { body, ms } = await send(`predict?top_k=${k}`, { method: "POST", body: form }, controller);
+        const { body, ms } = await send(`predict?top_k=${k}${explainParameter}`, { method: "POST", body: form }, controller);
         hideMessage();
         body.predictions.forEach((prediction, i) => fillCard(cards[done + i], prediction, body, ms));
       }
@@ -312,6 +332,10 @@
       return row;
     });
     card.querySelector(".bars").replaceChildren(...rows);
+    card.explanation = prediction.explanation || null;
+    card.shownMap = 0;
+    if (card.explanation) offerMaps(card, rows);
+    showOverlay(card);
     card.querySelector(".status").hidden = true;
     const meta = card.querySelector(".meta");
     meta.querySelector('[data-testid="model-name"]').textContent = body.model;
@@ -319,6 +343,97 @@
     meta.querySelector('[data-testid="latency-ms"]').textContent = String(Math.round(ms));
     meta.hidden = false;
     card.dataset.state = "done";
+  }
+
+  // ---- explanations: the class activation map over the photo ---------------------------------
+
+  // The classes that have a map are clickable: their map replaces the top class's.
+  function offerMaps(card, rows) {
+    const mapped = new Map(card.explanation.maps.map((m, i) => [m.index, i]));
+    for (const row of rows) {
+      const position = mapped.get(Number(row.dataset.index));
+      if (position === undefined) continue;
+      row.classList.add("has-map");
+      row.title = `${row.title || row.querySelector(".label").textContent}: click to see where the model saw it`;
+      row.addEventListener("click", () => {
+        card.shownMap = position;
+        showOverlay(card);
+      });
+    }
+  }
+
+  // Jet, the colour scale CAM figures use, between its bright ends: blue (0), green, red (1);
+  // the hotter, the more opaque. The client's overlay images use the same scale.
+  function heatColour(value) {
+    const v = 0.125 + 0.75 * value;
+    const channel = (centre) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - centre))));
+    return [channel(3), channel(2), channel(1), Math.round(255 * (0.2 + 0.5 * value))];
+  }
+
+  function heatImage(heatmap) {
+    const rows = heatmap.length;
+    const cols = heatmap[0].length;
+    const small = document.createElement("canvas");
+    small.width = cols;
+    small.height = rows;
+    const context = small.getContext("2d");
+    const pixels = context.createImageData(cols, rows);
+    heatmap.forEach((line, y) => line.forEach((value, x) => {
+      pixels.data.set(heatColour(Math.min(1, Math.max(0, value))), 4 * (y * cols + x));
+    }));
+    context.putImageData(pixels, 0, 0);
+    return small;
+  }
+
+  function showOverlay(card) {
+    const canvas = card.querySelector(".cam");
+    const caption = card.querySelector(".cam-caption");
+    const img = card.querySelector(".thumb");
+    const explanation = card.explanation;
+    const on = el.explain.checked && Boolean(explanation) && explanation.maps.length > 0;
+    canvas.hidden = !on || img.hidden;
+    caption.hidden = !on;
+    for (const row of card.querySelectorAll(".row")) row.classList.remove("shown-map");
+    if (!on) return;
+    const map = explanation.maps[card.shownMap] || explanation.maps[0];
+    caption.textContent = `Where the model saw “${map.label}” (${explanation.method.toUpperCase()}); the frame is the part it was shown.`;
+    const row = card.querySelector(`.row[data-index="${map.index}"]`);
+    if (row) row.classList.add("shown-map");
+    if (img.hidden) return;
+    if (!img.complete || !img.naturalWidth) {
+      img.addEventListener("load", () => showOverlay(card), { once: true });
+      return;
+    }
+    drawMap(canvas, img, explanation.box, map);
+  }
+
+  // The map covers the crop the model saw, in the original's pixels: scale that box to the
+  // thumbnail as shown and let the canvas smooth the small grid over it.
+  function drawMap(canvas, img, box, map) {
+    const ratio = window.devicePixelRatio || 1;
+    canvas.style.left = `${img.offsetLeft}px`;
+    canvas.style.top = `${img.offsetTop}px`;
+    canvas.style.width = `${img.clientWidth}px`;
+    canvas.style.height = `${img.clientHeight}px`;
+    canvas.width = Math.max(1, Math.round(img.clientWidth * ratio));
+    canvas.height = Math.max(1, Math.round(img.clientHeight * ratio));
+    const sx = canvas.width / img.naturalWidth;
+    const sy = canvas.height / img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.imageSmoothingEnabled = true;
+    context.imageSmoothingQuality = "high";
+    const [x, y, w, h] = [box.left * sx, box.top * sy, box.width * sx, box.height * sy];
+    context.drawImage(heatImage(map.heatmap), x, y, w, h);
+    context.setLineDash([4 * ratio, 3 * ratio]);
+    context.lineWidth = ratio;
+    context.strokeStyle = "rgba(255, 255, 255, 0.9)";
+    context.strokeRect(x, y, w, h);
+    canvas.dataset.label = map.label;
+  }
+
+  function refreshOverlays() {
+    for (const card of el.results.querySelectorAll(".card")) showOverlay(card);
   }
 
   function failCards(cards, text) {
@@ -390,6 +505,18 @@
     state.topKTouched = true;
     topK();
     if (state.lastFiles.length) classify(state.lastFiles);
+  });
+
+  el.explain.addEventListener("change", () => {
+    const cards = Array.from(el.results.querySelectorAll(".card"));
+    const missing = cards.some((card) => card.dataset.state === "done" && !card.explanation);
+    if (el.explain.checked && missing && state.lastFiles.length) classify(state.lastFiles);
+    else refreshOverlays();
+  });
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(refreshOverlays, 100);
   });
 
   el.keyApply.addEventListener("click", applyKey);

@@ -25,14 +25,26 @@ from imgserve_client.errors import (
     ServerError,
 )
 from imgserve_client.retry import RetryPolicy, RetryStats
-from imgserve_client.types import ClassScore, Limits, ModelInfo, Prediction, Result
+from imgserve_client.types import (
+    ClassMap,
+    ClassScore,
+    CropBox,
+    Explanation,
+    Limits,
+    ModelInfo,
+    Prediction,
+    Result,
+)
 
 __all__ = [
     "APIError",
     "AsyncClient",
+    "ClassMap",
     "ClassScore",
     "Client",
     "ConnectionFailedError",
+    "CropBox",
+    "Explanation",
     "ImageReadError",
     "ImgserveError",
     "Limits",

@@ -67,9 +67,12 @@ class ClientBase:
         return Attempts(self.policy, self._clock, self._random, self.stats)
 
     @staticmethod
-    def _predict_args(pack: list[Loaded], top_k: int) -> dict[str, Any]:
+    def _predict_args(pack: list[Loaded], top_k: int, explain: bool = False) -> dict[str, Any]:
         body, content_type = multipart_body(pack)
-        return {"params": {"top_k": top_k}, "content": body, "headers": {"Content-Type": content_type}}
+        params: dict[str, Any] = {"top_k": top_k}
+        if explain:
+            params["explain"] = "true"
+        return {"params": params, "content": body, "headers": {"Content-Type": content_type}}
 
     @staticmethod
     def _predictions(response: httpx.Response, expected: int) -> list[Prediction]:

@@ -65,10 +65,10 @@ class AsyncClient(ClientBase):
         await self.aclose()
 
     # -- the API ------------------------------------------------------------------------------
-    async def predict(self, image: ImageInput, top_k: int = 5) -> Prediction:
+    async def predict(self, image: ImageInput, top_k: int = 5, *, explain: bool = False) -> Prediction:
         """See :meth:`imgserve_client.Client.predict`."""
         data = await asyncio.to_thread(read_image, image)
-        return (await self._post_predict([Loaded(image, image_name(image), data)], top_k))[0]
+        return (await self._post_predict([Loaded(image, image_name(image), data)], top_k, explain))[0]
 
     async def predict_many(
         self,
@@ -77,6 +77,7 @@ class AsyncClient(ClientBase):
         top_k: int = 5,
         concurrency: int = 8,
         images_per_request: int | None = None,
+        explain: bool = False,
     ) -> AsyncGenerator[Result, None]:
         """See :meth:`imgserve_client.Client.predict_many`; ``concurrency`` tasks, one loop."""
         model = await self._limits_model()
@@ -88,7 +89,7 @@ class AsyncClient(ClientBase):
         async def work() -> None:
             try:
                 while (pack := source.next_pack()) is not None:
-                    done.put_nowait(await self._classify_pack(pack, top_k, max_bytes))
+                    done.put_nowait(await self._classify_pack(pack, top_k, max_bytes, explain))
             except Exception as exc:  # handed to the consumer
                 done.put_nowait(exc)
             else:
@@ -147,8 +148,8 @@ class AsyncClient(ClientBase):
         except httpx.TransportError as exc:
             raise ConnectionFailedError(f"{type(exc).__name__} on {self.base_url}{path}: {exc}", 1) from exc
 
-    async def _post_predict(self, pack: list[Loaded], top_k: int) -> list[Prediction]:
-        response = await self._request("POST", "/predict", **self._predict_args(pack, top_k))
+    async def _post_predict(self, pack: list[Loaded], top_k: int, explain: bool = False) -> list[Prediction]:
+        response = await self._request("POST", "/predict", **self._predict_args(pack, top_k, explain))
         return self._predictions(response, len(pack))
 
     async def _limits_model(self) -> ModelInfo | None:
@@ -161,18 +162,20 @@ class AsyncClient(ClientBase):
             self._remember_model(models)
         return self._model
 
-    async def _classify_pack(self, pack: list[Pending], top_k: int, max_bytes: int | None) -> list[Result]:
+    async def _classify_pack(
+        self, pack: list[Pending], top_k: int, max_bytes: int | None, explain: bool = False
+    ) -> list[Result]:
         if sum(item.size or INLINE_READ_BYTES for item in pack) < INLINE_READ_BYTES:
             loaded, results = load_pack(pack, max_bytes)  # a few small files: cheaper than a thread hop
         else:
             loaded, results = await asyncio.to_thread(load_pack, pack, max_bytes)
-        return results + await self._send_pack(loaded, top_k) if loaded else results
+        return results + await self._send_pack(loaded, top_k, explain) if loaded else results
 
-    async def _send_pack(self, pack: list[Loaded], top_k: int) -> list[Result]:
+    async def _send_pack(self, pack: list[Loaded], top_k: int, explain: bool = False) -> list[Result]:
         try:
-            predictions = await self._post_predict(pack, top_k)
+            predictions = await self._post_predict(pack, top_k, explain)
         except ImgserveError as exc:
             if after_pack_error(exc, len(pack)) == "split":
-                return [result for item in pack for result in await self._send_pack([item], top_k)]
+                return [result for item in pack for result in await self._send_pack([item], top_k, explain)]
             return failed(pack, exc)
         return succeeded(pack, predictions)

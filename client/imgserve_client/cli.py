@@ -25,6 +25,7 @@ from imgserve_client.errors import (
     ConnectionFailedError,
     ImageReadError,
     ImgserveError,
+    ProtocolError,
     RejectedError,
     ServerBusyError,
 )
@@ -39,8 +40,9 @@ from imgserve_client.output import (
     rejection_record,
     resume_key,
 )
+from imgserve_client.overlay import write_overlay
 from imgserve_client.retry import RetryStats
-from imgserve_client.types import ModelInfo, Result
+from imgserve_client.types import ModelInfo, Prediction, Result
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own code for bad arguments
@@ -129,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--images-per-request",
         type=_positive_int,
         help="images packed in one request (default: chosen from the server's limits and --concurrency)",
+    )
+    classify.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="also ask where the model looked, and write each photo with its top class's activation "
+        "map laid over it to DIR/NAME.cam.png (needs Pillow, in the cli extra)",
     )
     classify.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
@@ -332,6 +341,10 @@ def _classify_command(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         if args.top_k > model.num_classes:
             raise UsageError(f"--top-k {args.top_k}: the model {model.name} has {model.num_classes} classes")
+        if args.explain is not None and "explanation" in model.raw and not model.raw["explanation"]:
+            raise UsageError(
+                f"--explain: the model {model.name} {model.version} does not explain its answers"
+            )
         print(
             f"{len(todo)} images to classify with {model.name} {model.version} at {args.url}"
             + (f" ({tally.skipped} already in {args.output})" if tally.skipped else ""),
@@ -375,8 +388,13 @@ def _classify(
     bar: Any,
     write: Callable[[dict[str, Any]], None],
 ) -> None:
+    overlays = OverlayWriter(args.explain) if args.explain is not None else None
     results = client.predict_many(
-        todo, top_k=args.top_k, concurrency=args.concurrency, images_per_request=args.images_per_request
+        todo,
+        top_k=args.top_k,
+        concurrency=args.concurrency,
+        images_per_request=args.images_per_request,
+        explain=overlays is not None,
     )
     try:
         with contextlib.closing(results):
@@ -385,6 +403,8 @@ def _classify(
                 tally.add(path, result)
                 if result.prediction is not None:
                     write(prediction_record(path, result.prediction))
+                    if overlays is not None:
+                        overlays.write(path, result.prediction)
                 elif isinstance(result.error, RejectedError):
                     write(rejection_record(path, result.error))
                 bar.update(1)
@@ -396,6 +416,31 @@ def _classify(
                     return
     except APIError as exc:  # no image can get through (a wrong API key, a wrong URL)
         tally.stopped = str(exc)
+    finally:
+        if overlays is not None and overlays.written:
+            print(f"wrote {overlays.written} overlay images to {overlays.folder}", file=sys.stderr)
+
+
+class OverlayWriter:
+    """Each photo with its top class's activation map over it, as FOLDER/NAME.cam.png (a name
+    already used in this run gets -2, -3, ...)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written = 0
+        self._used: set[str] = set()
+
+    def write(self, path: str, prediction: Prediction) -> None:
+        if prediction.explanation is None:
+            raise ProtocolError(f"asked for an explanation of {path}, the server sent none")
+        stem = Path(path).stem or "image"
+        name, copy = f"{stem}.cam.png", 1
+        while name in self._used:
+            copy += 1
+            name = f"{stem}-{copy}.cam.png"
+        self._used.add(name)
+        write_overlay(Path(path).read_bytes(), prediction.explanation, self.folder / name)
+        self.written += 1
 
 
 # -- health and models ---------------------------------------------------------------------------

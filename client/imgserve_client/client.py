@@ -66,11 +66,13 @@ class Client(ClientBase):
         self.close()
 
     # -- the API ------------------------------------------------------------------------------
-    def predict(self, image: ImageInput, top_k: int = 5) -> Prediction:
+    def predict(self, image: ImageInput, top_k: int = 5, *, explain: bool = False) -> Prediction:
         """The ``top_k`` most probable classes of one image (a path, bytes, a file object or a
-        PIL image); raises an :class:`~imgserve_client.errors.ImgserveError` when it fails."""
+        PIL image); raises an :class:`~imgserve_client.errors.ImgserveError` when it fails.
+        ``explain``: the prediction also carries the model's class activation maps
+        (:attr:`Prediction.explanation`); a model that does not explain answers 400."""
         pack = [Loaded(image, image_name(image), read_image(image))]
-        return self._post_predict(pack, top_k)[0]
+        return self._post_predict(pack, top_k, explain)[0]
 
     def predict_many(
         self,
@@ -79,6 +81,7 @@ class Client(ClientBase):
         top_k: int = 5,
         concurrency: int = 8,
         images_per_request: int | None = None,
+        explain: bool = False,
     ) -> Generator[Result, None, None]:
         """Classify many images with ``concurrency`` requests in flight; yields one
         :class:`Result` per image as each completes (not in input order).
@@ -97,7 +100,7 @@ class Client(ClientBase):
         def work() -> None:
             try:
                 while (pack := source.next_pack()) is not None:
-                    done.put(self._classify_pack(pack, top_k, max_bytes))
+                    done.put(self._classify_pack(pack, top_k, max_bytes, explain))
             except Exception as exc:  # handed to the caller's thread
                 done.put(exc)
             else:
@@ -158,8 +161,8 @@ class Client(ClientBase):
         except httpx.TransportError as exc:
             raise ConnectionFailedError(f"{type(exc).__name__} on {self.base_url}{path}: {exc}", 1) from exc
 
-    def _post_predict(self, pack: list[Loaded], top_k: int) -> list[Prediction]:
-        response = self._request("POST", "/predict", **self._predict_args(pack, top_k))
+    def _post_predict(self, pack: list[Loaded], top_k: int, explain: bool = False) -> list[Prediction]:
+        response = self._request("POST", "/predict", **self._predict_args(pack, top_k, explain))
         return self._predictions(response, len(pack))
 
     def _limits_model(self) -> ModelInfo | None:
@@ -172,15 +175,17 @@ class Client(ClientBase):
             self._remember_model(models)
         return self._model
 
-    def _classify_pack(self, pack: list[Pending], top_k: int, max_bytes: int | None) -> list[Result]:
+    def _classify_pack(
+        self, pack: list[Pending], top_k: int, max_bytes: int | None, explain: bool = False
+    ) -> list[Result]:
         loaded, results = load_pack(pack, max_bytes)
-        return results + self._send_pack(loaded, top_k) if loaded else results
+        return results + self._send_pack(loaded, top_k, explain) if loaded else results
 
-    def _send_pack(self, pack: list[Loaded], top_k: int) -> list[Result]:
+    def _send_pack(self, pack: list[Loaded], top_k: int, explain: bool = False) -> list[Result]:
         try:
-            predictions = self._post_predict(pack, top_k)
+            predictions = self._post_predict(pack, top_k, explain)
         except ImgserveError as exc:
             if after_pack_error(exc, len(pack)) == "split":
-                return [result for item in pack for result in self._send_pack([item], top_k)]
+                return [result for item in pack for result in self._send_pack([item], top_k, explain)]
             return failed(pack, exc)
         return succeeded(pack, predictions)

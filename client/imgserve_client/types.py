@@ -18,14 +18,45 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class CropBox:
+    """The part of the original image the model saw (its centre crop), in the original's pixels
+    (EXIF orientation applied, as viewers show it)."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Where the model saw one class: a grid of values in [0, 1] (rows of columns) over the crop."""
+
+    index: int
+    label: str
+    heatmap: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The class activation maps of one image's top classes (most probable first) and the box
+    they cover. ``method``: ``cam`` or ``grad-cam``."""
+
+    method: str
+    box: CropBox
+    maps: tuple[ClassMap, ...]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The top-k classes of one image, most probable first; ``label``/``index``/``probability``
-    are those of the first (most probable) class."""
+    are those of the first (most probable) class. ``explanation``: when asked for."""
 
     top_k: tuple[ClassScore, ...]
     filename: str | None
     model: str
     model_version: str
+    explanation: Explanation | None = None
 
     @property
     def label(self) -> str:
@@ -95,11 +126,28 @@ def parse_predictions(body: Any) -> list[Prediction]:
                 filename=p.get("filename"),
                 model=model,
                 model_version=version,
+                explanation=_explanation(p["explanation"]) if p.get("explanation") else None,
             )
             for p in body["predictions"]
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"unexpected /predict response: {exc!r} in {str(body)[:300]}") from exc
+
+
+def _explanation(raw: dict[str, Any]) -> Explanation:
+    box = raw["box"]
+    return Explanation(
+        method=str(raw["method"]),
+        box=CropBox(float(box["left"]), float(box["top"]), float(box["width"]), float(box["height"])),
+        maps=tuple(
+            ClassMap(
+                int(m["index"]),
+                str(m["label"]),
+                tuple(tuple(float(v) for v in row) for row in m["heatmap"]),
+            )
+            for m in raw["maps"]
+        ),
+    )
 
 
 def parse_models(body: Any) -> list[ModelInfo]:

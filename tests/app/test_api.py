@@ -434,6 +434,7 @@ def test_models_lists_the_card_provider_and_batching(client: TestClient, tiny_mo
         "metrics": {},
         "created_at": "",
         "sha256": card_json["sha256"],
+        "explanation": None,
         "execution_provider": "CPUExecutionProvider",
         "providers": ["CPUExecutionProvider"],
         "batching": {

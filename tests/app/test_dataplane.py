@@ -25,12 +25,21 @@ class FakeModel:
     cancelled: bool = False
     default_top_k: int = 3
     max_top_k: int = 4
+    explains: bool = False
+    explained: list[bool] = field(default_factory=list)
 
     def top_k_range(self) -> str:
         return "1 and 4 (the number of classes)"
 
-    async def classify(self, images: Sequence[NamedImage], top_k: int) -> list[Classification]:
+    def check_explain(self, explain: bool) -> None:
+        if explain and not self.explains:
+            raise errors.ExplainUnsupportedError(f"model {self.name!r} does not explain its answers")
+
+    async def classify(
+        self, images: Sequence[NamedImage], top_k: int, explain: bool = False
+    ) -> list[Classification]:
         self.calls.append(top_k)
+        self.explained.append(explain)
         try:
             await asyncio.sleep(self.seconds)
         except asyncio.CancelledError:
@@ -108,11 +117,19 @@ def test_image_count_explain_and_failures_reach_the_observer() -> None:
     with pytest.raises(errors.BodyTooLargeError, match=r"more than 2 images in one request"):
         run(dataplane.infer(InferenceRequest([IMAGE] * 3), record=recorder))
     assert recorder.images == 0
-    with pytest.raises(errors.ExplainUnsupportedError, match="this model does not explain"):
+    with pytest.raises(errors.ExplainUnsupportedError, match="does not explain"):
         run(dataplane.infer(InferenceRequest([IMAGE], explain=True)))
     assert model.calls == []
     failed = [type(o.error) for o in recorder.outcomes]
     assert failed == [errors.BodyTooLargeError, errors.ExplainUnsupportedError]
+    # Refused before the body too; a model that explains is asked to.
+    with pytest.raises(errors.ExplainUnsupportedError):
+        dataplane.model("m", None, explain=True)
+    explaining = FakeModel("m", "2", explains=True)
+    dataplane = make_dataplane(lambda name, version: explaining, recorder)
+    run(dataplane.infer(InferenceRequest([IMAGE], explain=True)))
+    run(dataplane.infer(InferenceRequest([IMAGE])))
+    assert explaining.explained == [True, False]
 
 
 def test_a_client_that_leaves_cancels_its_classification() -> None:

@@ -35,6 +35,7 @@ ASSETS = {
 # The contract for anyone who automates the page (README, "Demo page").
 TEST_IDS = {
     "file-input", "dropzone", "result-row", "label", "probability", "latency-ms", "model-version", "error",
+    "explain-toggle", "cam-overlay", "cam-caption",
 }  # fmt: skip
 
 
@@ -115,7 +116,8 @@ def test_the_page_loads_only_its_own_files_by_relative_urls_and_has_no_inline_co
         assert test_ids >= TEST_IDS
     script = (WEB_DIR / "page.js").read_text()
     requested = re.findall(r"send\(\s*[`\"']([^`\"']+)[`\"']", script)
-    assert requested == ["v1/models", "predict?top_k=${k}"]  # relative: they work under any path
+    # relative: they work under any path
+    assert requested == ["v1/models", "predict?top_k=${k}${explainParameter}"]
     for text in (script, (WEB_DIR / "page.css").read_text()):
         assert not re.search(r"https?:|url\(|@import", text)
 

@@ -108,10 +108,11 @@ def test_serving_never_loads_pytorch() -> None:
 
 
 def test_the_client_needs_only_httpx_and_the_server_never_imports_it() -> None:
-    """imgserve_client installs on its own: the standard library, httpx, and tqdm for the CLI."""
+    """imgserve_client installs on its own: the standard library, httpx, and for the CLI tqdm and
+    Pillow (the --explain overlays, imported only when they are drawn)."""
     names = {name for found in package_imports("client/imgserve_client").values() for name in found}
     third_party = {name.split(".")[0] for name in names if name.split(".")[0] not in sys.stdlib_module_names}
-    assert third_party == {"httpx", "tqdm", "imgserve_client"}, third_party
+    assert third_party == {"httpx", "tqdm", "PIL", "imgserve_client"}, third_party
     assert violations("app", ("imgserve_client",)) == []
 
 

@@ -140,8 +140,8 @@ class SyncFacade:
         )
         self.stats = self._client.stats
 
-    def predict(self, image: Any, top_k: int = 5) -> Any:
-        return asyncio.run(self._client.predict(image, top_k))
+    def predict(self, image: Any, top_k: int = 5, **options: Any) -> Any:
+        return asyncio.run(self._client.predict(image, top_k, **options))
 
     def models(self) -> Any:
         return asyncio.run(self._client.models())

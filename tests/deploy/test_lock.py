@@ -46,12 +46,13 @@ def test_every_declared_requirement_is_locked_at_a_version_it_allows() -> None:
     assert len(pins) > 100, "the lock looks truncated"
     wrong = []
     for pyproject in (REPO_ROOT / "pyproject.toml", REPO_ROOT / "client" / "pyproject.toml"):
+        where = pyproject.relative_to(REPO_ROOT)
         for requirement in declared(pyproject):
             name = canonicalize_name(requirement.name)
             if name not in pins:
-                wrong.append(f"{requirement} ({pyproject.parent.name}): not in the lock")
+                wrong.append(f"{requirement} ({where}): not in the lock")
             elif not requirement.specifier.contains(pins[name][0], prereleases=True):
-                wrong.append(f"{requirement} ({pyproject.parent.name}): locked at {pins[name][0]}")
+                wrong.append(f"{requirement} ({where}): locked at {pins[name][0]}")
     assert not wrong, "run scripts/lock.sh (make lock):\n" + "\n".join(wrong)
 
 

@@ -690,3 +690,106 @@ def test_through_the_shipped_nginx(browser: Browser, photo_server: ServerProcess
         (card,) = wait_results(page, 1)
         assert error_text(page) == "Too large: the server answered HTTP 413 Request Entity Too Large"
         assert card["state"] == "failed"
+
+
+# ---- explanations and the header ----------------------------------------------------------
+
+
+def quadrant_photo(quadrant: tuple[int, int], size: int = 448) -> bytes:
+    """The cat pasted into one quadrant of a neutral grey canvas."""
+    canvas = Image.new("RGB", (size, size), (128, 128, 128))
+    cat = Image.fromarray(data.chelsea()).resize((size // 2, size // 2))
+    canvas.paste(cat, (quadrant[0] * size // 2, quadrant[1] * size // 2))
+    return encode(canvas, "JPEG", quality=90)
+
+
+HOTTEST_PIXEL = """card => {
+  const canvas = card.querySelector('[data-testid=cam-overlay]');
+  const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let best = -1, at = 0;
+  for (let i = 0; i < pixels.length; i += 4) {
+    const heat = pixels[i] - pixels[i + 2];  // red over blue: jet's hot end
+    if (pixels[i + 3] > 0 && heat > best) { best = heat; at = i / 4; }
+  }
+  const img = card.querySelector('[data-testid=thumbnail]');
+  return {x: (at % canvas.width) / canvas.width, y: Math.floor(at / canvas.width) / canvas.height,
+          heat: best, hidden: canvas.hidden, label: canvas.dataset.label,
+          canvasBox: [canvas.offsetLeft, canvas.offsetTop, canvas.offsetWidth, canvas.offsetHeight],
+          imgBox: [img.offsetLeft, img.offsetTop, img.offsetWidth, img.offsetHeight]};
+}"""
+
+
+def test_the_toggle_lays_each_photos_map_over_it_where_the_cat_is(
+    browser: Browser, photo_server: ServerProcess, tmp_path: Path
+) -> None:
+    files = [
+        payload("cat-top-left.jpg", quadrant_photo((0, 0))),
+        payload("cat-bottom-right.jpg", quadrant_photo((1, 1))),
+    ]
+    with open_page(browser, photo_server.base_url, viewport={"width": 1000, "height": 900}) as watched:
+        page = watched.page
+        wait_model_info(page)
+        toggle = page.get_by_test_id("explain-toggle")
+        expect(toggle).to_be_visible()
+        page.get_by_test_id("file-input").set_input_files(files)
+        wait_results(page, 2)
+        expect(page.get_by_test_id("cam-overlay").first).to_be_hidden()
+        assert "explain" not in watched.predict_requests()[-1].url
+
+        toggle.check()  # the photos are sent again, this time asking for the maps
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=cam-overlay]')].every(c => !c.hidden)"
+        )
+        cards = wait_results(page, 2)
+        assert "explain=true" in watched.predict_requests()[-1].url
+        screenshot = artifact_dir(tmp_path) / "page-explain.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"\nscreenshot of the page with maps: {screenshot}")
+        for index, (card, quadrant) in enumerate(zip(cards, [(0, 0), (1, 1)], strict=True)):
+            hottest = page.locator("[data-testid=result]").nth(index).evaluate(HOTTEST_PIXEL)
+            assert hottest["canvasBox"] == hottest["imgBox"]  # the canvas lies exactly on the photo
+            assert hottest["label"] == card["labels"][0] and hottest["heat"] > 100
+            assert (int(hottest["x"] * 2), int(hottest["y"] * 2)) == quadrant, (card["filename"], hottest)
+        caption = page.get_by_test_id("cam-caption").first
+        expect(caption).to_contain_text(cards[0]["labels"][0])
+
+        # Another class's map: click its row; the toggle off hides the maps without a request.
+        requests = len(watched.predict_requests())
+        first = page.locator("[data-testid=result]").first
+        first.get_by_test_id("result-row").nth(1).click()
+        expect(caption).to_contain_text(cards[0]["labels"][1])
+        toggle.uncheck()
+        expect(page.get_by_test_id("cam-overlay").first).to_be_hidden()
+        assert len(watched.predict_requests()) == requests
+        assert watched.errors == []
+
+
+def test_a_model_that_does_not_explain_offers_no_toggle(browser: Browser, busy_server: ServerProcess) -> None:
+    with open_page(browser, busy_server.base_url) as watched:
+        wait_model_info(watched.page)
+        expect(watched.page.get_by_test_id("explain-toggle")).to_be_hidden()
+    response = predict(busy_server.base_url, [("red.png", solid_png((250, 0, 0)))], top_k=1)
+    assert response.status_code == 200
+    refused = httpx.post(
+        f"{busy_server.base_url}/predict?explain=true",
+        files=[("file", ("red.png", solid_png((250, 0, 0))))],
+        timeout=30,
+    )
+    assert refused.status_code == 400 and "does not explain" in refused.json()["detail"]
+
+
+def test_the_header_describes_the_default_model_not_the_first_listed(
+    browser: Browser, start_server: StartServer, tmp_path: Path
+) -> None:
+    from tests.app.repository_models import write_version
+
+    repository = tmp_path / "repository"
+    write_version(repository, "alpha", 1)
+    write_version(repository, "zeta", 1)
+    zeta = write_version(repository, "zeta", 2)
+    server = start_server(zeta, model_repository=repository, default_model="zeta", warmup_batch_sizes="1")
+    listed = httpx.get(f"{server.base_url}/v1/models", timeout=10).json()
+    assert listed["models"][0]["name"] == "alpha" and listed["default_model"] == "zeta"
+    with open_page(browser, server.base_url) as watched:
+        wait_model_info(watched.page)
+        assert watched.page.get_by_test_id("model-info").inner_text().startswith("zeta version 2 · 4 classes")

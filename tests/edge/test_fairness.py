@@ -17,13 +17,13 @@ from tests.conftest import StartServer
 from tests.edge.test_cost import attackers, flat_webp, multipart
 from tests.reliability import corpus
 
-ATTACK_S = 6.0
+ATTACK_S = 4.0
 
 
 def test_clients_looping_heavy_requests_do_not_turn_normal_predicts_away(
     start_server: StartServer, tiny_model_path: Path, tmp_path: Path
 ) -> None:
-    """3 clients loop 4 x 25 MP WebPs (100 MP, the per-request budget) for 6 s, two decode
+    """3 clients loop 4 x 25 MP WebPs (100 MP, the per-request budget) for 4 s, two decode
     threads: the normal predicts sent meanwhile all get 200, and heavy requests are still
     served (those past the budget less light_decoding_pixels get 503 + Retry-After)."""
     server = start_server(tiny_model_path, decode_threads=2, warmup_batch_sizes="1")

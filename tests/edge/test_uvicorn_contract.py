@@ -1,7 +1,8 @@
 """The parts of uvicorn's httptools protocol that app/edge.py relies on are still there.
 
-app/edge.py subclasses ``HttpToolsProtocol``: it overrides 8 of its hooks (one private,
-``_start_asgi_task``) and reads or writes its attributes and those of its request cycle. A
+app/edge.py subclasses ``HttpToolsProtocol``: it overrides its hooks (one private,
+``_start_asgi_task``; HOOKS lists them) and reads or writes its attributes and those of its
+request cycle. A
 uvicorn release may rename or drop any of them without notice; a bound against hostile
 clients would then silently stop working in a fresh image. pyproject.toml pins uvicorn and
 httptools exactly, and these tests say what to look at when the pins move: one request is
@@ -35,6 +36,9 @@ HOOKS = {
     "on_message_complete": [],
     "_start_asgi_task": ["cycle", "app"],
     "on_response_complete": [],
+    # asyncio's write flow control, which uvicorn implements on its FlowControl
+    "pause_writing": [],
+    "resume_writing": [],
 }
 # The protocol's own attributes the edge uses, each with what it must be once a request's
 # headers are in.
@@ -159,6 +163,11 @@ def test_uvicorn_calls_each_hook_with_the_attributes_in_place() -> None:
         protocol = Spy(config=config, server_state=ServerState(), app_state={})
         transport = FakeTransport()
         protocol.connection_made(transport)
+        # write flow control: uvicorn's FlowControl follows the transport's pause and resume
+        protocol.pause_writing()
+        assert protocol.flow.write_paused is True
+        protocol.resume_writing()
+        assert protocol.flow.write_paused is False
         protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         for _ in range(100):
             if "on_response_complete" in calls:

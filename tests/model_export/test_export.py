@@ -16,7 +16,9 @@ from model_card import CARD_METADATA_KEY, ModelCard, load_card, sha256_file
 from model_export.cli import main
 from model_export.data import create_eval_transform
 from model_export.export import (
+    FP16_MAP_TOLERANCE,
     FP16_TOLERANCE,
+    FP32_MAP_TOLERANCE,
     FP32_TOLERANCE,
     ExportError,
     PixelsToProbabilities,
@@ -54,7 +56,8 @@ def test_graph_contract(default_fp32: Path) -> None:
     model = onnx.load(str(default_fp32 / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     (graph_input,) = model.graph.input
-    (graph_output,) = model.graph.output
+    # The probabilities first, as ever; the class activation maps and their classes after them.
+    graph_output, maps_output, classes_output = model.graph.output
     assert graph_input.name == "pixels"
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     in_dims = graph_input.type.tensor_type.shape.dim
@@ -63,6 +66,10 @@ def test_graph_contract(default_fp32: Path) -> None:
     assert graph_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     out_dims = graph_output.type.tensor_type.shape.dim
     assert out_dims[0].dim_param == in_dims[0].dim_param and out_dims[1].dim_value == 1000
+    assert (maps_output.name, classes_output.name) == ("cam", "cam_classes")
+    assert maps_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert classes_output.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [d.dim_value for d in maps_output.type.tensor_type.shape.dim[1:]] == [5, 7, 7]
 
 
 def test_card_round_trip(default_fp32: Path) -> None:
@@ -82,6 +89,20 @@ def test_card_round_trip(default_fp32: Path) -> None:
     assert (inside.labels[281], inside.num_classes, inside.precision) == ("tabby", 1000, "fp32")
     assert {"torch", "onnx", "onnxruntime", "timm"} <= set(inside.exporter)
     assert inside.metrics["export_parity"]["max_abs_prob_diff"] <= FP32_TOLERANCE
+    explanation = inside.explanation
+    assert explanation is not None
+    assert (explanation.method, explanation.maps_output, explanation.classes_output) == (
+        "cam",
+        "cam",
+        "cam_classes",
+    )
+    assert (explanation.top_k, explanation.height, explanation.width, explanation.dtype) == (
+        5,
+        7,
+        7,
+        "float32",
+    )
+    assert inside.metrics["export_parity"]["max_abs_map_diff"] <= FP32_MAP_TOLERANCE == 1e-4
 
 
 @pytest.mark.parametrize("batch", [1, 2, 5])
@@ -105,6 +126,8 @@ def test_fp16_export_runs_on_cpu_within_tolerance(
     assert float(np.abs(p16.astype(np.float32) - p32).max()) <= FP16_TOLERANCE
     assert (p16.argmax(1) == p32.argmax(1)).all()
     assert card.metrics["export_parity"]["max_abs_prob_diff"] <= FP16_TOLERANCE
+    assert card.explanation is not None and card.explanation.dtype == "float16"
+    assert card.metrics["export_parity"]["max_abs_map_diff"] <= FP16_MAP_TOLERANCE
     assert (default_fp16 / "model.onnx").stat().st_size < 0.6 * (default_fp32 / "model.onnx").stat().st_size
 
 
@@ -125,3 +148,22 @@ def test_parity_batch_is_real_and_varied() -> None:
     assert images.shape == (8, 224, 224, 3) and images.dtype == np.uint8
     assert len({img.tobytes() for img in images}) == 8
     assert torch.from_numpy(images).float().std() > 30
+
+
+def test_default_maps_match_pytorchs_cam_of_the_module(
+    default_fp32: Path, photos: dict[str, Image.Image]
+) -> None:
+    from model_export.data import mean_std_tensors, normalize_uint8
+    from model_export.explain import reference_maps
+    from model_export.models import create_lite0_imagenet
+
+    card = load_card(default_fp32 / "model.onnx")
+    transform = create_eval_transform(card.preprocessing)
+    pixels = np.stack([transform(photos[name]).permute(1, 2, 0).numpy() for name in ("chelsea", "coffee")])
+    session = ort.InferenceSession(str(default_fp32 / "model.onnx"), providers=["CPUExecutionProvider"])
+    probabilities, maps, classes = session.run(None, {"pixels": pixels})
+    assert (classes[:, 0] == probabilities.argmax(1)).all() and int(classes[0, 0]) in CAT_CLASSES
+    mean, std = mean_std_tensors(card.preprocessing)
+    x = normalize_uint8(torch.from_numpy(pixels).permute(0, 3, 1, 2), mean, std)
+    expected = reference_maps(create_lite0_imagenet(), "cam", x, torch.from_numpy(classes))
+    assert float(np.abs(maps - expected.numpy()).max()) <= FP32_MAP_TOLERANCE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,8 +137,9 @@ def test_too_many_images_is_its_own_error() -> None:
 @pytest.mark.parametrize(
     ("outputs", "message"),
     [
-        ([("scores", {})], "unknown output 'scores'; this model has one output, 'probs'"),
+        ([("scores", {})], "unknown output 'scores'; the outputs are 'probs' and"),
         ([("probs", {}), ("probs", {})], "output 'probs' is requested twice"),
+        ([("explanation_maps", {"classification": 2})], "takes no classification parameter"),
         ([("probs", {"classification": 0})], "classification must be a whole number of classes >= 1, got 0"),
         ([("probs", {"classification": True})], "classification must be a whole number"),
         ([("probs", {"binary_data": "yes"})], "binary_data must be true or false, got 'yes'"),
@@ -192,3 +194,26 @@ def test_binary_and_json_outputs_decode_to_the_same_numbers() -> None:
     raw = codec.encode_rest_response("m", "1", None, classes)[0]
     elements = codec.decode_bytes_elements(raw[raw.index(b"}]}") + 3 :], 2)
     assert [e.split(b":", 1)[1] for e in elements] == [b"1:dog", b"0:cat"]
+
+
+def test_explanation_outputs_pad_an_image_with_fewer_maps() -> None:
+    from app.inference.postprocess import ClassMap, CropBox, Explanation
+
+    first, second = results()
+    hot = np.eye(7, dtype=np.float32)
+    box = CropBox(1.0, 2.0, 30.0, 30.0)
+    explained = [
+        replace(first, explanation=Explanation("cam", box, [ClassMap(1, "b", hot), ClassMap(2, "c", hot.T)])),
+        replace(second, explanation=Explanation("cam", box, [ClassMap(0, "a", hot)])),
+    ]
+    outputs = codec.parse_outputs([], binary_default=False, explain=True)
+    assert [o.name for o in outputs] == ["probs", *codec.EXPLANATION_OUTPUTS]
+    _, maps, classes, boxes = codec.build_outputs(explained, outputs)
+    assert (maps.datatype, maps.shape) == ("FP32", [2, 2, 7, 7])
+    assert (classes.datatype, classes.shape) == ("INT64", [2, 2])
+    assert np.array_equal(maps.values[0, 1], hot.T) and not maps.values[1, 1].any()
+    assert classes.values.tolist() == [[1, 2], [0, -1]]
+    assert np.frombuffer(classes.raw(), "<i8").tolist() == [1, 2, 0, -1]
+    assert boxes.json_data() == [1.0, 2.0, 30.0, 30.0] * 2
+    with pytest.raises(codec.CodecError, match="'explain' must be true or false"):
+        codec.explain_parameter({"explain": "yes"})

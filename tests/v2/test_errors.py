@@ -107,7 +107,8 @@ def test_bad_requests_are_400(tiny_v2: V2Server) -> None:
     error(
         httpx.post(url, json=v2_json(png, outputs=[{"name": "labels"}])),
         400,
-        "unknown output 'labels'; this model has one output, 'probs'",
+        "unknown output 'labels'; the outputs are 'probs' and, for a model that explains, "
+        "'explanation_maps', 'explanation_classes', 'explanation_box'",
     )
     error(
         httpx.post(url, content=png, headers={"Inference-Header-Content-Length": "x"}),
