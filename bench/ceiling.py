@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config import Settings
-from app.inference.engine import Engine, EngineOptions, create_engine
+from app.inference.engine import Engine, EngineOptions, create_engine, default_max_batch_size
 from app.inference.preprocess import ImageLimits, configure_pillow, preprocess
 from harness.loadgen import percentile
 
@@ -148,22 +148,24 @@ def run_ceiling(
     configure_pillow(settings.max_image_pixels)
     single_s = duration_s / 2 if single_image_duration_s is None else single_image_duration_s
     engine = create_engine(model_path, EngineOptions(intra_op_threads=settings.intra_op_threads))
+    # 0 means "the provider's default", as the server resolves it at load
+    max_batch_size = settings.max_batch_size or default_max_batch_size(engine.execution_provider)
     result: dict[str, object] = {
         "provider": engine.execution_provider,
         "providers": engine.providers,
         "decode_threads": settings.decode_threads,
         "intra_op_threads": settings.intra_op_threads,
-        "max_batch_size": settings.max_batch_size,
+        "max_batch_size": max_batch_size,
     }
     model: dict[str, object] = {}
-    for batch_size in sorted({*model_batch_sizes, settings.max_batch_size}):
+    for batch_size in sorted({*model_batch_sizes, max_batch_size}):
         model[str(batch_size)] = measure_model(engine, batch_size, duration_s / 4)
     result["model"] = model
     pipeline: dict[str, object] = {}
     for name, images in image_sets.items():
-        sizes = sorted({settings.max_batch_size, *(pipeline_batch_sizes or {}).get(name, ())})
+        sizes = sorted({max_batch_size, *(pipeline_batch_sizes or {}).get(name, ())})
         by_batch = {str(size): measure_pipeline(engine, images, settings, duration_s, size) for size in sizes}
-        figures: dict[str, object] = dict(by_batch[str(settings.max_batch_size)])
+        figures: dict[str, object] = dict(by_batch[str(max_batch_size)])
         figures["by_batch"] = by_batch
         figures["preprocess_cpu_s_per_image"] = measure_preprocess(engine, images, settings, duration_s / 2)
         figures["single_image"] = measure_single_image(engine, images, settings, single_s)
