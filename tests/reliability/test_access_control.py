@@ -308,7 +308,14 @@ def test_the_schema_offers_no_way_to_name_a_path_url_or_model(
     }
     # Names and versions only look up the models already served (an unknown one is 404); no
     # parameter takes a path, a URL or a file.
-    assert params == {"top_k", "name", "version", "probabilities", "explain", "Inference-Header-Content-Length"}
+    assert params == {
+        "top_k",
+        "name",
+        "version",
+        "probabilities",
+        "explain",
+        "Inference-Header-Content-Length",
+    }
     for traversal in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "http:%2F%2F127.0.0.1:1%2Fm.onnx"):
         response = httpx.get(f"{base_url}/v2/models/{traversal}")
         assert response.status_code == 404, (traversal, response.text)
