@@ -363,6 +363,16 @@ def add_optimize_parser(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     parser.add_argument("--no-sensitivity", dest="sensitivity", action="store_false", help="int8 everywhere")
     parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="best.pt of the run that trained the model: when post-training int8 misses the gate, "
+        "fine-tune this PyTorch model with int8 in the loop (quantization-aware training) into "
+        "DIR/int8-qat/ (needs --split, or the run's split.json beside the checkpoint)",
+    )
+    parser.add_argument("--qat-epochs", type=int, default=2, help="with --checkpoint: fine-tuning epochs")
+    parser.add_argument("--qat-lr", type=float, default=1e-4, help="with --checkpoint: learning rate")
+    parser.add_argument(
         "--no-speed", dest="measure_speed", action="store_false", help="skip the timing rounds"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -372,11 +382,15 @@ def add_optimize_parser(subparsers: argparse._SubParsersAction) -> None:  # type
 def run_optimize(args: argparse.Namespace) -> int:
     from model_card import load_card
 
+    from .data import load_split
     from .optimize import OptimizeConfig, optimize_model
     from .photos import labelled_crops, sample_photo_crops
+    from .qat import QatConfig
 
     started_s = time.perf_counter()
     card = load_card(args.model)
+    if args.checkpoint is not None and args.split is None:
+        args.split = args.checkpoint.parent / "split.json"
     if args.split is not None:
         calibration, tuning, gate = labelled_crops(
             args.split,
@@ -400,6 +414,8 @@ def run_optimize(args: argparse.Namespace) -> int:
         precisions=tuple(args.precisions),
         sensitivity=args.sensitivity,
         measure_speed=args.measure_speed,
+        qat=QatConfig(args.checkpoint, args.qat_epochs, args.qat_lr) if args.checkpoint else None,
+        split=load_split(args.split) if args.checkpoint else None,
     )
     results = optimize_model(config, calibration, tuning, gate)
     if args.repository is not None:
@@ -442,7 +458,7 @@ def _print_optimize_summary(results: list[Any], calibration: int, gate: int, ela
     print(f"calibration {calibration} images, gate {gate} held-out images; {elapsed_s:.0f} s")
     for result in results:
         if result.skipped:
-            print(f"  {result.precision}: not made: {result.skipped}")
+            print(f"  {result.label}: not made: {result.skipped}")
             continue
         variant = result.card.variant
         figures = variant.gate.figures
@@ -456,7 +472,7 @@ def _print_optimize_summary(results: list[Any], calibration: int, gate: int, ela
         )
         verdict = "PASSED" if variant.gate.passed else "FAILED (" + "; ".join(variant.gate.failures) + ")"
         print(
-            f"  {result.precision} for {result.card.execution_provider}: gate {verdict}: top-1 agreement "
+            f"  {result.label} for {result.card.execution_provider}: gate {verdict}: top-1 agreement "
             f"{figures.top1_agreement_confident:.4f} on {figures.confident_images} confident images, "
             f"{figures.top1_agreement_all:.4f} on all, top-5 overlap {figures.top5_overlap:.4f}, "
             f"max |dp| {figures.max_abs_prob_diff:.3f}{accuracy}; "

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -42,6 +42,10 @@ from model_card import ExecutionProvider, ModelCard, Precision, Variant, load_ca
 from .export import MODEL_FILENAME, _attach_card, convert_to_fp16, exporter_versions
 from .gate import GateThresholds, compare, judge
 from .photos import CropSet
+
+if TYPE_CHECKING:
+    from .data import DatasetSplit
+    from .qat import QatConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,10 @@ class VariantResult:
     model_path: Path | None
     card: ModelCard | None
     skipped: str | None = None
+    label: str = ""  # how the summary names it; the precision unless two variants share one
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.precision
 
 
 @dataclass
@@ -272,6 +280,9 @@ class OptimizeConfig:
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     sensitivity: bool = True
     measure_speed: bool = True
+    # Quantization-aware training when post-training int8 misses the gate (a model trained here).
+    qat: QatConfig | None = None
+    split: DatasetSplit | None = None
 
 
 def _variant_card(
@@ -280,12 +291,14 @@ def _variant_card(
     provider: ExecutionProvider,
     variant: Variant,
     output_dtype: str | None = None,
+    explains: bool = True,
 ) -> ModelCard:
     output = base.output.model_copy(update={"dtype": output_dtype}) if output_dtype else base.output
     exporter = {**exporter_versions(), **_tool_versions()}
     return base.model_copy(
         update={
             "name": f"{base.name}-{precision}",
+            "explanation": base.explanation if explains else None,
             "precision": precision,
             "execution_provider": provider,
             "variant": variant,
@@ -387,35 +400,99 @@ def optimize_model(
         folder = config.output_dir / precision
         started = time.perf_counter()
         path, keep, method, steps = make_variant_file(precision, config, calibration, tuning, card, folder)
-        measured = measure_variant(precision, path, gate)
-        figures = compare(reference, measured.probabilities, gate.labels, config.thresholds.confident_margin)
-        verdict = judge(
-            figures, config.thresholds, images=gate.describe(), measured_with=measured.measured_with
-        )
-        speed: dict[str, Any] = {}
-        if config.measure_speed and measured.timing_provider is not None:
-            timings = cpu_ms_per_image({"fp32": fp32_runner, precision: measured.runner}, gate.pixels)
-            speed = {
-                "cpu_ms_per_image": round(timings[precision], 3),
-                "fp32_cpu_ms_per_image": round(timings["fp32"], 3),
-                "speedup_vs_fp32": round(timings["fp32"] / timings[precision], 3),
-                "how": f"one thread, batch {BATCH_SIZE}, {TIMING_ROUNDS} interleaved rounds, medians; "
-                "fp32 on ONNX Runtime CPU",
-            }
-        provider: ExecutionProvider = "openvino" if precision in ("int8", "bf16") else "cuda"
-        variant = Variant(
-            base_sha256=card.sha256 or "",
-            base_version=card.version,
-            method=method,
-            calibration=calibration.describe() if precision == "int8" else None,
-            kept_in_fp32=keep,
-            gate=verdict,
-            speed={**speed, **({"sensitivity_pass": [s.__dict__ for s in steps]} if steps else {})},
-        )
-        variant_card = _variant_card(
-            card, precision, provider, variant, "float16" if precision == "fp16" else None
-        )
-        _write_variant(path, variant_card)
+        sensitivity = {"sensitivity_pass": [step.__dict__ for step in steps]}
+        variant = VariantMade(precision, path, method, keep, sensitivity)
+        results.append(judge_and_write(variant, config, card, reference, fp32_runner, calibration, gate))
         log.info("%s written in %.0f s", precision, time.perf_counter() - started)
-        results.append(VariantResult(precision, path, load_card(path)))
+        int8 = results[-1].card
+        if precision == "int8" and config.qat is not None and int8 is not None and not int8.gate_passed:
+            results.append(quantization_aware_result(config, card, reference, fp32_runner, calibration, gate))
     return results
+
+
+@dataclass
+class VariantMade:
+    """A variant's graph on disk and how it was made, before the gate has judged it."""
+
+    precision: Precision
+    path: Path
+    method: str
+    kept_in_fp32: list[str]
+    extra_speed: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    explains: bool = True
+
+
+def judge_and_write(
+    made: VariantMade,
+    config: OptimizeConfig,
+    card: ModelCard,
+    reference: np.ndarray,
+    fp32_runner: Runner,
+    calibration: CropSet,
+    gate: CropSet,
+) -> VariantResult:
+    """Run the gate and the timing rounds on ``made`` and write its card into its graph."""
+    precision = made.precision
+    measured = measure_variant(precision, made.path, gate)
+    figures = compare(reference, measured.probabilities, gate.labels, config.thresholds.confident_margin)
+    verdict = judge(figures, config.thresholds, images=gate.describe(), measured_with=measured.measured_with)
+    speed: dict[str, Any] = {}
+    if config.measure_speed and measured.timing_provider is not None:
+        timings = cpu_ms_per_image({"fp32": fp32_runner, precision: measured.runner}, gate.pixels)
+        speed = {
+            "cpu_ms_per_image": round(timings[precision], 3),
+            "fp32_cpu_ms_per_image": round(timings["fp32"], 3),
+            "speedup_vs_fp32": round(timings["fp32"] / timings[precision], 3),
+            "how": f"one thread, batch {BATCH_SIZE}, {TIMING_ROUNDS} interleaved rounds, medians; "
+            "fp32 on ONNX Runtime CPU",
+        }
+    provider: ExecutionProvider = "openvino" if precision in ("int8", "bf16") else "cuda"
+    extra = {key: value for key, value in made.extra_speed.items() if value}
+    variant = Variant(
+        base_sha256=card.sha256 or "",
+        base_version=card.version,
+        method=made.method,
+        calibration=calibration.describe() if precision == "int8" else None,
+        kept_in_fp32=made.kept_in_fp32,
+        gate=verdict,
+        speed={**speed, **extra},
+    )
+    variant_card = _variant_card(
+        card, precision, provider, variant, "float16" if precision == "fp16" else None, made.explains
+    )
+    _write_variant(made.path, variant_card)
+    return VariantResult(precision, made.path, load_card(made.path), label=made.label)
+
+
+def quantization_aware_result(
+    config: OptimizeConfig,
+    card: ModelCard,
+    reference: np.ndarray,
+    fp32_runner: Runner,
+    calibration: CropSet,
+    gate: CropSet,
+) -> VariantResult:
+    """The int8 variant made by quantization-aware training, in ``output_dir/int8-qat/``, gated."""
+    from .qat import quantization_aware_variant
+
+    assert config.qat is not None
+    if config.split is None:
+        raise OptimizeError("quantization-aware training needs the training run's split (--split)")
+    folder = config.output_dir / "int8-qat"
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    trained = quantization_aware_variant(config.qat, config.split, calibration, card, folder / MODEL_FILENAME)
+    made = VariantMade(
+        "int8",
+        trained.path,
+        trained.method,
+        [],
+        {"quantization_aware_epochs": trained.epochs},
+        label="int8-qat",
+        # Its graph ends at the probabilities: the class activation maps are not exported.
+        explains=False,
+    )
+    result = judge_and_write(made, config, card, reference, fp32_runner, calibration, gate)
+    log.info("int8-qat written in %.0f s", time.perf_counter() - started)
+    return result

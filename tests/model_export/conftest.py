@@ -18,6 +18,7 @@ from model_export import sample_data
 torch.set_num_threads(1)
 
 DIGITS_SIDE_PX = 32
+DIGITS_TRAIN_ARGS = ["--hflip-prob", "0", "--min-scale", "0.8", "--shear-deg", "5", "--workers", "0"]
 
 
 def write_digits_image_folder(
@@ -37,3 +38,17 @@ def photos() -> dict[str, Image.Image]:
     from skimage import data
 
     return {"chelsea": Image.fromarray(data.chelsea()), "coffee": Image.fromarray(data.coffee())}
+
+
+@pytest.fixture(scope="session")
+def cnn_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """simple_cnn trained on the digits at 32 px (8 epochs): a run folder with best.pt and split.json."""
+    from model_export.cli import main
+
+    run = tmp_path_factory.mktemp("cnn_run")
+    assert main([
+        "--threads", "1", "train", "--data", str(digits_dir), "--arch", "simple_cnn",
+        "--crop-size", "32", "--resize-size", "32",
+        "--epochs", "8", "--lr", "2e-3", "--output-dir", str(run), *DIGITS_TRAIN_ARGS,
+    ]) == 0  # fmt: skip
+    return run

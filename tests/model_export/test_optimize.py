@@ -1,5 +1,6 @@
 """Variants and the accuracy gate on the tiny colour model: a good calibration passes, a broken
-one is refused, and the variant's card carries what the gate measured."""
+one is refused, and the variant's card carries what the gate measured; quantization-aware
+training of a small CNN trained here repairs what a broken calibration breaks."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 
 from harness.tiny_model import tiny_card, write_model
 from model_card import load_card
+from model_export.cli import main
+from model_export.data import load_split
 from model_export.gate import GateThresholds, compare, judge
 from model_export.optimize import OptimizeConfig, optimize_model
-from model_export.photos import CropSet
+from model_export.photos import CropSet, labelled_crops
+from model_export.qat import QatConfig
 
 SIZE = 32  # tiny_card()'s crop
 
@@ -104,3 +108,57 @@ def test_an_accuracy_drop_past_the_threshold_fails_even_with_agreement_kept() ->
     assert not gate.passed and gate.failures[-1].startswith(
         "accuracy 0.9900 vs fp32 1.0000: a drop of 0.0100"
     )
+
+
+@pytest.fixture(scope="module")
+def cnn_fp32(cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cnn_fp32")
+    assert (
+        main(["--threads", "1", "export", "--checkpoint", str(cnn_run / "best.pt"), "--output-dir", str(out)])
+        == 0
+    )
+    return out / "model.onnx"
+
+
+def test_quantization_aware_training_repairs_what_a_broken_calibration_breaks(
+    cnn_run: Path, cnn_fp32: Path, tmp_path: Path
+) -> None:
+    """Both int8 variants start from the same grey calibration images: post-training int8 keeps
+    their useless activation ranges; two epochs of quantization-aware training learn better ones."""
+    card = load_card(cnn_fp32)
+    split_path = cnn_run / "split.json"
+    _, tuning, gate = labelled_crops(
+        split_path, card.preprocessing, card.labels, calibration_images=1, tuning_images=16
+    )
+    config = OptimizeConfig(
+        source=cnn_fp32,
+        output_dir=tmp_path,
+        precisions=("int8",),
+        sensitivity=False,
+        measure_speed=False,
+        qat=QatConfig(cnn_run / "best.pt", epochs=2, lr=1e-3, workers=0),
+        split=load_split(split_path),
+    )
+    ptq, qat = optimize_model(config, grey_crops(32), tuning, gate)
+    assert (ptq.label, qat.label) == ("int8", "int8-qat")
+    assert ptq.card is not None and ptq.card.variant is not None and not ptq.card.gate_passed
+    assert (
+        qat.card is not None
+        and qat.card.variant is not None
+        and qat.model_path == tmp_path / "int8-qat" / "model.onnx"
+    )
+    before, after = ptq.card.variant.gate.figures, qat.card.variant.gate.figures
+    assert before.top1_agreement_all < 0.5 and after.top1_agreement_all > before.top1_agreement_all + 0.4
+    assert (
+        after.images == len(gate) and after.accuracy_variant is not None and after.accuracy_fp32 is not None
+    )
+    assert after.accuracy_variant > 0.8 and after.accuracy_fp32 > 0.9
+    assert (qat.card.precision, qat.card.execution_provider, qat.card.explanation) == (
+        "int8",
+        "openvino",
+        None,
+    )
+    assert qat.card.variant.method.startswith("NNCF quantization-aware training")
+    assert qat.card.variant.calibration == {"source": "one grey image, repeated", "crops": 32, "photos": []}
+    assert len(qat.card.variant.speed["quantization_aware_epochs"]) == 2
+    assert qat.card.variant.gate.measured_with == "OpenVINO CPU"

@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from model_export.cli import main
 
-from .test_train import DIGITS_TRAIN_ARGS
+from .conftest import DIGITS_TRAIN_ARGS
 
 LABELS = [str(d) for d in range(10)]
 EPOCH_TAGS = ["loss/train", "loss/val", "top1/train", "top1/val", "top5/val", "macro_f1/val"]

@@ -18,9 +18,7 @@ from model_export.config import TrainConfig
 from model_export.models import create_lite0_imagenet
 from model_export.train import load_checkpoint
 
-from .conftest import write_digits_image_folder
-
-DIGITS_TRAIN_ARGS = ["--hflip-prob", "0", "--min-scale", "0.8", "--shear-deg", "5", "--workers", "0"]
+from .conftest import DIGITS_TRAIN_ARGS, write_digits_image_folder
 
 
 def _cli(*args: str) -> None:
@@ -29,17 +27,6 @@ def _cli(*args: str) -> None:
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text())
-
-
-@pytest.fixture(scope="session")
-def cnn_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("cnn_run")
-    _cli(
-        "train", "--data", str(digits_dir), "--arch", "simple_cnn",
-        "--crop-size", "32", "--resize-size", "32",
-        "--epochs", "8", "--lr", "2e-3", "--output-dir", str(run), *DIGITS_TRAIN_ARGS,
-    )  # fmt: skip
-    return run
 
 
 @pytest.fixture(scope="session")
