@@ -28,7 +28,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -421,6 +421,7 @@ class VariantMade:
     extra_speed: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     explains: bool = True
+    retrained: bool = False  # quantization-aware: judged on its accuracy (model_export.gate)
 
 
 def judge_and_write(
@@ -435,8 +436,9 @@ def judge_and_write(
     """Run the gate and the timing rounds on ``made`` and write its card into its graph."""
     precision = made.precision
     measured = measure_variant(precision, made.path, gate)
-    figures = compare(reference, measured.probabilities, gate.labels, config.thresholds.confident_margin)
-    verdict = judge(figures, config.thresholds, images=gate.describe(), measured_with=measured.measured_with)
+    thresholds = replace(config.thresholds, judge_agreement=False) if made.retrained else config.thresholds
+    figures = compare(reference, measured.probabilities, gate.labels, thresholds.confident_margin)
+    verdict = judge(figures, thresholds, images=gate.describe(), measured_with=measured.measured_with)
     speed: dict[str, Any] = {}
     if config.measure_speed and measured.timing_provider is not None:
         timings = cpu_ms_per_image({"fp32": fp32_runner, precision: measured.runner}, gate.pixels)
@@ -492,6 +494,7 @@ def quantization_aware_result(
         label="int8-qat",
         # Its graph ends at the probabilities: the class activation maps are not exported.
         explains=False,
+        retrained=True,
     )
     result = judge_and_write(made, config, card, reference, fp32_runner, calibration, gate)
     log.info("int8-qat written in %.0f s", time.perf_counter() - started)

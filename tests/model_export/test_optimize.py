@@ -149,6 +149,9 @@ def test_quantization_aware_training_repairs_what_a_broken_calibration_breaks(
     )
     before, after = ptq.card.variant.gate.figures, qat.card.variant.gate.figures
     assert before.top1_agreement_all < 0.5 and after.top1_agreement_all > before.top1_agreement_all + 0.4
+    # a retrained model is judged on its accuracy: its agreement is recorded, not a threshold
+    assert "top1_agreement_all_min" not in qat.card.variant.gate.thresholds
+    assert all(f.startswith("accuracy ") for f in qat.card.variant.gate.failures)
     assert (
         after.images == len(gate) and after.accuracy_variant is not None and after.accuracy_fp32 is not None
     )
@@ -162,3 +165,24 @@ def test_quantization_aware_training_repairs_what_a_broken_calibration_breaks(
     assert qat.card.variant.calibration == {"source": "one grey image, repeated", "crops": 32, "photos": []}
     assert len(qat.card.variant.speed["quantization_aware_epochs"]) == 2
     assert qat.card.variant.gate.measured_with == "OpenVINO CPU"
+
+
+def test_a_retrained_variant_is_judged_on_its_accuracy_not_its_agreement() -> None:
+    reference = np.tile([[0.6, 0.3, 0.1]], (100, 1))
+    labels = np.array([1] * 20 + [0] * 80)
+    better = reference.copy()
+    better[:20] = [0.3, 0.6, 0.1]  # 20% of the answers change, each from wrong to right
+    retrained = GateThresholds(judge_agreement=False)
+    figures = compare(reference, better, labels)
+    assert judge(figures, GateThresholds(), images={}, measured_with="test").failures == [
+        "top-1 agreement on confident images 0.8000 < 0.995",
+        "top-1 agreement on all images 0.8000 < 0.97",
+    ]
+    gate = judge(figures, retrained, images={}, measured_with="test")
+    assert gate.passed and "top1_agreement_confident_min" not in gate.thresholds
+    worse = judge(
+        compare(reference, better, np.zeros(100, dtype=int)), retrained, images={}, measured_with="t"
+    )
+    assert not worse.passed and worse.failures[0].startswith("accuracy 0.8000 vs fp32 1.0000")
+    unlabelled = judge(compare(reference, better), retrained, images={}, measured_with="test")
+    assert not unlabelled.passed and "no labels" in unlabelled.failures[0]
