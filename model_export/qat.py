@@ -198,7 +198,7 @@ def quantization_aware_variant(
     config: QatConfig, split: DatasetSplit, calibration: CropSet, card: ModelCard, path: Path
 ) -> QatResult:
     """Fine-tune the checkpoint's model with int8 in the loop and write it to ``path``."""
-    from .train import load_checkpoint, model_from_checkpoint
+    from .train import load_checkpoint, model_from_checkpoint, seed_everything
 
     payload = load_checkpoint(config.checkpoint)
     if list(payload["labels"]) != list(card.labels):
@@ -209,6 +209,7 @@ def quantization_aware_variant(
     created = model_from_checkpoint(payload)
     head_name = next(name for name, module in created.model.named_modules() if module is created.head)
     train_config = _training_config(payload, config)
+    seed_everything(train_config.seed)  # dropout and augmentation: the same variant every time
     started = time.perf_counter()
     quantized = insert_fake_quantizers(created, calibration)
     tuned = dataclasses.replace(created, model=quantized, head=quantized.get_submodule(head_name))
