@@ -9,11 +9,13 @@ budget is looked at. Two things here change that:
 - :func:`server_options`: the core's own bounds (streams per connection, calls in progress,
   connections, idle and age limits, the handshake timeout);
 - :class:`BoundsInterceptor`: it sees each call's metadata before a byte of its message is
-  read (interceptors run when the call's headers arrive), refuses a call without a valid API
-  key there, and serves every call that has a request message as a request-streaming one, so
-  that the message is read only once room for it is held in the process's body budget
-  (``max_buffered_body_bytes``, shared with HTTP bodies; gRPC may take half of it). A unary
-  client sees no difference: on the wire a unary request is a stream of one message.
+  read (interceptors run when the call's headers arrive), refuses a call past the process's
+  cap on calls in progress (:class:`CallLimit`) or without a valid API key there, with the
+  access-log line every call gets, and serves every call that has a request message as a
+  request-streaming one, so that the message is read only once room for it is held in the
+  process's body budget (``max_buffered_body_bytes``, shared with HTTP bodies; gRPC may take
+  half of it). A unary client sees no difference: on the wire a unary request is a stream of
+  one message.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ PUBLIC_METHODS = frozenset(
         "/grpc.health.v1.Health/Watch",
     }
 )
+# Probes are not counted against grpc_max_concurrent_rpcs: a cap full of inference calls must
+# not make a kubelet restart a pod that is serving (the HTTP connection cap lets probes pass too).
+PROBE_METHODS = PUBLIC_METHODS - {"/grpc.health.v1.Health/Watch"}
 
 
 @dataclass(frozen=True)
@@ -170,18 +175,47 @@ class MessageBudget:
         self._released.set()
 
 
+class CallLimit:
+    """``grpc_max_concurrent_rpcs``: calls in progress across the process.
+
+    Counted here, not by grpcio's ``maximum_concurrent_rpcs``: grpcio refuses a call past its
+    cap before any interceptor runs, so the refusal would have no access-log line and no
+    metric. Like grpcio's own limiter, a call counts from when its handler is looked up until
+    the task that serves it ends (a done callback: nothing a handler does can leave it
+    counted), and a refused call costs no read of its message.
+    """
+
+    def __init__(self, max_calls: int) -> None:
+        self.max_calls = max_calls
+        self.in_progress = 0
+
+    def try_admit(self) -> bool:
+        """Count the call the running task serves, unless the cap is reached."""
+        if self.in_progress >= self.max_calls:
+            return False
+        task = asyncio.current_task()
+        if task is not None:  # grpc.aio serves every call in a task of its own
+            self.in_progress += 1
+            task.add_done_callback(self._ended)
+        return True
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self.in_progress -= 1
+
+
 Behavior = Callable[..., Any]
 
 
 class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused-ignore]
-    """The API key from the call's metadata (the one check of the port's keys), then its request
-    message read within the budget."""
+    """The cap on calls in progress, the API key from the call's metadata (the one check of the
+    port's keys), then its request message read within the budget."""
 
     def __init__(
         self, limits: GrpcLimits, budget: MessageBudget, keys: Sequence[SecretStr], metrics: Metrics
     ) -> None:
         self.limits = limits
         self.budget = budget
+        self.calls = CallLimit(limits.max_concurrent_rpcs)
         self._keys = ApiKeys(keys)
         self._metrics = metrics
 
@@ -191,9 +225,17 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
+        if handler is None:
             return handler
         method = handler_call_details.method
+        if method not in PROBE_METHODS and not self.calls.try_admit():
+            message = (
+                f"overloaded: {self.calls.in_progress} gRPC calls are in progress, the most this server "
+                "takes at once (grpc_max_concurrent_rpcs); retry"
+            )
+            return self._refusing(method, handler, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if handler.request_streaming:
+            return handler
         if self._keys.enabled and method not in PUBLIC_METHODS:
             refusal = self._key_refusal(dict(handler_call_details.invocation_metadata or ()))
             if refusal is not None:

@@ -41,8 +41,9 @@ class GrpcServer:
         budget = MessageBudget(self.state.body_budget)
         server = grpc.aio.server(
             options=server_options(limits),
+            # grpc_max_concurrent_rpcs is the interceptor's (not grpcio's maximum_concurrent_rpcs,
+            # whose refusals no interceptor sees): every refused call logs its line.
             interceptors=[BoundsInterceptor(limits, budget, settings.api_keys, self.state.metrics)],
-            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         add_servicer(server, self.state, self.server_version)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
