@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 
 from app.api.errors import error_response
@@ -69,10 +68,10 @@ async def classify_request(
 ) -> PredictResponse:
     """Read the images, classify them with the model asked for, name the version that answered."""
     explicit_top_k = top_k if "top_k" in request.query_params else None
-    limits, parse_pool = request_dataplane(request).limits, request_dataplane(request).parse_pool
+    dataplane = request_dataplane(request)
 
     async def read(head: InferenceRequest) -> tuple[InferenceRequest, list[Upload]]:
-        uploads = await read_uploads(request, limits, parse_pool)
+        uploads = await read_uploads(request, dataplane.limits, dataplane.parse_pool)
         return replace(head, images=uploads), uploads
 
     head = InferenceRequest((), name, version, explicit_top_k, explain)
@@ -98,11 +97,6 @@ def _prediction(filename: str | None, classification: Classification) -> ImagePr
         explanation=ExplanationInfo(
             method=explanation.method,
             box=CropBoxInfo(left=box.left, top=box.top, width=box.width, height=box.height),
-            maps=[
-                ClassMapInfo(
-                    index=m.index, label=m.label, heatmap=np.round(m.heatmap.astype(np.float64), 4).tolist()
-                )
-                for m in explanation.maps
-            ],
+            maps=[ClassMapInfo(index=m.index, label=m.label, heatmap=m.rounded()) for m in explanation.maps],
         ),
     )

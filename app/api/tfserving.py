@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from app.api.models import describe_model
@@ -100,9 +99,7 @@ def prediction(result: Classification, with_probabilities: bool) -> dict[str, An
         entry["probabilities"] = result.probabilities.tolist()
     explanation = result.explanation
     if explanation is not None:
-        entry["explanation_maps"] = [
-            np.round(m.heatmap.astype(np.float64), 4).tolist() for m in explanation.maps
-        ]
+        entry["explanation_maps"] = [m.rounded() for m in explanation.maps]
         entry["explanation_classes"] = [m.index for m in explanation.maps]
         box = explanation.box
         entry["explanation_box"] = [box.left, box.top, box.width, box.height]
