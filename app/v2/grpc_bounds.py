@@ -33,10 +33,10 @@ from pydantic import SecretStr
 
 from app.body_budget import BodyBudget
 from app.config import Settings
-from app.dataplane import request_id_or_new
 from app.inference.errors import UnauthenticatedError
-from app.logs import log_access
+from app.metrics import Metrics
 from app.security import ApiKeys
+from app.v2.grpc_calls import Metadata, call_request_id, invocation_metadata, metadata_text, record_call
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ PUBLIC_METHODS = frozenset(
 # Probes are not counted against grpc_max_concurrent_rpcs: a cap full of inference calls must
 # not make a kubelet restart a pod that is serving (the HTTP connection cap lets probes pass too).
 PROBE_METHODS = PUBLIC_METHODS - {"/grpc.health.v1.Health/Watch"}
-PROTOCOL = "v2_grpc"
 
 
 @dataclass(frozen=True)
@@ -208,21 +207,17 @@ Behavior = Callable[..., Any]
 
 
 class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused-ignore]
-    """The cap on calls in progress, the API key from the call's metadata, then its request
-    message read within the budget."""
+    """The cap on calls in progress, the API key from the call's metadata (the one check of the
+    port's keys), then its request message read within the budget."""
 
     def __init__(
-        self,
-        limits: GrpcLimits,
-        budget: MessageBudget,
-        keys: Sequence[SecretStr],
-        on_refusal: Callable[[str, str, float], None] | None = None,
+        self, limits: GrpcLimits, budget: MessageBudget, keys: Sequence[SecretStr], metrics: Metrics
     ) -> None:
         self.limits = limits
         self.budget = budget
         self.calls = CallLimit(limits.max_concurrent_rpcs)
         self._keys = ApiKeys(keys)
-        self._on_refusal = on_refusal  # (method, status code name, seconds): the request metrics
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -242,16 +237,15 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
         if handler.request_streaming:
             return handler
         if self._keys.enabled and method not in PUBLIC_METHODS:
-            refusal = self._key_refusal(handler_call_details.invocation_metadata)
+            refusal = self._key_refusal(dict(handler_call_details.invocation_metadata or ()))
             if refusal is not None:
                 return self._refusing(method, handler, grpc.StatusCode.UNAUTHENTICATED, refusal)
         return self._reading_within_budget(method, handler)
 
-    def _key_refusal(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-        """Why the call's key is refused (the service's own check and words), or None."""
-        invocation = dict(metadata or ())
+    def _key_refusal(self, metadata: Metadata) -> str | None:
+        """Why the call's key is refused (``app.security``'s check and words), or None."""
         try:
-            self._keys.check(_text(invocation.get("authorization")), _text(invocation.get("x-api-key")))
+            self._keys.check(metadata_text(metadata, "authorization"), metadata_text(metadata, "x-api-key"))
         except UnauthenticatedError as exc:
             return exc.message
         return None
@@ -284,21 +278,9 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
     ) -> None:
         """End a call the service never saw with ``code``, with the access-log line and request
         metrics the service gives every call."""
+        request_id = call_request_id(invocation_metadata(context))
         seconds = time.perf_counter() - start
-        invocation = dict(context.invocation_metadata() or ())
-        log_access(
-            request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))),
-            method="POST",
-            path=method,
-            route=method,
-            protocol=PROTOCOL,
-            status=code.name,
-            images=0,
-            seconds=seconds,
-            client=context.peer(),
-        )
-        if self._on_refusal is not None:
-            self._on_refusal(method, code.name, seconds)
+        record_call(self._metrics, method, request_id, code.name, 0, seconds, context.peer())
         await context.abort(code, message)
 
     def _reading_within_budget(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -392,13 +374,3 @@ class _HeldMessage:
 
     async def _answer(self, code: grpc.StatusCode, message: str) -> None:
         await self.interceptor.answer(self.method, self.start, self.context, code, message)
-
-
-def _text(value: object) -> str | None:
-    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
-
-
-def _as_bytes(value: object) -> bytes | None:
-    if isinstance(value, bytes):
-        return value
-    return value.encode("latin-1", "replace") if isinstance(value, str) else None
