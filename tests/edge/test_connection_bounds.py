@@ -371,13 +371,13 @@ print(json.dumps(answers))
 
 def test_one_byte_chunks_are_refused_and_probes_stay_fast(server: ServerProcess) -> None:
     """A body framed in one-byte chunks cost the event loop a Python callback per byte (two
-    2 MB bodies held /healthz at a 182 ms p99; 330 CPU-ms of the loop a 200 KB body). Past
+    2 MB bodies held /healthz at a 182 ms p99; 193 CPU-ms of the loop a 200 KB body). Past
     1,024 pieces the body must average 256 B a piece: three clients sending 200 KB bodies that
     way, in a loop, get a 400 each, costing the event loop <= 25 ms of CPU a body, while
     /healthz answers every time; a body in 4 KiB chunks is served. CPU time, not the probes'
     wall time: the machine's other work does not change it (on this shared 2-core machine the
-    probes' p99 went from 13-28 to 100-380 ms with two busy loops beside the test, at the same
-    2-5 CPU-ms a body)."""
+    probes' p99 went from 9-28 to 100-380 ms with two busy loops beside the test, at 2-5 CPU-ms
+    a body either way)."""
     loop_cpu_s = event_loop_cpu_s(server)
     argv = [sys.executable, "-c", _ONE_BYTE_CHUNKS, str(server.port), KEY, "200000", "3.0"]
     flooders = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(3)]

@@ -280,9 +280,9 @@ def test_healthz_stays_fast_during_a_crafted_multipart_flood(
     over: each gets its 422, and the event loop spends <= 100 ms of CPU a body, so /healthz
     (which answers every time meanwhile) never waits long behind them. CPU time, not the
     probes' wall time: the machine's other work does not change it (on this shared 2-core
-    machine the probes' p99 went from 16 to 160 ms with two busy loops beside the test, at the
-    same 22-26 CPU-ms a body). (Before: the parser ran on the event loop, one received chunk
-    at a time: 350 CPU-ms a body, /healthz p99 0.7 s.)"""
+    machine the probes' p99 ranged from 10 ms to 1 s across runs, at 22-26 CPU-ms a body in
+    every one). (Before: the parser ran on the event loop, one received chunk at a time:
+    4.3 CPU-s a body, /healthz p99 258 ms.)"""
     server = start_server(tiny_model_path)
     base = server.base_url
     loop_cpu_s = event_loop_cpu_s(server)
