@@ -1,11 +1,14 @@
 # The two commands of the README, and a few more.
-.PHONY: serve test lint docs docs-serve references lock lock-upgrade container-test container-test-gpu bench bench-smoke bench-page soak fuzz audit
+.PHONY: serve test test-slow lint docs docs-serve references lock lock-upgrade container-test container-test-gpu bench bench-smoke bench-page soak fuzz audit
 
 serve:            ## install, export the default ImageNet model (once), run the server on :8000
 	scripts/serve.sh
 
-test:             ## install what the tests need, run the whole test suite
-	scripts/test.sh
+test:             ## install what the tests need, run the test suite (all but the tests marked slow)
+	scripts/test.sh -m "not slow"
+
+test-slow:        ## the tests marked slow (minutes each: training, schemathesis, benchmark dry runs, the short soak)
+	scripts/test.sh -m slow
 
 lint:             ## ruff and mypy
 	scripts/bootstrap.sh export,cpu,dev

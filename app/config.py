@@ -189,7 +189,10 @@ class Settings(BaseSettings):
     grpc_max_concurrent_rpcs: int = Field(
         default=256,
         ge=1,
-        description="gRPC calls in progress across the process; one past it gets RESOURCE_EXHAUSTED at once.",
+        description=(
+            "gRPC calls in progress across the process; one past it gets RESOURCE_EXHAUSTED at once "
+            "(probes are not counted)."
+        ),
     )
     grpc_max_connections: int = Field(
         default=100,

@@ -49,7 +49,8 @@ P = TypeVar("P")
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """One request in no protocol's terms. ``top_k`` None: the model's default.
+    """One request in no protocol's terms. ``top_k`` None: the model's default. Without images
+    yet, it is the request's head: what is known before its body (:meth:`DataPlane.run`).
 
     ``top_k_parameter`` is what the client called it (``top_k``, ``classification``), for the
     error message; ``protocol`` names the front end for the metrics and the statistics.
@@ -57,7 +58,7 @@ class InferenceRequest:
     instead of encoded ``images`` (``ServedModel.classify_pixels``).
     """
 
-    images: Sequence[NamedImage]
+    images: Sequence[NamedImage] = ()
     model_name: str | None = None
     model_version: str | None = None
     top_k: int | None = None
@@ -120,6 +121,8 @@ class RequestLimits:
 
 
 ModelResolver = Callable[[str | None, str | None], ServedModel]
+# A front end's body reader: the head in, the whole request and what it needs to render out.
+Read = Callable[[InferenceRequest], Awaitable[tuple[InferenceRequest, P]]]
 
 
 class DataPlane:
@@ -186,22 +189,19 @@ class DataPlane:
     # -- the request skeleton -------------------------------------------------------------------
     async def run(
         self,
-        name: str | None,
-        version: str | None,
-        read: Callable[[], Awaitable[tuple[InferenceRequest, P]]],
+        head: InferenceRequest,
+        read: Read[P],
         *,
-        top_k: int | None = None,
-        explain: bool = False,
         record: ImageCount | None = None,
         gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> tuple[InferenceResult, P]:
-        """The whole path: the model (an explicit ``top_k``, ``explain``) checked first, then,
-        under the deadline, ``read`` (the front end reads and parses its body into the request
-        and what it needs to render the answer) and :meth:`infer`."""
+        """The whole path: the ``head`` (model, version, an explicit ``top_k``, ``explain``)
+        checked first, then, under the deadline, ``read(head)`` (the front end reads and parses
+        its body into the whole request and what it needs to render the answer) and :meth:`infer`."""
         start = time.perf_counter()
-        self.model(name, version, top_k, explain=explain)
+        self.model(head.model_name, head.model_version, head.top_k, head.top_k_parameter, head.explain)
         async with self.deadline():
-            request, parsed = await read()
+            request, parsed = await read(head)
             return await self.infer(request, record=record, gone=gone, started_at=start), parsed
 
     async def infer(

@@ -41,6 +41,15 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time (user + system) that process ``pid`` has used, or one of its threads
+    (``thread``: its id; the main thread's is ``pid``). Unlike wall time, the machine's other
+    work does not change it."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child_env(port: int, env: Mapping[str, str], inherit_settings: bool = True) -> dict[str, str]:
     """This process's environment, plus the server's host, port, gRPC off and a quiet log level.
 

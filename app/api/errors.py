@@ -1,9 +1,8 @@
-"""This package's front ends' errors: one status table each, REST's ``{"detail": message}``
-handlers and OpenAPI fragments.
+"""REST's errors: its status table, its ``{"detail": message}`` handlers and OpenAPI fragments.
 
 Every error a client can be given is protocol-free (``app.inference.errors``); :data:`REST_STATUS`
-maps it for ``/predict`` and the model routes, :data:`TF_SERVING_STATUS` for TF Serving's API
-(which answers ``{"error": message}``, see ``app.http.errors.ErrorBodyRoute``).
+maps it for ``/predict`` and the model routes. TF Serving's API answers ``{"error": message}``
+with the table of every such protocol (``app.http.errors.ERROR_BODY_STATUS``).
 """
 
 from __future__ import annotations
@@ -48,23 +47,6 @@ REST_STATUS: StatusTable = {
     UnsupportedMediaTypeError: 415,
     UnauthenticatedError: 401,
     ClientGoneError: 499,  # nginx's "client closed request": nobody reads it, the log does
-    ModelNotFoundError: 404,
-    UnavailableError: 503,
-    DeadlineExceededError: 504,
-    ModelFailedError: 500,
-}
-
-# TF Serving's REST API (like Triton's v2 HTTP server) maps gRPC codes to HTTP: the client's
-# fault is 400 (a bad, undecodable or disallowed image included), an unknown model 404, not
-# ready or overloaded 503. An image or a request over its limits is 413.
-TF_SERVING_STATUS: StatusTable = {
-    InvalidRequestError: 400,
-    ImageError: 400,
-    ImageTooLargeError: 413,
-    RequestTooLargeError: 413,
-    UnsupportedMediaTypeError: 415,
-    UnauthenticatedError: 401,
-    ClientGoneError: 499,
     ModelNotFoundError: 404,
     UnavailableError: 503,
     DeadlineExceededError: 504,

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 
 from app.api.errors import error_response
 from app.api.openapi import PREDICT_REQUEST_BODY, PREDICT_RESPONSES
 from app.api.uploads import Upload, read_uploads
 from app.dataplane import InferenceRequest
-from app.http.deps import TOP_K_DESCRIPTION, StateDep, WholeNumber
-from app.http.disconnect import client_gone
+from app.http.deps import TOP_K_DESCRIPTION, WholeNumber
+from app.http.inference import infer, request_dataplane
+from app.http.paths import model_routes
 from app.inference.model import MAX_TOP_K
 from app.inference.postprocess import Classification
-from app.middleware import get_request_context
 from app.schemas import ClassMapInfo, CropBoxInfo, ExplanationInfo, ImagePrediction, PredictResponse
-from app.state import AppState
 
 router = APIRouter(tags=["inference"])
 
@@ -41,60 +40,42 @@ _NAMED_RESPONSES = {**PREDICT_RESPONSES, 404: error_response("No served model (o
 
 
 @router.post("/predict", responses=PREDICT_RESPONSES, **_ROUTE_OPTIONS)
-async def predict(
-    request: Request, state: StateDep, top_k: TopK = 5, explain: Explain = False
-) -> PredictResponse:
+async def predict(request: Request, top_k: TopK = 5, explain: Explain = False) -> PredictResponse:
     """Classify one or more images; the top-k classes with probabilities for each, in request order."""
-    return await classify_request(request, state, top_k, explain=explain)
+    return await classify_request(request, top_k, explain)
 
 
-@router.post("/v1/models/{name}/predict", responses=_NAMED_RESPONSES, **_ROUTE_OPTIONS)
+@model_routes(
+    router,
+    "/v1/models/{name}/predict",
+    methods=["POST"],
+    versioned_name="predict_with_version",
+    versioned_description="Classify with one served version of the named model; the same contract as "
+    "/predict.",
+    version=ModelVersion,
+    responses=_NAMED_RESPONSES,
+    **_ROUTE_OPTIONS,
+)
 async def predict_with_model(
-    name: ModelName, request: Request, state: StateDep, top_k: TopK = 5, explain: Explain = False
+    name: ModelName, request: Request, top_k: TopK = 5, explain: Explain = False, version: str | None = None
 ) -> PredictResponse:
     """Classify with the latest served version of the named model; the same contract as /predict."""
-    return await classify_request(request, state, top_k, name, explain=explain)
-
-
-@router.post("/v1/models/{name}/versions/{version}/predict", responses=_NAMED_RESPONSES, **_ROUTE_OPTIONS)
-async def predict_with_version(
-    name: ModelName,
-    version: ModelVersion,
-    request: Request,
-    state: StateDep,
-    top_k: TopK = 5,
-    explain: Explain = False,
-) -> PredictResponse:
-    """Classify with one served version of the named model; the same contract as /predict."""
-    return await classify_request(request, state, top_k, name, version, explain=explain)
+    return await classify_request(request, top_k, explain, name, version)
 
 
 async def classify_request(
-    request: Request,
-    state: AppState,
-    top_k: int,
-    name: str | None = None,
-    version: str | None = None,
-    *,
-    explain: bool = False,
+    request: Request, top_k: int, explain: bool, name: str | None = None, version: str | None = None
 ) -> PredictResponse:
     """Read the images, classify them with the model asked for, name the version that answered."""
     explicit_top_k = top_k if "top_k" in request.query_params else None
-    dataplane = state.get_dataplane()
+    dataplane = request_dataplane(request)
 
-    async def read() -> tuple[InferenceRequest, list[Upload]]:
+    async def read(head: InferenceRequest) -> tuple[InferenceRequest, list[Upload]]:
         uploads = await read_uploads(request, dataplane.limits, dataplane.parse_pool)
-        return InferenceRequest(uploads, name, version, explicit_top_k, explain=explain), uploads
+        return replace(head, images=uploads), uploads
 
-    result, uploads = await dataplane.run(
-        name,
-        version,
-        read,
-        top_k=explicit_top_k,
-        explain=explain,
-        record=get_request_context(request.scope),
-        gone=client_gone(request),
-    )
+    head = InferenceRequest((), name, version, explicit_top_k, explain)
+    result, uploads = await infer(request, head, read)
     return PredictResponse(
         model=result.model_name,
         model_version=result.model_version,
@@ -116,11 +97,6 @@ def _prediction(filename: str | None, classification: Classification) -> ImagePr
         explanation=ExplanationInfo(
             method=explanation.method,
             box=CropBoxInfo(left=box.left, top=box.top, width=box.width, height=box.height),
-            maps=[
-                ClassMapInfo(
-                    index=m.index, label=m.label, heatmap=np.round(m.heatmap.astype(np.float64), 4).tolist()
-                )
-                for m in explanation.maps
-            ],
+            maps=[ClassMapInfo(index=m.index, label=m.label, heatmap=m.rounded()) for m in explanation.maps],
         ),
     )

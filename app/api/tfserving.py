@@ -19,29 +19,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from app.api.errors import TF_SERVING_STATUS
 from app.api.models import describe_model
 from app.api.openapi import TF_SERVING_REQUEST_BODY, TF_SERVING_RESPONSES
 from app.api.tfserving_codec import parse_request
 from app.api.version_status import with_version_status
 from app.dataplane import InferenceRequest
-from app.http.body import read_body
 from app.http.deps import TOP_K_DESCRIPTION, StateDep, WholeNumber
-from app.http.disconnect import client_gone
 from app.http.errors import ErrorBodyRoute
+from app.http.inference import infer_body
+from app.http.paths import model_routes
 from app.inference.model import MAX_TOP_K
 from app.inference.postprocess import Classification
-from app.middleware import get_request_context
 from app.schemas import ModelStatusInfo
-from app.state import AppState
 
 
 class TFServingRoute(ErrorBodyRoute):
     protocol = "tf_serving"
-    status_table = TF_SERVING_STATUS
 
 
 router = APIRouter(route_class=TFServingRoute, tags=["TensorFlow Serving predict API"])
@@ -57,37 +52,30 @@ Explain = Annotated[
 ]
 
 
-_PREDICT: dict[str, Any] = {
-    "responses": TF_SERVING_RESPONSES,
-    "openapi_extra": {"requestBody": TF_SERVING_REQUEST_BODY},
-}
-
-
-@router.post("/v1/models/{name}:predict", **_PREDICT)
+@model_routes(
+    router,
+    "/v1/models/{name}:predict",
+    methods=["POST"],
+    versioned_name="predict_version",
+    versioned_description="Classify base64 images with one version of the model, TF Serving style.",
+    responses=TF_SERVING_RESPONSES,
+    openapi_extra={"requestBody": TF_SERVING_REQUEST_BODY},
+)
 async def predict(
     name: str,
     request: Request,
-    state: StateDep,
     top_k: TopK = None,
     probabilities: WithProbabilities = False,
     explain: Explain = False,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Classify base64 images, TF Serving style (the latest version of the model)."""
-    return await run_predict(request, state, name, None, top_k, probabilities, explain)
-
-
-@router.post("/v1/models/{name}/versions/{version}:predict", **_PREDICT)
-async def predict_version(
-    name: str,
-    version: str,
-    request: Request,
-    state: StateDep,
-    top_k: TopK = None,
-    probabilities: WithProbabilities = False,
-    explain: Explain = False,
-) -> dict[str, Any]:
-    """Classify base64 images with one version of the model, TF Serving style."""
-    return await run_predict(request, state, name, version, top_k, probabilities, explain)
+    head = InferenceRequest((), name, version, top_k, explain, TFServingRoute.protocol)
+    result, columnar = await infer_body(request, head, parse_request)
+    predictions = [prediction(r, probabilities) for r in result.classifications]
+    if columnar:
+        return {"outputs": {key: [p[key] for p in predictions] for key in predictions[0]}}
+    return {"predictions": predictions}
 
 
 @router.get(
@@ -101,38 +89,6 @@ async def model_version_status(name: str, version: str, state: StateDep) -> Mode
     return with_version_status(describe_model(model, state.settings), state, model.version)
 
 
-async def run_predict(
-    request: Request,
-    state: AppState,
-    name: str,
-    version: str | None,
-    top_k: int | None,
-    with_probabilities: bool,
-    explain: bool = False,
-) -> dict[str, Any]:
-    dataplane = state.get_dataplane()
-
-    async def read() -> tuple[InferenceRequest, bool]:
-        body = await read_body(request, dataplane.limits.max_upload_bytes)
-        columnar, images = await dataplane.parse(parse_request, body, dataplane)
-        protocol = TFServingRoute.protocol
-        return InferenceRequest(images, name, version, top_k, explain=explain, protocol=protocol), columnar
-
-    result, columnar = await dataplane.run(
-        name,
-        version,
-        read,
-        top_k=top_k,
-        explain=explain,
-        record=get_request_context(request.scope),
-        gone=client_gone(request),
-    )
-    predictions = [prediction(r, with_probabilities) for r in result.classifications]
-    if columnar:
-        return {"outputs": {key: [p[key] for p in predictions] for key in predictions[0]}}
-    return {"predictions": predictions}
-
-
 def prediction(result: Classification, with_probabilities: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "classes": [score.index for score in result.top_k],
@@ -143,9 +99,7 @@ def prediction(result: Classification, with_probabilities: bool) -> dict[str, An
         entry["probabilities"] = result.probabilities.tolist()
     explanation = result.explanation
     if explanation is not None:
-        entry["explanation_maps"] = [
-            np.round(m.heatmap.astype(np.float64), 4).tolist() for m in explanation.maps
-        ]
+        entry["explanation_maps"] = [m.rounded() for m in explanation.maps]
         entry["explanation_classes"] = [m.index for m in explanation.maps]
         box = explanation.box
         entry["explanation_box"] = [box.left, box.top, box.width, box.height]

@@ -7,15 +7,16 @@ parsed, and the image count checked before any image is decoded from base64.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from app.dataplane import DataPlane
+from app.dataplane import DataPlane, InferenceRequest
 from app.http.json_body import decode_base64, load_json
 from app.inference.errors import MalformedRequestError
 from app.inference.model import NamedImage
 
 
-def parse_request(body: bytes, dataplane: DataPlane) -> tuple[bool, list[NamedImage]]:
-    """(columnar?, the images) of a TF Serving request body; runs on the parse thread."""
+def parse_request(body: bytes, head: InferenceRequest, dataplane: DataPlane) -> tuple[InferenceRequest, bool]:
+    """The request (``head`` with the body's images) and whether it is columnar."""
     max_images = dataplane.limits.max_images_per_request
     request = load_json(body, 256 + 4 * max_images)  # an instance: "{", "b64" and its value
     if not isinstance(request, dict) or ("instances" in request) == ("inputs" in request):
@@ -25,7 +26,8 @@ def parse_request(body: bytes, dataplane: DataPlane) -> tuple[bool, list[NamedIm
     if not isinstance(items, list) or not items:
         raise MalformedRequestError('"instances" must be a non-empty list, e.g. [{"b64": "<base64 image>"}]')
     dataplane.check_image_count(len(items))
-    return columnar, [NamedImage(f"instance #{i}", _image(item, i)) for i, item in enumerate(items)]
+    images = [NamedImage(f"instance #{i}", _image(item, i)) for i, item in enumerate(items)]
+    return replace(head, images=images), columnar
 
 
 def _columns(inputs: object) -> object:

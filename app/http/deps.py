@@ -1,4 +1,4 @@
-"""Dependencies shared by the HTTP routes: the app state, the dataplane, the API key, parameters."""
+"""Dependencies shared by the HTTP routes: the app state, the API key, parameters."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BeforeValidator
 
-from app.dataplane import DataPlane
 from app.inference.model import MAX_TOP_K
 from app.security import ApiKeys
 from app.state import AppState
@@ -27,13 +26,6 @@ async def get_state(request: Request) -> AppState:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
-
-async def get_dataplane(request: Request) -> DataPlane:
-    state: AppState = request.app.state.imgserve
-    return state.get_dataplane()
-
-
-DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 # Only for the OpenAPI document's security schemes: the check reads the headers itself.
 bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")

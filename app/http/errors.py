@@ -22,11 +22,43 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.inference.errors import InferenceError, UnauthenticatedError, UnavailableError, most_specific
+from app.inference.errors import (
+    ClientGoneError,
+    DeadlineExceededError,
+    ImageError,
+    ImageTooLargeError,
+    InferenceError,
+    InvalidRequestError,
+    ModelFailedError,
+    ModelNotFoundError,
+    RequestTooLargeError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnsupportedMediaTypeError,
+    most_specific,
+)
 
 logger = logging.getLogger(__name__)
 
 StatusTable = Mapping[type[InferenceError], int]
+
+# The protocols with the {"error"} body (TF Serving's REST API, the v2 protocol's, as Triton
+# serves it) map gRPC codes to HTTP: the client's fault is 400 (a bad, undecodable or disallowed
+# image included), an unknown model 404, not ready or overloaded 503. An image or a request over
+# its limits is 413. The most specific class listed wins.
+ERROR_BODY_STATUS: StatusTable = {
+    InvalidRequestError: 400,
+    ImageError: 400,
+    ImageTooLargeError: 413,
+    RequestTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    UnauthenticatedError: 401,
+    ClientGoneError: 499,
+    ModelNotFoundError: 404,
+    UnavailableError: 503,
+    DeadlineExceededError: 504,
+    ModelFailedError: 500,
+}
 
 
 def http_status(error: InferenceError, table: StatusTable) -> int:
@@ -58,10 +90,10 @@ def describe_validation_errors(exc: RequestValidationError) -> str:
 
 
 class ErrorBodyRoute(APIRoute):
-    """Set ``protocol`` and ``status_table`` in a subclass; pass it as a router's ``route_class``."""
+    """Set ``protocol`` in a subclass; pass it as a router's ``route_class``."""
 
     protocol: ClassVar[str]
-    status_table: ClassVar[StatusTable]
+    status_table: ClassVar[StatusTable] = ERROR_BODY_STATUS
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

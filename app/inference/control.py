@@ -360,7 +360,7 @@ class ModelControl:
                 self._statistics.forget(model.name, model.version)
             logger.info("model version unloaded", extra={"model": model.name, "model_version": model.version})
             del model
-        gc.collect()  # a failed batch's traceback can hold a session in a reference cycle
+        collect_garbage()
         release_free_memory()
         logger.info("onnx sessions alive after unloading", extra={"onnx_sessions": live_session_count()})
 
@@ -369,6 +369,23 @@ class ModelControl:
             return str(source.path)
         version = f" version {source.version}" if source.version is not None else ""
         return f"model {source.name!r}{version} ({source.path})"
+
+
+def collect_garbage() -> None:
+    """A full collection that also sees the objects frozen at start-up (``gc.freeze``).
+
+    A retired version's session can be held in reference cycles (its batcher's tasks, a failed
+    batch's traceback) that only the collector frees; a version loaded at start-up was frozen
+    with everything else then, so a plain ``gc.collect()`` would never free it. Unfrozen for
+    this one collection (it costs what a full collection did before the freeze, once per
+    unload), then what is still alive is frozen again.
+    """
+    frozen = gc.get_freeze_count() > 0
+    if frozen:
+        gc.unfreeze()
+    gc.collect()
+    if frozen:
+        gc.freeze()
 
 
 def release_free_memory() -> None:

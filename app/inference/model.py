@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -416,23 +416,18 @@ class ServedModel:
         ``DecodeBusyError`` when the process's pixel budget is spent, ``QueueFullError`` when
         the queue has no room, ``ModelFailedError`` when the model fails.
         """
-        self.check_top_k(top_k)
-        self.check_explain(explain)
-        with self._classifying():
-            spec = self.card.preprocessing
-            # Room in the queue first: under overload a request is refused before any work
-            # on it (a bad image sent then gets its own error when it comes back).
-            with self.batcher.reserve(len(images)) as reservation:
-                if len(images) == 1:  # header, budgets and pixels in one job
-                    arrays = [await self.decoder.decode_one(images[0], spec)]
-                else:
-                    with await self.decoder.admit(images, spec) as admission:
-                        arrays = await self.decoder.decode_all(admission)
-                rows = await self.batcher.infer(arrays, reservation, explain=explain)
-            boxes = await asyncio.to_thread(self._crop_boxes, images) if explain else None
-        if boxes is None:
-            return self._classified(rows, top_k)
-        return [self._explained(row, box, top_k) for row, box in zip(rows, boxes, strict=True)]
+        spec = self.card.preprocessing
+
+        async def decoded() -> list[np.ndarray]:
+            if len(images) == 1:  # header, budgets and pixels in one job
+                return [await self.decoder.decode_one(images[0], spec)]
+            with await self.decoder.admit(images, spec) as admission:
+                return await self.decoder.decode_all(admission)
+
+        async def boxes() -> list[CropBox]:
+            return await asyncio.to_thread(self._crop_boxes, images)
+
+        return await self._classify(len(images), decoded, top_k, explain, boxes)
 
     @property
     def pixels_shape(self) -> tuple[int, int, int]:
@@ -447,19 +442,43 @@ class ServedModel:
         ``pixels`` is uint8 ``[N, crop_size, crop_size, 3]`` RGB (:attr:`pixels_shape`), which
         goes to the batcher as it is (the card's mean and std are still applied by the graph).
         With ``explain``, the maps' box is the whole of each image (it is the crop)."""
-        self.check_top_k(top_k)
-        self.check_explain(explain)
         if pixels.dtype != np.uint8 or pixels.shape[1:] != self.pixels_shape or len(pixels) == 0:
             raise InvalidRequestError(
                 f"pixels must be uint8 [N, {', '.join(map(str, self.pixels_shape))}] (RGB, N >= 1), "
                 f"got {pixels.dtype} {list(pixels.shape)}"
             )
-        with self._classifying(), self.batcher.reserve(len(pixels)) as reservation:
-            rows = await self.batcher.infer(list(pixels), reservation, explain=explain)
-        if not explain:
-            return self._classified(rows, top_k)
         size = float(self.card.preprocessing.crop_size)
-        return [self._explained(row, CropBox(0.0, 0.0, size, size), top_k) for row in rows]
+
+        async def as_sent() -> list[np.ndarray]:
+            return list(pixels)
+
+        async def whole_images() -> list[CropBox]:
+            return [CropBox(0.0, 0.0, size, size)] * len(pixels)
+
+        return await self._classify(len(pixels), as_sent, top_k, explain, whole_images)
+
+    async def _classify(
+        self,
+        count: int,
+        arrays: Callable[[], Awaitable[list[np.ndarray]]],
+        top_k: int,
+        explain: bool,
+        boxes: Callable[[], Awaitable[list[CropBox]]],
+    ) -> list[Classification]:
+        """The one path of :meth:`classify` and :meth:`classify_pixels`: ``count`` images whose
+        ``arrays`` (the batcher's input) and crop ``boxes`` (asked only to explain) are made once
+        room in the queue is held."""
+        self.check_top_k(top_k)
+        self.check_explain(explain)
+        with self._classifying():
+            # Room in the queue first: under overload a request is refused before any work
+            # on it (a bad image sent then gets its own error when it comes back).
+            with self.batcher.reserve(count) as reservation:
+                rows = await self.batcher.infer(await arrays(), reservation, explain=explain)
+            crops = await boxes() if explain else None
+        if crops is None:
+            return self._classified(rows, top_k)
+        return [self._explained(row, box, top_k) for row, box in zip(rows, crops, strict=True)]
 
     @contextmanager
     def _classifying(self) -> Iterator[None]:

@@ -39,6 +39,11 @@ class ClassMap:
     label: str
     heatmap: np.ndarray
 
+    def rounded(self, decimals: int = 4) -> list[list[float]]:
+        """The map as rows of floats to ``decimals`` places: what the JSON answers carry."""
+        rows: list[list[float]] = np.round(self.heatmap.astype(np.float64), decimals).tolist()
+        return rows
+
 
 @dataclass(frozen=True)
 class Explanation:

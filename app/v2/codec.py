@@ -29,13 +29,15 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from app.dataplane import InferenceRequest
 from app.http.json_body import decode_base64, load_json
 from app.inference.errors import BodyTooLargeError, MalformedRequestError
+from app.inference.model import NamedImage
 from app.inference.postprocess import Classification, ClassScore
 from app.v2 import pixels as pixel_tensor
 
@@ -102,6 +104,19 @@ class InferRequest:
     def explain(self) -> bool:
         """Whether an explanation output is asked for."""
         return wants_explanation(self.outputs)
+
+    def inference(self, head: InferenceRequest) -> InferenceRequest:
+        """The dataplane's request: ``head`` (model, version, protocol) with these images (named
+        ``image[i]``), or pixels, and the classification count and explanation asked for."""
+        images = [NamedImage(f"{INPUT_NAME}[{i}]", data) for i, data in enumerate(self.images)]
+        return replace(
+            head,
+            images=images,
+            top_k=self.top_k,
+            explain=self.explain,
+            top_k_parameter="classification",
+            pixels=self.pixels,
+        )
 
 
 @dataclass(frozen=True)

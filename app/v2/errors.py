@@ -1,10 +1,7 @@
-"""The protocol-free errors (``app.inference.errors``) in the v2 protocol's terms: one table for
-REST statuses (with the ``{"error": message}`` body) and one for gRPC codes; the most specific
-class listed wins.
-
-Triton's v2 HTTP server maps gRPC codes to HTTP the same way TF Serving's REST API does: the
-client's fault is 400 (a bad, undecodable or disallowed image included), an unknown model 404,
-not ready or overloaded 503. An image or a request over its limits is 413 (INVALID_ARGUMENT).
+"""The protocol-free errors (``app.inference.errors``) as the v2 protocol's gRPC codes; the most
+specific class listed wins. Over REST the v2 protocol answers ``{"error": message}`` with the
+statuses of every such protocol (``app.http.errors.ERROR_BODY_STATUS``), which follow these
+codes: an image or a request over its limits is 413 there (INVALID_ARGUMENT here).
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from app.inference.errors import (
     ClientGoneError,
     DeadlineExceededError,
     ImageError,
-    ImageTooLargeError,
     InferenceError,
     InvalidRequestError,
     ModelFailedError,
@@ -25,20 +21,6 @@ from app.inference.errors import (
     UnavailableError,
     UnsupportedMediaTypeError,
 )
-
-V2_HTTP_STATUS: dict[type[InferenceError], int] = {
-    InvalidRequestError: 400,
-    ImageError: 400,
-    ImageTooLargeError: 413,
-    RequestTooLargeError: 413,
-    UnsupportedMediaTypeError: 415,
-    UnauthenticatedError: 401,
-    ClientGoneError: 499,
-    ModelNotFoundError: 404,
-    UnavailableError: 503,
-    DeadlineExceededError: 504,
-    ModelFailedError: 500,
-}
 
 GRPC_CODE: dict[type[InferenceError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,

@@ -9,11 +9,13 @@ budget is looked at. Two things here change that:
 - :func:`server_options`: the core's own bounds (streams per connection, calls in progress,
   connections, idle and age limits, the handshake timeout);
 - :class:`BoundsInterceptor`: it sees each call's metadata before a byte of its message is
-  read (interceptors run when the call's headers arrive), refuses a call without a valid API
-  key there, and serves every call that has a request message as a request-streaming one, so
-  that the message is read only once room for it is held in the process's body budget
-  (``max_buffered_body_bytes``, shared with HTTP bodies; gRPC may take half of it). A unary
-  client sees no difference: on the wire a unary request is a stream of one message.
+  read (interceptors run when the call's headers arrive), refuses a call past the process's
+  cap on calls in progress (:class:`CallLimit`) or without a valid API key there, with the
+  access-log line every call gets, and serves every call that has a request message as a
+  request-streaming one, so that the message is read only once room for it is held in the
+  process's body budget (``max_buffered_body_bytes``, shared with HTTP bodies; gRPC may take
+  half of it). A unary client sees no difference: on the wire a unary request is a stream of
+  one message.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from pydantic import SecretStr
 
 from app.body_budget import BodyBudget
 from app.config import Settings
-from app.dataplane import request_id_or_new
 from app.inference.errors import UnauthenticatedError
-from app.logs import log_access
+from app.metrics import Metrics
 from app.security import ApiKeys
+from app.v2.grpc_calls import Metadata, call_request_id, invocation_metadata, metadata_text, record_call
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,9 @@ PUBLIC_METHODS = frozenset(
         "/grpc.health.v1.Health/Watch",
     }
 )
-PROTOCOL = "v2_grpc"
+# Probes are not counted against grpc_max_concurrent_rpcs: a cap full of inference calls must
+# not make a kubelet restart a pod that is serving (the HTTP connection cap lets probes pass too).
+PROBE_METHODS = PUBLIC_METHODS - {"/grpc.health.v1.Health/Watch"}
 
 
 @dataclass(frozen=True)
@@ -171,23 +175,49 @@ class MessageBudget:
         self._released.set()
 
 
+class CallLimit:
+    """``grpc_max_concurrent_rpcs``: calls in progress across the process.
+
+    Counted here, not by grpcio's ``maximum_concurrent_rpcs``: grpcio refuses a call past its
+    cap before any interceptor runs, so the refusal would have no access-log line and no
+    metric. Like grpcio's own limiter, a call counts from when its handler is looked up until
+    the task that serves it ends (a done callback: nothing a handler does can leave it
+    counted), and a refused call costs no read of its message.
+    """
+
+    def __init__(self, max_calls: int) -> None:
+        self.max_calls = max_calls
+        self.in_progress = 0
+
+    def try_admit(self) -> bool:
+        """Count the call the running task serves, unless the cap is reached."""
+        if self.in_progress >= self.max_calls:
+            return False
+        task = asyncio.current_task()
+        if task is not None:  # grpc.aio serves every call in a task of its own
+            self.in_progress += 1
+            task.add_done_callback(self._ended)
+        return True
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self.in_progress -= 1
+
+
 Behavior = Callable[..., Any]
 
 
 class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused-ignore]
-    """The API key from the call's metadata, then its request message read within the budget."""
+    """The cap on calls in progress, the API key from the call's metadata (the one check of the
+    port's keys), then its request message read within the budget."""
 
     def __init__(
-        self,
-        limits: GrpcLimits,
-        budget: MessageBudget,
-        keys: Sequence[SecretStr],
-        on_refusal: Callable[[str, str, float], None] | None = None,
+        self, limits: GrpcLimits, budget: MessageBudget, keys: Sequence[SecretStr], metrics: Metrics
     ) -> None:
         self.limits = limits
         self.budget = budget
+        self.calls = CallLimit(limits.max_concurrent_rpcs)
         self._keys = ApiKeys(keys)
-        self._on_refusal = on_refusal  # (method, status code name, seconds): the request metrics
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -195,20 +225,27 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
+        if handler is None:
             return handler
         method = handler_call_details.method
+        if method not in PROBE_METHODS and not self.calls.try_admit():
+            message = (
+                f"overloaded: {self.calls.in_progress} gRPC calls are in progress, the most this server "
+                "takes at once (grpc_max_concurrent_rpcs); retry"
+            )
+            return self._refusing(method, handler, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if handler.request_streaming:
+            return handler
         if self._keys.enabled and method not in PUBLIC_METHODS:
-            refusal = self._key_refusal(handler_call_details.invocation_metadata)
+            refusal = self._key_refusal(dict(handler_call_details.invocation_metadata or ()))
             if refusal is not None:
                 return self._refusing(method, handler, grpc.StatusCode.UNAUTHENTICATED, refusal)
         return self._reading_within_budget(method, handler)
 
-    def _key_refusal(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-        """Why the call's key is refused (the service's own check and words), or None."""
-        invocation = dict(metadata or ())
+    def _key_refusal(self, metadata: Metadata) -> str | None:
+        """Why the call's key is refused (``app.security``'s check and words), or None."""
         try:
-            self._keys.check(_text(invocation.get("authorization")), _text(invocation.get("x-api-key")))
+            self._keys.check(metadata_text(metadata, "authorization"), metadata_text(metadata, "x-api-key"))
         except UnauthenticatedError as exc:
             return exc.message
         return None
@@ -241,21 +278,9 @@ class BoundsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,unused
     ) -> None:
         """End a call the service never saw with ``code``, with the access-log line and request
         metrics the service gives every call."""
+        request_id = call_request_id(invocation_metadata(context))
         seconds = time.perf_counter() - start
-        invocation = dict(context.invocation_metadata() or ())
-        log_access(
-            request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))),
-            method="POST",
-            path=method,
-            route=method,
-            protocol=PROTOCOL,
-            status=code.name,
-            images=0,
-            seconds=seconds,
-            client=context.peer(),
-        )
-        if self._on_refusal is not None:
-            self._on_refusal(method, code.name, seconds)
+        record_call(self._metrics, method, request_id, code.name, 0, seconds, context.peer())
         await context.abort(code, message)
 
     def _reading_within_budget(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -349,13 +374,3 @@ class _HeldMessage:
 
     async def _answer(self, code: grpc.StatusCode, message: str) -> None:
         await self.interceptor.answer(self.method, self.start, self.context, code, message)
-
-
-def _text(value: object) -> str | None:
-    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
-
-
-def _as_bytes(value: object) -> bytes | None:
-    if isinstance(value, bytes):
-        return value
-    return value.encode("latin-1", "replace") if isinstance(value, str) else None

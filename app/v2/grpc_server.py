@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app.state import AppState
 from app.v2.grpc_bounds import BoundsInterceptor, MessageBudget, grpc_limits, server_options
-from app.v2.grpc_service import PROTOCOL, SERVICE_NAME, add_servicer
+from app.v2.grpc_service import SERVICE_NAME, add_servicer
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class GrpcServer:
         budget = MessageBudget(self.state.body_budget)
         server = grpc.aio.server(
             options=server_options(limits),
-            interceptors=[BoundsInterceptor(limits, budget, settings.api_keys, self._count_refusal)],
-            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+            # grpc_max_concurrent_rpcs is the interceptor's (not grpcio's maximum_concurrent_rpcs,
+            # whose refusals no interceptor sees): every refused call logs its line.
+            interceptors=[BoundsInterceptor(limits, budget, settings.api_keys, self.state.metrics)],
         )
         add_servicer(server, self.state, self.server_version)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -56,9 +57,6 @@ class GrpcServer:
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("gRPC serving", extra={"address": address, "service": SERVICE_NAME})
-
-    def _count_refusal(self, method: str, code: str, seconds: float) -> None:
-        self.state.metrics.observe_request(method, "POST", code, PROTOCOL, seconds)
 
     def begin_stop(self) -> None:
         """Refuse new calls now, let the ones in flight finish within the rest of the drain."""

@@ -1,10 +1,11 @@
 """``inference.GRPCInferenceService``: the v2 protocol's gRPC front end over the dataplane.
 
-Every method takes its request as bytes (the identity deserializer) and parses it itself, after
-the API key is checked: a malformed message is INVALID_ARGUMENT with its access-log line, never
-an exception inside grpc, and ModelInfer's message is parsed on the parse thread, off the
-event loop, its fields counted from the wire first (``app/v2/wire.py``). Every call gets one
-access-log line and the request metrics; the protocol-free errors map to codes in
+Every method takes its request as bytes (the identity deserializer) and parses it itself, once
+the port's interceptor has checked the API key (``app/v2/grpc_bounds.py``): a malformed
+message is INVALID_ARGUMENT with its access-log line, never an exception inside grpc, and
+ModelInfer's message is parsed on the parse thread, off the event loop, its fields counted from
+the wire first (``app/v2/wire.py``). Every call gets one access-log line and the request
+metrics (``app/v2/grpc_calls.py``); the protocol-free errors map to codes in
 :data:`app.v2.errors.GRPC_CODE`.
 """
 
@@ -15,28 +16,27 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from app.dataplane import InferenceRequest, request_id_or_new
+from app.dataplane import InferenceRequest
 from app.inference.errors import InferenceError, MalformedRequestError, UnavailableError, most_specific
-from app.inference.model import NamedImage
-from app.logs import log_access
-from app.security import ApiKeys
 from app.state import AppState
 from app.v2 import codec, grpc_triton, metadata
 from app.v2 import pixels as pixel_tensor
 from app.v2.errors import GRPC_CODE
+from app.v2.grpc_calls import PROTOCOL, call_request_id, invocation_metadata, record_call
 from app.v2.proto import grpc_service_pb2 as pb
 from app.v2.wire import check_field_count
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
-PROTOCOL = "v2_grpc"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME = SERVICE.full_name
 
 M = TypeVar("M", bound=Message)
 Work = Callable[[Any, "_Call"], Awaitable[Message]]
@@ -49,53 +49,35 @@ class _Call:
 
 
 class InferenceServicer:
-    """The six RPCs of the v2 protocol's required API, over the app's state and dataplane."""
+    """The v2 protocol's required RPCs and Triton's extensions, over the app's state and dataplane."""
 
     def __init__(self, state: AppState, server_version: str) -> None:
         self.state = state
         self.server_version = server_version
-        self._keys = ApiKeys(state.settings.api_keys)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        # name: (request type, response type, the work, whether the API key is needed)
-        methods: dict[str, tuple[type[Message], type[Message], Work, bool]] = {
-            "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse, self._live, False),
-            "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse, self._ready, False),
-            "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse, self._model_ready, True),
-            "ServerMetadata": (
-                pb.ServerMetadataRequest,
-                pb.ServerMetadataResponse,
-                self._server_metadata,
-                True,
-            ),
-            "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse, self._model_metadata, True),
-            "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse, self._infer, True),
-            **self._extensions(),
+        """Each RPC's handler; its request and response types are the proto's."""
+        methods: dict[str, Work] = {
+            "ServerLive": self._live,
+            "ServerReady": self._ready,
+            "ModelReady": self._model_ready,
+            "ServerMetadata": self._server_metadata,
+            "ModelMetadata": self._model_metadata,
+            "ModelInfer": self._infer,
+            **{name: partial(self._extension, work) for name, work in grpc_triton.MODEL_RPCS.items()},
         }
+        # Without explicit model control the repository's are not served (UNIMPLEMENTED), as
+        # their HTTP routes are not.
+        if self.state.settings.model_control == "explicit":
+            methods |= {
+                name: partial(self._extension, work) for name, work in grpc_triton.REPOSITORY_RPCS.items()
+            }
         return {
             name: grpc.unary_unary_rpc_method_handler(
-                self._method(name, request_type, work, protected),
-                response_serializer=response_type.SerializeToString,
+                self._method(name, work), response_serializer=lambda response: response.SerializeToString()
             )
-            for name, (request_type, response_type, work, protected) in methods.items()
+            for name, work in methods.items()
         }
-
-    def _extensions(self) -> dict[str, tuple[type[Message], type[Message], Work, bool]]:
-        """Triton's extension RPCs (``app.v2.grpc_triton``); without explicit model control the
-        repository's are not served (UNIMPLEMENTED), as their HTTP routes are not."""
-        rpcs = dict(grpc_triton.MODEL_RPCS)
-        if self.state.settings.model_control == "explicit":
-            rpcs |= grpc_triton.REPOSITORY_RPCS
-        return {
-            name: (request_type, response_type, self._extension(work), True)
-            for name, (request_type, response_type, work) in rpcs.items()
-        }
-
-    def _extension(self, work: grpc_triton.Extension) -> Work:
-        async def run(request: Any, call: _Call) -> Message:
-            return await work(self.state, request)
-
-        return run
 
     # -- the methods ----------------------------------------------------------------------------------
     async def _live(self, request: pb.ServerLiveRequest, call: _Call) -> pb.ServerLiveResponse:
@@ -119,25 +101,18 @@ class InferenceServicer:
         model = self.state.get_model(request.name, request.version or None)
         return pb.ModelMetadataResponse(**metadata.model_metadata(self.state, model, parameters=False))
 
+    async def _extension(self, work: grpc_triton.Extension, request: Message, call: _Call) -> Message:
+        return await work(self.state, request)
+
     async def _infer(self, raw: bytes, call: _Call) -> pb.ModelInferResponse:
         dataplane = self.state.get_dataplane()
         async with dataplane.deadline():
             limit = dataplane.limits.max_images_per_request
             request = await dataplane.parse(_parse_infer_request, raw, limit)
-            dataplane.model(request.model_name, request.model_version or None)  # 404 before the input
-            parsed = _inputs(request, dataplane.limits.max_images_per_request)
-            named = [NamedImage(f"{codec.INPUT_NAME}[{i}]", data) for i, data in enumerate(parsed.images)]
-            inference = InferenceRequest(
-                named,
-                request.model_name,
-                request.model_version or None,
-                parsed.top_k,
-                parsed.explain,
-                PROTOCOL,
-                "classification",
-                parsed.pixels,
-            )
-            result = await dataplane.infer(inference, record=call)
+            head = InferenceRequest((), request.model_name, request.model_version or None, protocol=PROTOCOL)
+            dataplane.model(head.model_name, head.model_version)  # 404 before the input
+            parsed = _inputs(request, limit)
+            result = await dataplane.infer(parsed.inference(head), record=call)
         response = pb.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=request.id
         )
@@ -147,68 +122,39 @@ class InferenceServicer:
             response.raw_output_contents.append(tensor.raw())
         return response
 
-    # -- every call: API key, parsing, errors as codes, metrics and the access log --------------------
-    def _method(
-        self, name: str, request_type: type[Message], work: Work, protected: bool
-    ) -> Callable[[bytes, Any], Awaitable[Message]]:
-        raw_request = work == self._infer  # parsed by the work itself, off the event loop
+    # -- every call: parsing, errors as codes, metrics and the access log ------------------------------
+    def _method(self, name: str, work: Work) -> Callable[[bytes, Any], Awaitable[Message]]:
+        if work == self._infer:  # parsed by the work itself, off the event loop
+            return partial(self._serve, name, work)
+        request_type = getattr(pb, SERVICE.methods_by_name[name].input_type.name)
+        return partial(self._serve, name, lambda raw, call: work(_parse(request_type, raw), call))
 
-        async def method(raw: bytes, context: Any) -> Message:
-            async def run(call: _Call) -> Message:
-                if protected and self._keys.enabled:
-                    self._keys.check(
-                        _text(invocation.get("authorization")), _text(invocation.get("x-api-key"))
-                    )
-                return await work(raw if raw_request else _parse(request_type, raw), call)
-
-            invocation = dict(context.invocation_metadata() or ())
-            return await self._serve(name, context, invocation, run)
-
-        return method
-
-    async def _serve(
-        self,
-        method: str,
-        context: Any,
-        invocation: Mapping[str, Any],
-        work: Callable[[_Call], Awaitable[Message]],
-    ) -> Message:
+    async def _serve(self, name: str, work: Work, raw: bytes, context: Any) -> Message:
         start = time.perf_counter()
-        call = _Call(request_id=request_id_or_new(_as_bytes(invocation.get("x-request-id"))))
+        call = _Call(request_id=call_request_id(invocation_metadata(context)))
         failure: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
         try:
-            result = await work(call)
+            result = await work(raw, call)
         except InferenceError as exc:
             retry = (("retry-after", str(exc.retry_after_s)),) if isinstance(exc, UnavailableError) else ()
             failure = (most_specific(exc, GRPC_CODE, grpc.StatusCode.INTERNAL), exc.message, retry)
         except asyncio.CancelledError:  # the client left or its deadline passed: its images are dropped
-            self._record(method, call, "CANCELLED", start, context)
+            self._record(name, call, "CANCELLED", start, context)
             raise
         except Exception:
-            logger.exception("gRPC %s failed", method)
+            logger.exception("gRPC %s failed", name)
             failure = (grpc.StatusCode.INTERNAL, "internal server error", ())
         trailers = (("x-request-id", call.request_id),)
-        self._record(method, call, failure[0].name if failure else "OK", start, context)
+        self._record(name, call, failure[0].name if failure else "OK", start, context)
         if failure is not None:
             await context.abort(failure[0], failure[1], trailing_metadata=trailers + failure[2])
         context.set_trailing_metadata(trailers)
         return result
 
-    def _record(self, method: str, call: _Call, code: str, start: float, context: Any) -> None:
+    def _record(self, name: str, call: _Call, code: str, start: float, context: Any) -> None:
         seconds = time.perf_counter() - start
-        route = f"/{SERVICE_NAME}/{method}"
-        self.state.metrics.observe_request(route, "POST", code, PROTOCOL, seconds)
-        log_access(
-            request_id=call.request_id,
-            method="POST",
-            path=route,
-            route=route,
-            protocol=PROTOCOL,
-            status=code,
-            images=call.images,
-            seconds=seconds,
-            client=context.peer(),
-        )
+        method = f"/{SERVICE_NAME}/{name}"
+        record_call(self.state.metrics, method, call.request_id, code, call.images, seconds, context.peer())
 
 
 def add_servicer(server: grpc.aio.Server, state: AppState, server_version: str) -> None:
@@ -233,16 +179,6 @@ def _parse_infer_request(raw: bytes, max_images: int) -> pb.ModelInferRequest:
     return _parse(pb.ModelInferRequest, raw)
 
 
-def _text(value: object) -> str | None:
-    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
-
-
-def _as_bytes(value: object) -> bytes | None:
-    if isinstance(value, bytes):
-        return value
-    return value.encode("latin-1", "replace") if isinstance(value, str) else None
-
-
 def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
     values: dict[str, object] = {}
     for key, parameter in parameters.items():
@@ -262,6 +198,18 @@ def _inputs(request: pb.ModelInferRequest, max_images: int) -> codec.InferReques
     return codec.InferRequest(images, outputs, pixels=pixels)
 
 
+def _raw_contents(request: pb.ModelInferRequest) -> bytes | None:
+    """The one input's ``raw_input_contents``, if it travels there."""
+    if not request.raw_input_contents:
+        return None
+    if len(request.raw_input_contents) != 1:
+        raise codec.CodecError(
+            f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
+        )
+    raw: bytes = request.raw_input_contents[0]
+    return raw
+
+
 def _pixels(request: pb.ModelInferRequest, max_images: int) -> np.ndarray | None:
     """The ``pixels`` input (``raw_input_contents`` or ``contents.uint_contents``), if that is
     the one input sent."""
@@ -270,12 +218,9 @@ def _pixels(request: pb.ModelInferRequest, max_images: int) -> np.ndarray | None
     tensor = request.inputs[0]
     shape = codec.pixels_input_shape(tensor.datatype, list(tensor.shape), max_images)
     try:
-        if request.raw_input_contents:
-            if len(request.raw_input_contents) != 1:
-                raise codec.CodecError(
-                    f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
-                )
-            return pixel_tensor.pixels_from_bytes(request.raw_input_contents[0], shape)
+        raw = _raw_contents(request)
+        if raw is not None:
+            return pixel_tensor.pixels_from_bytes(raw, shape)
         return pixel_tensor.pixels_from_values(tensor.contents.uint_contents, shape)
     except pixel_tensor.PixelsError as exc:
         raise codec.CodecError(exc.message) from None
@@ -290,12 +235,9 @@ def _images(request: pb.ModelInferRequest, max_images: int) -> list[bytes]:
     tensor = request.inputs[0]
     codec.check_input(tensor.name, tensor.datatype)
     count = codec.batch_size(list(tensor.shape), max_images)
-    if request.raw_input_contents:
-        if len(request.raw_input_contents) != 1:
-            raise codec.CodecError(
-                f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input"
-            )
-        return codec.decode_bytes_elements(request.raw_input_contents[0], count)
+    raw = _raw_contents(request)
+    if raw is not None:
+        return codec.decode_bytes_elements(raw, count)
     elements = list(tensor.contents.bytes_contents)
     if len(elements) != count:
         raise codec.CodecError(

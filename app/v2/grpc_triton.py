@@ -116,22 +116,11 @@ def _load_policy(name: str, parameters: Any) -> VersionPolicy | None:
         raise InvalidRequestError(str(exc)) from exc
 
 
-# RPC name -> (request type, response type, the work): what the front end serves beside KServe's
-# six; the repository's only with explicit model control.
-MODEL_RPCS: dict[str, tuple[type[Message], type[Message], Extension]] = {
-    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse, model_config),
-    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse, model_statistics),
-}
-REPOSITORY_RPCS: dict[str, tuple[type[Message], type[Message], Extension]] = {
-    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse, repository_index),
-    "RepositoryModelLoad": (
-        pb.RepositoryModelLoadRequest,
-        pb.RepositoryModelLoadResponse,
-        repository_model_load,
-    ),
-    "RepositoryModelUnload": (
-        pb.RepositoryModelUnloadRequest,
-        pb.RepositoryModelUnloadResponse,
-        repository_model_unload,
-    ),
+# RPC name -> the work (its request and response types are the proto's): what the front end
+# serves beside KServe's six; the repository's only with explicit model control.
+MODEL_RPCS: dict[str, Extension] = {"ModelConfig": model_config, "ModelStatistics": model_statistics}
+REPOSITORY_RPCS: dict[str, Extension] = {
+    "RepositoryIndex": repository_index,
+    "RepositoryModelLoad": repository_model_load,
+    "RepositoryModelUnload": repository_model_unload,
 }

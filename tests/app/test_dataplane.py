@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -79,10 +79,11 @@ def test_the_model_is_resolved_again_after_the_body_and_that_version_answers() -
     recorder = Recorder()
     dataplane = make_dataplane(lambda name, version: next(models), recorder)
 
-    async def read() -> tuple[InferenceRequest, str]:
-        return InferenceRequest([IMAGE], "m", protocol="v2_http"), "parsed"
+    async def read(head: InferenceRequest) -> tuple[InferenceRequest, str]:
+        return replace(head, images=[IMAGE]), "parsed"
 
-    result, parsed = run(dataplane.run("m", None, read, record=recorder))
+    head = InferenceRequest(model_name="m", protocol="v2_http")
+    result, parsed = run(dataplane.run(head, read, record=recorder))
     assert (result.model_version, parsed, old.calls, new.calls) == ("2", "parsed", [], [3])
     assert recorder.images == 1
     finished = [o for o in recorder.outcomes if o.model_version is not None]
@@ -95,13 +96,13 @@ def test_one_top_k_rule_checked_before_the_body_when_explicit() -> None:
     dataplane = make_dataplane(lambda name, version: model, Recorder())
     read_called = False
 
-    async def read() -> tuple[InferenceRequest, None]:
+    async def read(head: InferenceRequest) -> tuple[InferenceRequest, None]:
         nonlocal read_called
         read_called = True
-        return InferenceRequest([IMAGE], top_k=9), None
+        return replace(head, images=[IMAGE]), None
 
     with pytest.raises(errors.InvalidRequestError, match=r"^top_k must be between 1 and 4 .*got 9$"):
-        run(dataplane.run("m", None, read, top_k=9))
+        run(dataplane.run(InferenceRequest(model_name="m", top_k=9), read))
     assert not read_called
     request = InferenceRequest([IMAGE], top_k=5, top_k_parameter="classification")
     with pytest.raises(errors.InvalidRequestError, match=r"^classification must be between 1 and 4"):
@@ -149,9 +150,9 @@ def test_the_deadline_covers_reading_and_classifying() -> None:
     model = FakeModel("m", "1", seconds=5.0)
     dataplane = make_dataplane(lambda name, version: model, Recorder(), timeout_s=0.1)
 
-    async def read() -> tuple[InferenceRequest, None]:
-        return InferenceRequest([IMAGE]), None
+    async def read(head: InferenceRequest) -> tuple[InferenceRequest, None]:
+        return replace(head, images=[IMAGE]), None
 
     with pytest.raises(errors.DeadlineExceededError, match=r"deadline of 0\.1 s"):
-        run(dataplane.run(None, None, read))
+        run(dataplane.run(InferenceRequest(), read))
     assert model.cancelled

@@ -3,7 +3,9 @@ predict routes, /v1/models with every version's state, readiness. Status and who
 
 from __future__ import annotations
 
+import gc
 import io
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -317,3 +319,24 @@ def test_metrics_are_labelled_by_model_version_and_dropped_on_unload(
             'imgserve_model_batch_size_count{model="colours",version="2"} 1.0' in text
         )  # warm-ups not counted
         assert "imgserve_batch_size_count 2.0" in text
+
+
+def test_start_up_is_frozen_out_of_collections_and_a_version_loaded_then_is_freed_on_unload(
+    tmp_path: Path, make_client: Callable[..., Any]
+) -> None:
+    """The lifespan freezes what start-up built (``gc.freeze``: no full collection walks it again
+    while serving); version 1, loaded then, sits in reference cycles that only the collector
+    frees, so the swap's collection must see the frozen objects too."""
+    write_version(tmp_path, "colours", 1)
+    with make_client(model_control="explicit") as client:
+        assert gc.get_freeze_count() > 0
+        v1 = client.app.state.imgserve.registry.resolve("colours")
+        session = weakref.ref(v1.engine.session)
+        del v1
+        write_version(tmp_path, "colours", 2)
+        assert client.post("/v2/repository/models/colours/load").status_code == 200
+        assert session() is None  # freed by the server's own collection, not by this test's
+        v2 = weakref.ref(client.app.state.imgserve.registry.resolve("colours").engine.session)
+        assert client.post("/v2/repository/models/colours/unload").status_code == 200
+        assert v2() is None
+    assert gc.get_freeze_count() == 0  # shut down: nothing left frozen in the process

@@ -21,6 +21,9 @@ import pytest
 
 from bench.gpu.plan import DRY_SIZES
 
+# Minutes on 2 cores: CI runs them in their own step (make test-slow).
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

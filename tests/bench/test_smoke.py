@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+# Minutes on 2 cores: CI runs them in their own step (make test-slow).
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

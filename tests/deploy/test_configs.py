@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ yaml = pytest.importorskip("yaml", reason="pyyaml not installed (pip install kub
 
 NGINX_CONF = REPO_ROOT / "docker" / "nginx" / "default.conf"
 K8S_DIR = REPO_ROOT / "k8s"
-K8S_MANIFESTS = sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+K8S_BASE = K8S_DIR / "base"
+K8S_MANIFESTS = sorted(p for p in K8S_BASE.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def run(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -288,8 +290,39 @@ def test_k8s_validation_rejects_a_broken_manifest(kubernetes_validate: str, tmp_
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == [p.name for p in K8S_MANIFESTS]
+
+
+KUSTOMIZATIONS = sorted(p.parent for p in K8S_DIR.rglob("kustomization.yaml"))
+
+
+def test_no_kustomization_includes_a_folder_that_contains_it() -> None:
+    """kustomize refuses a resource folder that contains the including folder (a cycle): an
+    overlay under k8s/ must build on k8s/base/, never on k8s/ itself."""
+    assert {p.relative_to(K8S_DIR).as_posix() for p in KUSTOMIZATIONS} >= {
+        ".",
+        "base",
+        "repository",
+        "kserve",
+    }
+    for folder in KUSTOMIZATIONS:
+        for resource in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]:
+            target = (folder / resource).resolve()
+            assert target.exists(), (folder, resource)
+            if target.is_dir():
+                assert not folder.resolve().is_relative_to(target), f"{folder}: {resource} contains it"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl")
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: p.relative_to(K8S_DIR).as_posix())
+def test_kubectl_kustomize_builds(folder: Path) -> None:
+    result = run("kubectl", "kustomize", folder)
+    assert result.returncode == 0, result.stderr
+    images = re.findall(r"^\s+image: (\S+)$", result.stdout, flags=re.MULTILINE)
+    if folder != K8S_DIR / "kserve":
+        # The base's image transform reaches every overlay's Deployment.
+        assert images and set(images) == {"imgserve:gpu"}, images
 
 
 def test_k8s_deployment_probes_drain_and_gpu() -> None:

@@ -58,7 +58,7 @@ def patched_deployment() -> dict[str, Any]:
 
 def test_k8s_overlay_lists_its_files_and_the_base() -> None:
     kustomization = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["../", "pvc.yaml"]
+    assert kustomization["resources"] == ["../base", "pvc.yaml"]
     assert [p["path"] for p in kustomization["patches"]] == ["deployment-patch.yaml"]
 
 

@@ -28,6 +28,7 @@ class StallingClient:
         self.port = port
         self.pending: dict[int, bytes] = {}  # stream -> bytes still to send
         self.ended: dict[int, str] = {}  # stream -> grpc-status (or "reset") once it ended
+        self.goaway_at: float | None = None  # time.monotonic() when the server's GOAWAY came
         self.closed = False
         self._flush()
 
@@ -83,7 +84,16 @@ class StallingClient:
         if not data:
             self.closed = True
             return
-        for event in self.conn.receive_data(data):
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            # h2 takes no frame after a GOAWAY (the GOAWAY may be in this very read): what is
+            # left to see is the close.
+            if self.conn.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                raise
+            self.goaway_at = self.goaway_at or time.monotonic()
+            return
+        for event in events:
             if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
                 status = dict(event.headers).get(b"grpc-status")
                 if status is not None:
@@ -91,7 +101,9 @@ class StallingClient:
             elif isinstance(event, h2.events.StreamReset):
                 self.ended.setdefault(event.stream_id, "reset")
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.closed = True
+                # GOAWAY: the calls in progress may still finish; the server closes the
+                # connection once they have (or its grace is over).
+                self.goaway_at = self.goaway_at or time.monotonic()
         self._flush()
 
     def _flush(self) -> None:

@@ -8,8 +8,9 @@ each failed on the code before the change (the figure it bounds is in its docstr
   seconds, while normal requests keep p99 <= 10x their idle p99 (both measured here, on a
   machine that may be shared: the idle median is printed too);
 - stalled uploads pin at most ``max_buffered_body_bytes``;
-- ``/healthz`` p99 <= 50 ms while crafted multipart bodies (a one-character boundary and 19 MB
-  of near-boundary sequences, ~100x a normal body's parse) flood the server;
+- crafted multipart bodies (a one-character boundary and 19 MB of near-boundary sequences,
+  ~100x a normal body's parse) cost the event loop <= 100 ms of CPU each while they flood the
+  server, and /healthz answers meanwhile;
 - top_k leniency and the schema's declared maximum.
 """
 
@@ -37,6 +38,7 @@ from harness.loadgen import percentile
 from harness.metrics import read_metrics
 from harness.server import ServerProcess
 from tests.conftest import StartServer
+from tests.edge.probes import event_loop_cpu_s, healthz_latencies
 from tests.reliability import corpus
 from tests.reliability.helpers import read_response, response_json
 
@@ -274,28 +276,28 @@ def crafted_multipart(size: int = 19_000_000) -> tuple[bytes, str]:
 def test_healthz_stays_fast_during_a_crafted_multipart_flood(
     start_server: StartServer, tiny_model_path: Path, tmp_path: Path
 ) -> None:
-    """Three clients post 19 MB crafted multipart bodies (~2 CPU-s of parsing each, ~100x a
-    normal body) over and over: /healthz p99 <= 50 ms meanwhile, and each body gets its 422.
-    (Before: the parser ran on the event loop, one received chunk at a time, and /healthz
-    waited behind it.)"""
+    """Three clients post 19 MB crafted multipart bodies (~100x a normal body's parse) over and
+    over: each gets its 422, and the event loop spends <= 100 ms of CPU a body, so /healthz
+    (which answers every time meanwhile) never waits long behind them. CPU time, not the
+    probes' wall time: the machine's other work does not change it (on this shared 2-core
+    machine the probes' p99 ranged from 10 ms to 1 s across runs, at 22-26 CPU-ms a body in
+    every one). (Before: the parser ran on the event loop, one received chunk at a time:
+    4.3 CPU-s a body, /healthz p99 258 ms.)"""
     server = start_server(tiny_model_path)
     base = server.base_url
-    latencies = []
+    loop_cpu_s = event_loop_cpu_s(server)
     with attackers(f"{base}/predict", crafted_multipart(), 6.0, tmp_path, count=3) as outcomes:
         time.sleep(0.5)
-        with httpx.Client(timeout=10) as client:
-            end = time.monotonic() + 4.0
-            while time.monotonic() < end:
-                start = time.perf_counter()
-                assert client.get(f"{base}/healthz").status_code == 200
-                latencies.append(time.perf_counter() - start)
-                time.sleep(0.01)
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        probes = healthz_latencies(base, 4.0)
+    loop_cpu_s = event_loop_cpu_s(server) - loop_cpu_s
     statuses = [status for outcome in outcomes for status in outcome[0].split()]
-    print(f"\n/healthz beside {len(statuses)} crafted bodies: p50 {p50 * 1000:.1f}, p99 {p99 * 1000:.1f} ms")
+    print(
+        f"\n{len(statuses)} crafted bodies: event loop {loop_cpu_s * 1000 / max(1, len(statuses)):.1f} "
+        f"CPU-ms a body; /healthz p50 {percentile(probes, 50) * 1000:.1f}, "
+        f"p99 {percentile(probes, 99) * 1000:.1f} ms"
+    )
     assert statuses and set(statuses) == {"422"}, statuses
-    assert len(latencies) >= 100
-    assert p99 <= 0.050, (p50, p99)
+    assert loop_cpu_s / len(statuses) <= 0.100, f"{loop_cpu_s:.2f} CPU-s for {len(statuses)} bodies"
 
 
 @pytest.fixture(scope="module")

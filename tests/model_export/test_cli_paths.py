@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from model_card import load_card
@@ -47,6 +48,7 @@ def run_cli(args: list[str], cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_worked_example_runs_from_another_folder_with_relative_paths(tmp_path: Path) -> None:
     commands = worked_example_commands()
     assert [c[3] for c in commands] == ["sample-data", "train", "evaluate"]

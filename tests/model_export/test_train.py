@@ -104,6 +104,7 @@ def test_export_then_evaluate_agrees_with_pytorch(cnn_run: Path, tmp_path: Path,
         assert (card.input.name, card.input.layout, card.input.dtype) == ("pixels", "NHWC", "uint8")
 
 
+@pytest.mark.slow
 def test_fine_tuning_lite0_end_to_end(lite0_run: Path, tmp_path: Path) -> None:
     history = _json(lite0_run / "history.json")
     assert [h["stage"] for h in history] == ["head", "finetune", "finetune"]

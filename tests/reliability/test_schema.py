@@ -43,6 +43,7 @@ def schemathesis_run(
     return proc.returncode, int(match.group(1)) if match else 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auth", [False, True], ids=["open", "api-keys"])
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     start_server: StartServer, tiny_model: Path, tmp_path: Path, auth: bool

@@ -18,6 +18,7 @@ from tests.conftest import StartServer
 from .conftest import write_tiny_model
 
 
+@pytest.mark.slow
 def test_short_soak_has_no_errors_and_flat_memory(start_server: StartServer, tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "model", slow_matmuls=20)
     server = start_server(model=model, max_batch_size=1, warmup_batch_sizes="1")
