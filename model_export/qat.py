@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 from torch.jit._trace import TracerWarning
 
@@ -194,6 +196,37 @@ def export_quantized(quantized: nn.Module, card: ModelCard, pixels: np.ndarray, 
         )
 
 
+def fold_weight_quantization(model: onnx.ModelProto) -> int:
+    """Store each quantized weight as its int8 values: the exporter writes float weights behind a
+    QuantizeLinear whose inputs are all constants; compute it once (ONNX's rule: round half to
+    even, add the zero point, saturate) and keep only the DequantizeLinear. Returns how many."""
+    graph = model.graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    for node in graph.node:  # in order: what an Identity passes on is known before it
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]]
+    folded = [n for n in graph.node if n.op_type == "QuantizeLinear" and all(i in constants for i in n.input)]
+    for node in folded:
+        weights, scale, zero_point = (constants[name] for name in node.input)
+        if scale.ndim == 1:  # per channel, along the node's axis
+            shape = [1] * weights.ndim
+            shape[next((a.i for a in node.attribute if a.name == "axis"), 1)] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        limits = np.iinfo(zero_point.dtype)
+        steps = np.rint(weights.astype(np.float32) / scale.astype(np.float32))
+        quantized = np.clip(steps + zero_point, limits.min, limits.max).astype(zero_point.dtype)
+        graph.initializer.append(numpy_helper.from_array(quantized, node.output[0]))
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(node)
+    return len(folded)
+
+
 def quantization_aware_variant(
     config: QatConfig, split: DatasetSplit, calibration: CropSet, card: ModelCard, path: Path
 ) -> QatResult:
@@ -215,6 +248,9 @@ def quantization_aware_variant(
     tuned = dataclasses.replace(created, model=quantized, head=quantized.get_submodule(head_name))
     history = fine_tune(tuned, split, train_config)
     export_quantized(quantized.eval(), card, calibration.pixels[:2], path)
+    graph = onnx.load(str(path))
+    log.info("%d quantized weights stored as int8", fold_weight_quantization(graph))
+    onnx.save(graph, str(path))
     log.info("quantization-aware training and export in %.0f s", time.perf_counter() - started)
     method = (
         f"NNCF quantization-aware training (PyTorch): fake int8 inserted on {len(calibration)} training "

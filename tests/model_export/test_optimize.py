@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from harness.tiny_model import tiny_card, write_model
@@ -165,6 +166,15 @@ def test_quantization_aware_training_repairs_what_a_broken_calibration_breaks(
     assert qat.card.variant.calibration == {"source": "one grey image, repeated", "crops": 32, "photos": []}
     assert len(qat.card.variant.speed["quantization_aware_epochs"]) == 2
     assert qat.card.variant.gate.measured_with == "OpenVINO CPU"
+    graph = onnx.load(str(qat.model_path))
+    weights = {
+        t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1
+    }
+    # every convolution and dense layer reads int8 weights (the exporter's float ones are folded)
+    assert len(weights) == 5 and {n.op_type for n in graph.graph.node} >= {
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
 
 
 def test_a_retrained_variant_is_judged_on_its_accuracy_not_its_agreement() -> None:
