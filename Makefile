@@ -59,6 +59,7 @@ bench-page:       ## the demo page's weight and its time from drop to bars, in h
 
 soak:             ## 10 minutes at 70% of measured capacity: errors, latency, CPU and stalls per minute, RSS; PASS, HOST NOISE or FAIL
 	scripts/bootstrap.sh export,cpu,dev
+	test -f models/default/model.onnx || .venv/bin/python -m model_export default --output-dir models/default
 	.venv/bin/python -m reliability.soak
 
 fuzz:             ## schemathesis against the live OpenAPI schema, open and with API keys (>1,000 cases each)
