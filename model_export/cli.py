@@ -41,18 +41,7 @@ def add_default_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         "--output-dir", type=Path, default=Path("models/default"), help="folder for model.onnx + model.json"
     )
     parser.add_argument("--fp16", action="store_true", help="export in half precision")
-    parser.add_argument(
-        "--float-input",
-        action="store_true",
-        help="take normalised float32 NCHW input instead of uint8 NHWC pixels",
-    )
-    parser.add_argument(
-        "--no-explain",
-        dest="explain",
-        action="store_false",
-        help="leave the class activation maps out of the graph (by default a model whose head "
-        "can be explained exactly outputs them)",
-    )
+    add_graph_arguments(parser)
     parser.add_argument("--model-version", default="1", help="version written to the model card")
     parser.set_defaults(run=run_default)
 
@@ -258,13 +247,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     parser.set_defaults(run=run_export)
 
 
-def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> None:
-    parser.add_argument(
-        "--output-dir", type=Path, default=default_dir, help="folder for model.onnx + model.json"
-    )
-    parser.add_argument(
-        "--fp16", action="store_true", help="export in half precision (parity tolerance 1e-2)"
-    )
+def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the exported graph itself, the same for ``default`` and ``export``."""
     parser.add_argument(
         "--float-input",
         action="store_true",
@@ -277,6 +261,16 @@ def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> 
         help="leave the class activation maps out of the graph (by default a model whose head "
         "can be explained exactly outputs them)",
     )
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, default_dir: Path) -> None:
+    parser.add_argument(
+        "--output-dir", type=Path, default=default_dir, help="folder for model.onnx + model.json"
+    )
+    parser.add_argument(
+        "--fp16", action="store_true", help="export in half precision (parity tolerance 1e-2)"
+    )
+    add_graph_arguments(parser)
     parser.add_argument("--name", default=None, help="model name for the card (default: ARCH-DATASET)")
     parser.add_argument("--model-version", default="1", help="version written to the model card")
     parser.add_argument(
